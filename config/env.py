@@ -1,0 +1,122 @@
+"""The one place that reads the process environment.
+
+Every setting that differs between a laptop, CI and production comes from here, so that
+`grep SLUICE_ config/env.py` is the complete list of knobs. A secret may be given either as
+``NAME`` or as ``NAME_FILE`` (a path, as Docker/Kubernetes secrets are mounted).
+
+When ``DATABASE_URL``/``REDIS_URL`` are unset, the URLs of the embedded servers started by
+``make run`` (``python -m config.run``) are read from ``<var dir>/run/services.env``, so that a
+``manage.py`` command in another terminal talks to the same servers.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _raw(name: str) -> str | None:
+    value = os.environ.get(name)
+    if value is not None:
+        return value
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        return Path(path).read_text().strip()
+    return None
+
+
+def get_str(name: str, default: str) -> str:
+    value = _raw(name)
+    return default if value is None or value == "" else value
+
+
+def get_opt(name: str) -> str | None:
+    value = _raw(name)
+    return value or None
+
+
+def get_int(name: str, default: int) -> int:
+    value = _raw(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from exc
+
+
+def get_float(name: str, default: float) -> float:
+    value = _raw(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be a number, got {value!r}") from exc
+
+
+def get_bool(name: str, default: bool) -> bool:
+    value = _raw(name)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"environment variable {name} must be a boolean, got {value!r}")
+
+
+def get_list(name: str, default: list[str]) -> list[str]:
+    value = _raw(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def var_dir() -> Path:
+    """Where embedded servers, the demo model and run-time state live (not committed)."""
+    return Path(get_str("SLUICE_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+
+
+def services_file() -> Path:
+    return var_dir() / "run" / "services.env"
+
+
+@cache
+def _embedded_urls() -> dict[str, str]:
+    path = services_file()
+    if not path.exists():
+        return {}
+    urls: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            urls[key.strip()] = value.strip()
+    return urls
+
+
+def database_url() -> str | None:
+    return get_opt("DATABASE_URL") or _embedded_urls().get("DATABASE_URL")
+
+
+def redis_url() -> str | None:
+    return get_opt("REDIS_URL") or _embedded_urls().get("REDIS_URL")
+
+
+def default_model_path() -> Path:
+    return var_dir() / "models" / "sluice-demo"
+
+
+def model_path() -> Path:
+    return Path(get_str("SLUICE_MODEL_PATH", str(default_model_path()))).resolve()
+
+
+def model_name() -> str:
+    return get_str("SLUICE_MODEL_NAME", "sluice-demo")

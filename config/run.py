@@ -1,0 +1,286 @@
+"""``make run``: the whole of Sluice in one foreground process.
+
+Starts the embedded Postgres+pgvector and Valkey (unless DATABASE_URL/REDIS_URL name servers),
+migrates, builds the demo model if it is missing, ensures an admin login and a demo API key,
+starts the ASGI web server (uvicorn) and a Celery worker, waits until they answer, prints
+how to use them, and on Ctrl-C/SIGTERM stops everything in order. Children that die are
+restarted (a crashed worker's jobs resume elsewhere or after the restart).
+
+This process owns the embedded servers (Valkey dies with the process that started it), so it
+stays in the foreground for as long as Sluice runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from types import FrameType
+
+from config import env
+from config.embedded import EmbeddedPostgres, EmbeddedValkey
+
+logger = logging.getLogger("sluice.run")
+PY = sys.executable
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        # Own session: a terminal's Ctrl-C reaches only the supervisor, which then stops the
+        # children in order (web first, so no new jobs arrive while the worker drains).
+        self.process = subprocess.Popen(self.argv, env=self.env, cwd=env.BASE_DIR, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
+            self.process.kill()
+            self.process.wait(5)
+
+
+class Supervisor:
+    def __init__(self) -> None:
+        self.var = env.var_dir()
+        self.port = env.get_int("SLUICE_PORT", 8000)
+        self.host = env.get_str("SLUICE_HOST", "127.0.0.1")
+        self.pg: EmbeddedPostgres | None = None
+        self.valkey: EmbeddedValkey | None = None
+        self.children: list[Child] = []
+        self.stopping = False
+
+    # -- services --
+    def start_services(self) -> dict[str, str]:
+        urls: dict[str, str] = {}
+        embedded: dict[str, str] = {}
+        database_url = env.get_opt("DATABASE_URL")
+        if database_url:
+            urls["DATABASE_URL"] = database_url
+        else:
+            self.pg = EmbeddedPostgres(self.var / "pg").start()
+            self.pg.ensure_database("sluice")
+            urls["DATABASE_URL"] = embedded["DATABASE_URL"] = self.pg.url("sluice")
+            print(f"  postgres  embedded (PostgreSQL 18 + pgvector), socket in {self.pg.socket_dir}")
+        redis_url = env.get_opt("REDIS_URL")
+        if redis_url:
+            urls["REDIS_URL"] = redis_url
+        else:
+            self.valkey = EmbeddedValkey(self.var / "valkey").start()
+            urls["REDIS_URL"] = embedded["REDIS_URL"] = self.valkey.url()
+            print(f"  valkey    embedded on 127.0.0.1:{self.valkey.port}")
+        services_file = env.services_file()
+        services_file.parent.mkdir(parents=True, exist_ok=True)
+        services_file.write_text("".join(f"{k}={v}\n" for k, v in embedded.items()))
+        return urls
+
+    def stop_services(self) -> None:
+        env.services_file().unlink(missing_ok=True)
+        if self.valkey is not None:
+            self.valkey.stop()
+        if self.pg is not None:
+            self.pg.stop()
+
+    # -- steps --
+    def manage(self, child_env: dict[str, str], *args: str, capture: bool = False) -> str:
+        result = subprocess.run(
+            [PY, "manage.py", *args],
+            env=child_env,
+            cwd=env.BASE_DIR,
+            check=False,
+            stdout=subprocess.PIPE if capture else None,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"`manage.py {' '.join(args)}` failed (exit {result.returncode})")
+        return result.stdout or ""
+
+    def child_env(self, urls: dict[str, str]) -> dict[str, str]:
+        child = dict(os.environ)
+        child.update(urls)
+        child.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+        child.setdefault("PYTHONUNBUFFERED", "1")
+        return child
+
+    def run(self) -> int:
+        started = time.monotonic()
+        print("Sluice: starting")
+        urls = self.start_services()
+        child_env = self.child_env(urls)
+        self.manage(child_env, "migrate", "--noinput", "-v", "0")
+        model_path = env.model_path()
+        if not (model_path / "config.json").exists():
+            if env.get_opt("SLUICE_MODEL_PATH"):
+                raise SystemExit(f"SLUICE_MODEL_PATH={model_path} is not a model directory (no config.json)")
+            print(f"  model     building the demo model in {model_path} (first run only, < 3 minutes)")
+            self.manage(child_env, "build_demo_model")
+        creds = json.loads(
+            self.manage(child_env, "ensure_demo_access", capture=True).strip().splitlines()[-1]
+        )
+
+        batch = env.get_int("SLUICE_MAX_BATCH_SIZE", 32)
+        model_name = env.model_name()
+        worker_env = dict(child_env)
+        cores = len(os.sched_getaffinity(0))
+        # The worker's engine gets the cores; the web process needs little CPU.
+        worker_env.setdefault("OMP_NUM_THREADS", str(cores))
+        self.children = [
+            Child(
+                "web",
+                [
+                    PY,
+                    "-m",
+                    "uvicorn",
+                    "config.asgi:application",
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                    "--timeout-graceful-shutdown",
+                    "5",
+                    "--no-server-header",
+                ],
+                {**child_env, "OMP_NUM_THREADS": "1"},
+            ),
+            Child(
+                "worker",
+                [
+                    PY,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "-P",
+                    "threads",
+                    "-c",
+                    str(batch),
+                    "--prefetch-multiplier",
+                    "1",
+                    "-Q",
+                    f"sluice.model.{model_name}",
+                    "-n",
+                    f"{model_name}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "-l",
+                    "WARNING",
+                ],
+                worker_env,
+            ),
+        ]
+        for child in self.children:
+            child.start()
+        base = f"http://{self.host}:{self.port}"
+        if not self.wait_ready(base, timeout=180):
+            if self.stopping:
+                return 0
+            print("Sluice did not become ready; see the logs above.", file=sys.stderr)
+            return 1
+        key = creds["api_key"]
+        print(
+            f"""
+Sluice is ready ({time.monotonic() - started:.1f}s)
+  API        {base}/v1  (OpenAI)   {base}/generate  (TGI)   {base}/api/v1/jobs  (jobs)
+  WebSocket  ws://{self.host}:{self.port}/ws/v1/jobs/
+  Admin      {base}/admin/   login: {creds["admin_user"]} / {creds["admin_password"]}
+  Dashboard  {base}/dashboard/
+  API docs   {base}/api/docs/   schema: {base}/api/schema/
+  API key    {key}
+
+Try:
+  curl -N {base}/v1/chat/completions -H "Authorization: Bearer {key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "{model_name}", "stream": true,
+         "messages": [{{"role": "user", "content": "Tell me about rivers."}}]}}'
+
+Ctrl-C stops everything.""",
+            flush=True,
+        )
+        return self.watch()
+
+    def wait_ready(self, base: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            for child in self.children:
+                if not child.alive():
+                    print(f"{child.name} exited during start-up", file=sys.stderr)
+                    return False
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:  # noqa: S310 - our own URL
+                    if response.status == 200:
+                        return True
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        return False
+
+    def watch(self) -> int:
+        while not self.stopping:
+            for child in self.children:
+                if child.alive() or self.stopping:
+                    continue
+                now = time.monotonic()
+                child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+                if len(child.restarts) > 5:
+                    print(f"{child.name} keeps crashing; stopping Sluice", file=sys.stderr)
+                    return 1
+                code = child.process.returncode if child.process else "?"
+                print(
+                    f"{child.name} exited (code {code}); restarting",
+                    file=sys.stderr,
+                )
+                child.start()
+            time.sleep(0.5)
+        return 0
+
+    def shutdown(self) -> None:
+        self.stopping = True
+        for child in self.children:  # web first, then the worker (which finishes its batch)
+            child.stop(timeout=30 if child.name == "worker" else 10)
+        self.stop_services()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    supervisor = Supervisor()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not supervisor.stopping:
+            print("\nSluice: stopping…", flush=True)
+            supervisor.stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    code = 1
+    try:
+        code = supervisor.run()
+        if supervisor.stopping:
+            code = 0
+    finally:
+        supervisor.shutdown()
+        print("Sluice: stopped", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Settings shared by every environment. Values that vary come from ``config.env`` only."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import dj_database_url
+
+from config import env
+
+BASE_DIR = env.BASE_DIR
+VAR_DIR = env.var_dir()
+
+SECRET_KEY = env.get_str("DJANGO_SECRET_KEY", "dev-insecure-secret-key-change-me-0123456789abcdef")
+DEBUG = env.get_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env.get_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.get_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+SLUICE_WS_ALLOWED_ORIGINS = env.get_list("SLUICE_WS_ALLOWED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    # unfold must come before django.contrib.admin so that its templates win.
+    "unfold",
+    "unfold.contrib.filters",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_prometheus",
+    "gateway",
+    "inference",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database(url: str | None) -> dict[str, Any]:
+    if not url:
+        # No server configured and `make run` is not up: fail on first use with Django's
+        # "settings.DATABASES is improperly configured" rather than at import (mypy, collectstatic).
+        return {"ENGINE": "django.db.backends.dummy"}
+    config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=0, conn_health_checks=True))
+    return config
+
+
+DATABASES: dict[str, dict[str, Any]] = {"default": _database(env.database_url())}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.redis_url() or "redis://127.0.0.1:1/0"  # port 1: fails fast and visibly if unset
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "sluice:cache",
+    }
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "sluice:asgi"},
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+# Serve static files from the ASGI app itself (admin, dashboard) unless a proxy does it.
+SLUICE_SERVE_STATIC = env.get_bool("SLUICE_SERVE_STATIC", True)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["gateway.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "gateway.errors.openai_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Sluice",
+    "DESCRIPTION": "LLM inference gateway: OpenAI- and TGI-compatible APIs plus native async jobs.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Celery (DESIGN.md §4: acks_late, reject on worker lost, visibility timeout > longest job) ---
+SLUICE_JOB_TIMEOUT_S = env.get_int("SLUICE_JOB_TIMEOUT_S", 600)
+SLUICE_VISIBILITY_TIMEOUT_S = env.get_int("SLUICE_VISIBILITY_TIMEOUT_S", max(3600, 2 * SLUICE_JOB_TIMEOUT_S))
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": SLUICE_VISIBILITY_TIMEOUT_S,
+    "global_keyprefix": "sluice:celery:",
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_TASK_DEFAULT_QUEUE = "sluice.default"
+# A job publish that fails must not silently vanish: retry, then the reconciler re-sends it.
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5}
+
+# --- Sluice ---
+SLUICE_MODEL_NAME = env.model_name()
+SLUICE_MODEL_PATH = str(env.model_path())
+# Names that TGI clients put in `model` when they talk to a bare endpoint (huggingface_hub sends
+# "dummy" for chat, TGI documents "tgi"): they mean "the default model".
+SLUICE_MODEL_ALIASES = env.get_list("SLUICE_MODEL_ALIASES", ["tgi", "dummy"])
+SLUICE_DEVICE = env.get_str("SLUICE_DEVICE", "auto")  # auto | cpu | cuda
+SLUICE_DTYPE = env.get_str("SLUICE_DTYPE", "auto")  # auto | float32 | bfloat16 | float16
+SLUICE_TORCH_THREADS = env.get_int("SLUICE_TORCH_THREADS", 0)  # 0: the worker decides from the CPU count
+SLUICE_MAX_BATCH_SIZE = env.get_int("SLUICE_MAX_BATCH_SIZE", 32)
+SLUICE_MAX_BATCH_TOKENS = env.get_int("SLUICE_MAX_BATCH_TOKENS", 65536)
+SLUICE_MAX_NEW_TOKENS = env.get_int("SLUICE_MAX_NEW_TOKENS", 4096)
+SLUICE_DEFAULT_MAX_TOKENS = env.get_int("SLUICE_DEFAULT_MAX_TOKENS", 256)
+SLUICE_MAX_PROMPT_CHARS = env.get_int("SLUICE_MAX_PROMPT_CHARS", 200_000)
+SLUICE_JOB_LEASE_S = env.get_float("SLUICE_JOB_LEASE_S", 20.0)
+SLUICE_RECONCILE_INTERVAL_S = env.get_float("SLUICE_RECONCILE_INTERVAL_S", 5.0)
+SLUICE_MAX_ATTEMPTS = env.get_int("SLUICE_MAX_ATTEMPTS", 5)
+SLUICE_STREAM_TTL_S = env.get_int("SLUICE_STREAM_TTL_S", 24 * 3600)
+SLUICE_WORKER_PRELOAD = env.get_bool("SLUICE_WORKER_PRELOAD", True)
+SLUICE_WORKER_METRICS_PORT = env.get_int("SLUICE_WORKER_METRICS_PORT", 0)
+SLUICE_SSE_KEEPALIVE_S = env.get_float("SLUICE_SSE_KEEPALIVE_S", 15.0)
+
+LOG_LEVEL = env.get_str("SLUICE_LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s"}},
+    "filters": {"skip_readyz": {"()": "config.logfilters.SkipReadinessProbes"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "stream": sys.stderr, "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.request": {"level": "ERROR", "filters": ["skip_readyz"]},
+        "httpx": {"level": "WARNING"},
+        "celery": {"level": "WARNING"},
+        "kombu": {"level": "WARNING"},
+    },
+}
+
+UNFOLD = {
+    "SITE_TITLE": "Sluice",
+    "SITE_HEADER": "Sluice",
+    "SITE_SYMBOL": "water",
+    "SHOW_HISTORY": True,
+}

@@ -1,0 +1,70 @@
+"""Admin: users (unfold-styled), API keys (prefix only; a new key is shown once)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.models import Group, User
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from unfold.admin import ModelAdmin
+from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
+
+from gateway.models import ApiKey
+from gateway.services import apikey_create, apikey_revoke
+
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin, ModelAdmin):
+    form = UserChangeForm
+    add_form = UserCreationForm
+    change_password_form = AdminPasswordChangeForm
+
+
+@admin.register(Group)
+class GroupAdmin(BaseGroupAdmin, ModelAdmin):
+    pass
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ModelAdmin):
+    list_display = ("prefix_display", "name", "user", "created_at", "last_used_at", "expires_at", "active")
+    list_filter = ("revoked_at",)
+    search_fields = ("prefix", "name", "user__username")
+    readonly_fields = ("prefix_display", "created_at", "last_used_at", "revoked_at")
+    fields = ("user", "name", "expires_at", "prefix_display", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke"]
+    autocomplete_fields = ("user",)
+
+    @admin.display(description="key")
+    def prefix_display(self, obj: ApiKey) -> str:
+        return f"{obj.prefix}…" if obj.prefix else "(shown once, after saving)"
+
+    @admin.display(boolean=True)
+    def active(self, obj: ApiKey) -> bool:
+        return obj.is_active
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        issued = apikey_create(user=obj.user, name=obj.name, expires_at=obj.expires_at)
+        obj.pk = issued.api_key.pk
+        obj.prefix, obj.key_hash, obj.created_at = (
+            issued.api_key.prefix,
+            issued.api_key.key_hash,
+            issued.api_key.created_at,
+        )
+        messages.warning(request, f"New API key (copy it now, it will not be shown again): {issued.raw_key}")
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for api_key in queryset:
+            apikey_revoke(api_key=api_key)
+        self.message_user(request, f"Revoked {queryset.count()} key(s).")

@@ -1,0 +1,234 @@
+"""WebSocket API at ``/ws/v1/jobs/``.
+
+Client -> server (JSON):
+- ``{"type": "auth", "api_key": "sk-sl-..."}`` unless the handshake carried
+  ``Authorization: Bearer ...``; nothing else is accepted before it.
+- ``{"type": "request", "request_id": "...", "messages": [...] | "prompt": "...", ...}``:
+  the native job fields; starts a job and streams it.
+- ``{"type": "subscribe", "job_id": "...", "after": "<event id>"}``: follow an existing job.
+- ``{"type": "cancel", "job_id": "..."}``
+- ``{"type": "ping"}``
+
+Server -> client: ``ready``, ``job`` (accepted, with its id), ``token``, ``end``, ``error``,
+``pong``. Closing the socket cancels the jobs it started that are still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from rest_framework import serializers
+
+from gateway.apis.jobs import JobCreateSerializer, job_submit
+from gateway.auth import raw_key_from_headers
+from gateway.errors import ApiError, envelope, first_error
+from gateway.selectors import apikey_get_active
+from gateway.streaming import _cancel_job, iter_entries
+from inference.models import Job
+from inference.selectors import job_get_for_user
+from inference.services import job_cancel
+
+logger = logging.getLogger(__name__)
+
+AUTH_TIMEOUT_S = 10.0
+CLOSE_UNAUTHENTICATED = 4401
+
+
+class JobConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        self.user: Any = None
+        self.api_key: Any = None
+        self.followers: dict[str, asyncio.Task[None]] = {}
+        self.owned: set[str] = set()
+        headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in self.scope.get("headers", [])}
+        await self.accept()
+        raw_key = raw_key_from_headers(headers.get("authorization"), headers.get("x-api-key"))
+        if raw_key and await self._authenticate(raw_key):
+            await self.send_json({"type": "ready"})
+            return
+        self.auth_timer = asyncio.get_running_loop().call_later(AUTH_TIMEOUT_S, self._auth_timeout)
+
+    def _auth_timeout(self) -> None:
+        if self.user is None:
+            self.reject_task = asyncio.ensure_future(self._reject("Authentication timed out."))
+
+    async def _reject(self, message: str) -> None:
+        await self.send_json(
+            {"type": "error", "error": envelope(message, status_code=401, code="invalid_api_key")["error"]}
+        )
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def _authenticate(self, raw_key: str) -> bool:
+        api_key = await database_sync_to_async(apikey_get_active)(raw_key=raw_key)
+        if api_key is None:
+            return False
+        self.user, self.api_key = api_key.user, api_key
+        return True
+
+    async def disconnect(self, code: int) -> None:
+        timer = getattr(self, "auth_timer", None)
+        if timer is not None:
+            timer.cancel()
+        for job_id, task in list(getattr(self, "followers", {}).items()):
+            task.cancel()
+            if job_id in self.owned:
+                await _cancel_job(job_id)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+            await self._error("Each message must be a JSON object with a 'type'.", code="invalid_message")
+            return
+        kind = content["type"]
+        if self.user is None:
+            if (
+                kind == "auth"
+                and isinstance(content.get("api_key"), str)
+                and await self._authenticate(content["api_key"])
+            ):
+                self.auth_timer.cancel()
+                await self.send_json({"type": "ready"})
+            else:
+                await self._reject('Authenticate first: {"type": "auth", "api_key": "..."} with a valid key.')
+            return
+        handler = {
+            "request": self._on_request,
+            "subscribe": self._on_subscribe,
+            "cancel": self._on_cancel,
+            "ping": self._on_ping,
+        }.get(kind)
+        if handler is None:
+            await self._error(f"Unknown message type '{kind}'.", code="invalid_message")
+            return
+        await handler(content)
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        try:
+            await super().receive(text_data=text_data, bytes_data=bytes_data, **kwargs)
+        except ValueError:  # not JSON
+            await self._error("Messages must be JSON.", code="invalid_json")
+
+    async def _error(
+        self,
+        message: str,
+        *,
+        code: str,
+        status_code: int = 400,
+        request_id: Any = None,
+        param: str | None = None,
+    ) -> None:
+        body = envelope(message, status_code=status_code, code=code, param=param)
+        await self.send_json({"type": "error", "request_id": request_id, **body})
+
+    async def _on_ping(self, content: dict[str, Any]) -> None:
+        await self.send_json({"type": "pong"})
+
+    async def _on_request(self, content: dict[str, Any]) -> None:
+        request_id = content.get("request_id")
+        data = {k: v for k, v in content.items() if k not in ("type", "request_id")}
+
+        def submit() -> Job:
+            serializer = JobCreateSerializer(data=data)
+            serializer.is_valid(raise_exception=True)
+            return job_submit(self.user, self.api_key, dict(serializer.validated_data), source="ws")
+
+        try:
+            job = await database_sync_to_async(submit)()
+        except serializers.ValidationError as exc:
+            param, detail = first_error(exc.detail)
+            await self._error(
+                f"Invalid value for '{param}': {detail}",
+                code="invalid_value",
+                request_id=request_id,
+                param=param,
+            )
+            return
+        except ApiError as exc:
+            await self._error(
+                exc.message,
+                code=exc.error_code or "error",
+                status_code=exc.status_code,
+                request_id=request_id,
+                param=exc.param,
+            )
+            return
+        job_id = str(job.id)
+        self.owned.add(job_id)
+        await self.send_json(
+            {"type": "job", "request_id": request_id, "job_id": job_id, "status": job.status}
+        )
+        self._follow(job_id, "0-0")
+
+    async def _on_subscribe(self, content: dict[str, Any]) -> None:
+        job_id = str(content.get("job_id", ""))
+        job = await database_sync_to_async(job_get_for_user)(user=self.user, job_id=job_id)
+        if job is None:
+            await self._error(f"No job with id '{job_id}'.", code="not_found", status_code=404)
+            return
+        after = content.get("after") or "0-0"
+        self._follow(str(job.id), str(after))
+
+    async def _on_cancel(self, content: dict[str, Any]) -> None:
+        job_id = str(content.get("job_id", ""))
+
+        def cancel() -> Job | None:
+            job = job_get_for_user(user=self.user, job_id=job_id)
+            if job is not None and not job.is_terminal:
+                job = job_cancel(job=job)
+            return job
+
+        job = await database_sync_to_async(cancel)()
+        if job is None:
+            await self._error(f"No job with id '{job_id}'.", code="not_found", status_code=404)
+            return
+        await self.send_json({"type": "cancelling", "job_id": str(job.id), "status": job.status})
+
+    def _follow(self, job_id: str, after: str) -> None:
+        previous = self.followers.get(job_id)
+        if previous is not None:
+            previous.cancel()
+        self.followers[job_id] = asyncio.ensure_future(self._stream(job_id, after))
+
+    async def _stream(self, job_id: str, after: str) -> None:
+        try:
+            async for entry in iter_entries(job_id, after=after):
+                if entry is None:
+                    continue
+                if entry.kind == "tok":
+                    await self.send_json(
+                        {
+                            "type": "token",
+                            "job_id": job_id,
+                            "id": entry.id,
+                            "text": entry.text,
+                            "token_ids": entry.token_ids,
+                            "completion_tokens": int(entry.fields.get("n", 0)),
+                        }
+                    )
+                elif entry.kind == "end":
+                    message: dict[str, Any] = {
+                        "type": "end",
+                        "job_id": job_id,
+                        "id": entry.id,
+                        "status": entry.fields.get("s"),
+                        "finish_reason": entry.fields.get("f") or None,
+                        "usage": entry.usage,
+                        "error": entry.fields.get("e") or None,
+                    }
+                    if "x_full" in entry.fields:
+                        message["text"] = entry.fields["x_full"]
+                    await self.send_json(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("websocket stream for job %s failed", job_id)
+            await self._error("Streaming this job failed.", code="stream_failed", status_code=500)
+        finally:
+            if self.followers.get(job_id) is asyncio.current_task():
+                del self.followers[job_id]
+                self.owned.discard(job_id)

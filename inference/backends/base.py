@@ -1,0 +1,72 @@
+"""The contract between the engine and whatever runs the model.
+
+The engine (``inference/engine.py``) owns scheduling and text; a backend owns tensors. Only
+modules in ``inference/backends/`` import torch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from inference.batching import SamplingParams
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One generated token and its log-probability under the model."""
+
+    token_id: int
+    logprob: float
+
+
+class ModelBackend(ABC):
+    """A causal LM that decodes many sequences together, one token per sequence per step.
+
+    The engine calls, from a single thread:
+    - `add` to prefill new sequences (prompt plus any resumed tokens) and sample the first
+      token of each;
+    - `step` to decode one more token for every sequence currently held;
+    - `remove` to drop sequences that finished, were cancelled or failed.
+
+    Errors that concern one sequence only (bad token ids, a sampling failure) must be
+    returned for that sequence, not raised, so that the rest of the batch goes on. An
+    exception raised from `step` fails every sequence in the batch.
+    """
+
+    #: Token ids that end a sequence (end-of-sequence, end-of-turn).
+    eos_token_ids: frozenset[int] = frozenset()
+    #: Maximum positions (prompt + generated) a sequence may occupy.
+    context_length: int = 2048
+    #: Human-readable description of device and dtype, for logs and the worker heartbeat.
+    description: str = ""
+
+    @abstractmethod
+    def add(
+        self, keys: Sequence[str], token_ids: Sequence[Sequence[int]], params: Sequence[SamplingParams]
+    ) -> dict[str, Sampled | Exception]:
+        """Prefill these sequences into the batch; return each one's first token (or its error)."""
+
+    @abstractmethod
+    def step(self) -> dict[str, Sampled | Exception]:
+        """Decode one token for every sequence held."""
+
+    @abstractmethod
+    def remove(self, keys: Sequence[str]) -> None:
+        """Forget these sequences and free their cache."""
+
+    @abstractmethod
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Token ids to text (special tokens skipped)."""
+
+    @property
+    @abstractmethod
+    def batch_keys(self) -> list[str]:
+        """Keys of the sequences currently held, in batch order."""
+
+    def warmup(self) -> None:  # noqa: B027 - optional hook: most backends need none
+        """Run a short generation so that the first real request does not pay one-time costs."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (GPU memory, connections)."""

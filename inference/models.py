@@ -1,0 +1,83 @@
+"""Jobs: one inference request, from acceptance to its final text."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class JobKind(models.TextChoices):
+    CHAT = "chat"  # messages -> chat template
+    COMPLETION = "completion"  # raw prompt
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    api_key = models.ForeignKey(
+        "gateway.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="jobs"
+    )
+    model = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=JobKind.choices)
+    # {"messages": [...]} or {"prompt": "..."}: exactly what the client sent, validated.
+    input = models.JSONField()
+    # Sampling parameters (max_tokens, temperature, top_p, top_k, seed, stop) after defaults.
+    params = models.JSONField(default=dict)
+    # Which API created it (openai.chat, openai.completions, tgi, jobs, ws): shapes the output.
+    source = models.CharField(max_length=32, default="jobs")
+    status = models.CharField(
+        max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True
+    )
+    output_text = models.TextField(blank=True)
+    finish_reason = models.CharField(max_length=32, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True)
+    priority = models.SmallIntegerField(default=0)
+    queued_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-queued_at"]
+        indexes = [
+            models.Index(fields=["user", "-queued_at"], name="job_user_recent"),
+            models.Index(fields=["status", "queued_at"], name="job_status_age"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def usage(self) -> dict[str, int] | None:
+        if self.prompt_tokens is None:
+            return None
+        completion = self.completion_tokens or 0
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }

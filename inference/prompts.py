@@ -1,0 +1,191 @@
+"""Tokenizer and chat template of a model directory, without torch.
+
+The gateway (to validate prompt length) and the worker (to build the prompt it runs) both use
+this module, so both count the same tokens. It reads the standard HF files: ``tokenizer.json``
+(fast tokenizer), ``tokenizer_config.json`` and ``chat_template.jinja`` (or the template
+inside ``tokenizer_config.json``), ``config.json`` and ``generation_config.json``.
+
+The chat template comes from the operator's model directory, never from a request, and is
+rendered in Jinja's immutable sandbox as transformers does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from jinja2.exceptions import TemplateError
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+# A minimal fallback for model directories without a chat template.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+class ModelFilesError(Exception):
+    """The model directory lacks what Sluice needs (tokenizer.json, config.json)."""
+
+
+class ChatTemplateError(Exception):
+    """The messages could not be rendered by the model's chat template."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def _token_content(value: Any) -> str | None:
+    if isinstance(value, dict):
+        content = value.get("content")
+        return content if isinstance(content, str) else None
+    return value if isinstance(value, str) else None
+
+
+@dataclass
+class ModelInfo:
+    """What the gateway and the worker need to know about a served model."""
+
+    name: str
+    path: Path
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        config = _read_json(self.path / "config.json")
+        if not config:
+            raise ModelFilesError(f"{self.path} has no config.json: not a Hugging Face model directory")
+        return config
+
+    @cached_property
+    def tokenizer_config(self) -> dict[str, Any]:
+        return _read_json(self.path / "tokenizer_config.json")
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        path = self.path / "tokenizer.json"
+        if not path.exists():
+            raise ModelFilesError(f"{self.path} has no tokenizer.json (a fast tokenizer is required)")
+        return Tokenizer.from_file(str(path))
+
+    @cached_property
+    def context_length(self) -> int:
+        config = self.config.get("text_config", self.config)
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = config.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 2048
+
+    @cached_property
+    def vocab_size(self) -> int:
+        return int(self.config.get("vocab_size") or self.tokenizer.get_vocab_size())
+
+    @cached_property
+    def bos_token(self) -> str | None:
+        return _token_content(self.tokenizer_config.get("bos_token"))
+
+    @cached_property
+    def eos_token(self) -> str | None:
+        return _token_content(self.tokenizer_config.get("eos_token"))
+
+    @cached_property
+    def eos_token_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        for source in (self.config, _read_json(self.path / "generation_config.json")):
+            value = source.get("eos_token_id")
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(int(v) for v in value if isinstance(v, int))
+        if self.eos_token:
+            token_id = self.tokenizer.token_to_id(self.eos_token)
+            if token_id is not None:
+                ids.add(token_id)
+        return frozenset(ids)
+
+    @cached_property
+    def chat_template(self) -> str:
+        template_file = self.path / "chat_template.jinja"
+        if template_file.exists():
+            return template_file.read_text(encoding="utf-8")
+        template = self.tokenizer_config.get("chat_template")
+        if isinstance(template, str):
+            return template
+        if isinstance(template, list):  # named templates: use "default"
+            for entry in template:
+                if isinstance(entry, dict) and entry.get("name") == "default":
+                    return str(entry.get("template", ""))
+        return DEFAULT_CHAT_TEMPLATE
+
+    @cached_property
+    def _compiled_template(self) -> Any:
+        def raise_exception(message: str) -> None:
+            raise TemplateError(message)
+
+        def strftime_now(fmt: str) -> str:
+            return datetime.now(tz=UTC).strftime(fmt)
+
+        environment = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+        )
+        environment.globals["raise_exception"] = raise_exception
+        environment.globals["strftime_now"] = strftime_now
+        return environment.from_string(self.chat_template)
+
+    def render_chat(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+        try:
+            return str(
+                self._compiled_template.render(
+                    messages=list(messages),
+                    add_generation_prompt=add_generation_prompt,
+                    bos_token=self.bos_token or "",
+                    eos_token=self.eos_token or "",
+                )
+            )
+        except TemplateError as exc:
+            raise ChatTemplateError(str(exc)) from exc
+
+    def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def chat_prompt_ids(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        # The template writes any BOS itself (as transformers' apply_chat_template assumes).
+        return self.encode(self.render_chat(messages), add_special_tokens=False)
+
+    def completion_prompt_ids(self, prompt: str) -> list[int]:
+        return self.encode(prompt, add_special_tokens=True)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+
+
+_cache: dict[tuple[str, Path, float], ModelInfo] = {}
+_cache_lock = threading.Lock()
+
+
+def model_info(name: str, path: str | Path) -> ModelInfo:
+    """A cached `ModelInfo`, reloaded when the directory's config.json changes (hot rebuilds)."""
+    resolved = Path(path).resolve()
+    try:
+        stamp = (resolved / "config.json").stat().st_mtime
+    except OSError:
+        stamp = 0.0
+    key = (name, resolved, stamp)
+    with _cache_lock:
+        info = _cache.get(key)
+        if info is None:
+            info = ModelInfo(name=name, path=resolved)
+            _cache[key] = info
+        return info

@@ -1,0 +1,48 @@
+"""Which models this deployment serves and which queue each one's jobs go to.
+
+One model, configured by settings (SLUICE_MODEL_NAME / SLUICE_MODEL_PATH). Model versions
+with canaries and hot switching replace this module's source of truth later; callers only
+use `served_models` and `resolve_model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from inference.prompts import ModelInfo, model_info
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    path: Path
+
+    @property
+    def queue(self) -> str:
+        return f"sluice.model.{self.name}"
+
+    @property
+    def info(self) -> ModelInfo:
+        return model_info(self.name, self.path)
+
+
+def served_models() -> list[ServedModel]:
+    return [ServedModel(name=settings.SLUICE_MODEL_NAME, path=Path(settings.SLUICE_MODEL_PATH))]
+
+
+def default_model() -> ServedModel:
+    return served_models()[0]
+
+
+def resolve_model(name: str | None) -> ServedModel | None:
+    """The served model a request names; TGI-style placeholders mean the default model."""
+    models = served_models()
+    if not name or name in settings.SLUICE_MODEL_ALIASES:
+        return models[0]
+    for model in models:
+        if model.name == name:
+            return model
+    return None

@@ -1,0 +1,368 @@
+"""Job writes: create, publish, cancel, execute (worker side), finish, reconcile."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from gateway.models import ApiKey
+from inference.batching import FinishReason, SamplingParams, SequenceRequest
+from inference.engine import SequenceResult
+from inference.models import Job, JobKind, JobStatus
+from inference.prompts import ChatTemplateError, ModelFilesError
+from inference.registry import ServedModel, resolve_model
+from inference.store import get_streams
+from inference.streams import Progress, end_fields
+
+logger = logging.getLogger(__name__)
+
+# Engine finish reasons as stored on the job (the APIs map them to their own vocabularies).
+EOS = "eos"
+STOP_SEQUENCE = "stop_sequence"
+
+
+@dataclass(frozen=True)
+class JobParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "stop": list(self.stop),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobParams:
+        return cls(
+            max_tokens=int(data["max_tokens"]),
+            temperature=float(data.get("temperature", 1.0)),
+            top_p=float(data.get("top_p", 1.0)),
+            top_k=int(data.get("top_k") or 0),
+            seed=data.get("seed"),
+            stop=tuple(data.get("stop") or ()),
+        )
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            stop=self.stop,
+        )
+
+
+def job_prompt_ids(*, job: Job, model: ServedModel) -> list[int]:
+    info = model.info
+    if job.kind == JobKind.CHAT:
+        return info.chat_prompt_ids(job.input["messages"])
+    return info.completion_prompt_ids(job.input["prompt"])
+
+
+def job_create(
+    *,
+    user: User,
+    api_key: ApiKey | None,
+    model: ServedModel,
+    kind: str,
+    input: dict[str, Any],
+    params: JobParams,
+    source: str,
+    prompt_tokens: int | None = None,
+    priority: int = 0,
+) -> Job:
+    """Persist a job and queue it once the row is committed (never before: a worker could
+    otherwise pick up a job id that does not exist yet)."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.create(
+            user=user,
+            api_key=api_key,
+            model=model.name,
+            kind=kind,
+            input=input,
+            params=params.as_dict(),
+            source=source,
+            prompt_tokens=prompt_tokens,
+            priority=priority,
+            deadline_at=now + timedelta(seconds=settings.SLUICE_JOB_TIMEOUT_S),
+        )
+        # The stream exists before anyone can read it; a Redis failure rolls the row back.
+        get_streams().open(str(job.id))
+        transaction.on_commit(lambda: job_publish(job_id=job.id, queue=model.queue), robust=True)
+    return job
+
+
+def job_publish(*, job_id: uuid.UUID | str, queue: str) -> None:
+    from inference.tasks import run_job
+
+    run_job.apply_async(args=[str(job_id)], queue=queue)
+    Job.objects.filter(id=job_id, published_at__isnull=True).update(published_at=timezone.now())
+
+
+def job_cancel(*, job: Job) -> Job:
+    """Cancel a job: at once if it has not started, else at the engine's next step."""
+    now = timezone.now()
+    Job.objects.filter(id=job.id, cancel_requested_at__isnull=True).update(cancel_requested_at=now)
+    updated = Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
+        status=JobStatus.CANCELLED, finish_reason=FinishReason.CANCELLED.value, finished_at=now
+    )
+    streams = get_streams()
+    if updated:
+        streams.finish(
+            str(job.id),
+            end_fields(status=JobStatus.CANCELLED, finish_reason=FinishReason.CANCELLED.value, usage=None),
+        )
+    else:
+        streams.request_cancel(str(job.id))
+    job.refresh_from_db()
+    return job
+
+
+# --- worker side ----------------------------------------------------------------------
+
+
+def _wall(mono: float | None, *, now_wall: datetime, now_mono: float) -> datetime | None:
+    if mono is None:
+        return None
+    return now_wall - timedelta(seconds=max(0.0, now_mono - mono))
+
+
+def job_execute(*, job_id: str, worker: str) -> None:
+    """Run one job on this worker's engine. Idempotent: a finished job, or one that another
+    live worker holds the lease on, is left alone; an abandoned one resumes from its stream."""
+    from inference.runtime import get_runtime
+
+    job = Job.objects.filter(id=job_id).first()
+    if job is None:
+        logger.warning("job %s does not exist; dropping its message", job_id)
+        return
+    if job.is_terminal:
+        return
+    runtime = get_runtime()
+    streams = get_streams()
+    lease_ttl = settings.SLUICE_JOB_LEASE_S
+    token = uuid.uuid4().hex
+    if not streams.lease_acquire(job_id, token, lease_ttl):
+        logger.info("job %s is held by another worker; leaving it", job_id)
+        return
+    try:
+        claimed = Job.objects.filter(id=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
+            status=JobStatus.RUNNING,
+            attempts=F("attempts") + 1,
+            started_at=Coalesce(F("started_at"), timezone.now()),
+            worker=worker[:200],
+        )
+        if not claimed:
+            return
+        streams.clear_requeued(job_id)
+        job.refresh_from_db()
+        _run_claimed(job=job, token=token, runtime=runtime)
+    finally:
+        streams.lease_release(job_id, token)
+
+
+def _run_claimed(*, job: Job, token: str, runtime: Any) -> None:
+    streams = get_streams()
+    job_id = str(job.id)
+    attempt = job.attempts
+    now = timezone.now()
+    if job.cancel_requested_at is not None or streams.cancel_requested(job_id):
+        _finish_without_run(
+            job=job, token=token, status=JobStatus.CANCELLED, reason=FinishReason.CANCELLED.value
+        )
+        return
+    if attempt > settings.SLUICE_MAX_ATTEMPTS:
+        _finish_without_run(
+            job=job,
+            token=token,
+            status=JobStatus.FAILED,
+            reason="error",
+            error=f"gave up after {attempt - 1} attempts",
+        )
+        return
+    if job.deadline_at is not None and now >= job.deadline_at:
+        _finish_without_run(
+            job=job, token=token, status=JobStatus.FAILED, reason="deadline", error="deadline exceeded"
+        )
+        return
+    model = resolve_model(job.model)
+    if model is None or model.name != runtime.model.name:
+        _finish_without_run(
+            job=job,
+            token=token,
+            status=JobStatus.FAILED,
+            reason="error",
+            error=f"model {job.model!r} is not served here",
+        )
+        return
+    try:
+        prompt_ids = job_prompt_ids(job=job, model=model)
+    except (ChatTemplateError, ModelFilesError, KeyError, TypeError) as exc:
+        _finish_without_run(
+            job=job, token=token, status=JobStatus.FAILED, reason="error", error=f"bad input: {exc}"
+        )
+        return
+    if not streams.append(job_id, {"t": "start", "a": str(attempt)}, lease_token=token):
+        return
+    progress = streams.progress(job_id) if attempt > 1 else Progress()
+    params = JobParams.from_dict(job.params)
+    remaining = (job.deadline_at - now).total_seconds() if job.deadline_at else settings.SLUICE_JOB_TIMEOUT_S
+    request = SequenceRequest(
+        key=job_id,
+        prompt_ids=prompt_ids,
+        params=params.sampling(),
+        resume_ids=progress.token_ids,
+        resume_text=progress.text,
+        deadline=time.monotonic() + remaining,
+        priority=job.priority,
+        meta={"lease": token},
+    )
+    handle = runtime.engine.submit(request)
+    lease_ttl = settings.SLUICE_JOB_LEASE_S
+    while not handle.wait(lease_ttl / 3):
+        if not streams.lease_renew(job_id, token, lease_ttl):
+            logger.warning("job %s: lease lost; another worker owns it now", job_id)
+            runtime.engine.cancel(job_id, FinishReason.LEASE_LOST)
+            handle.wait()
+            return
+    result = handle.result
+    assert result is not None
+    job_finish(job=job, attempt=attempt, token=token, result=result, progress=progress)
+
+
+def _finish_without_run(*, job: Job, token: str, status: str, reason: str, error: str = "") -> None:
+    now = timezone.now()
+    updated = Job.objects.filter(id=job.id, attempts=job.attempts, status=JobStatus.RUNNING).update(
+        status=status, finish_reason=reason, error=error, finished_at=now
+    )
+    if updated:
+        get_streams().finish(
+            str(job.id),
+            end_fields(status=status, finish_reason=reason, usage=None, error=error),
+            lease_token=token,
+        )
+
+
+def _outcome(result: SequenceResult) -> tuple[str, str]:
+    reason = result.finish_reason
+    if reason is FinishReason.STOP:
+        return JobStatus.SUCCEEDED, (STOP_SEQUENCE if result.stopped_by_string else EOS)
+    if reason is FinishReason.LENGTH:
+        return JobStatus.SUCCEEDED, "length"
+    if reason is FinishReason.CANCELLED:
+        return JobStatus.CANCELLED, "cancelled"
+    if reason is FinishReason.DEADLINE:
+        return JobStatus.FAILED, "deadline"
+    return JobStatus.FAILED, "error"
+
+
+def job_finish(*, job: Job, attempt: int, token: str, result: SequenceResult, progress: Progress) -> bool:
+    """Write the final state (only if this attempt still owns the job), then end the stream."""
+    if result.finish_reason in (FinishReason.LEASE_LOST, FinishReason.ABORTED):
+        return False  # another attempt finishes it
+    status, reason = _outcome(result)
+    now_wall, now_mono = timezone.now(), time.monotonic()
+    usage = {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+    first_token_at = _wall(result.first_token_at, now_wall=now_wall, now_mono=now_mono)
+    updated = Job.objects.filter(id=job.id, attempts=attempt, status=JobStatus.RUNNING).update(
+        status=status,
+        output_text=progress.text + result.text,
+        finish_reason=reason,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        error=result.error or "",
+        first_token_at=Coalesce(F("first_token_at"), first_token_at)
+        if first_token_at
+        else F("first_token_at"),
+        finished_at=now_wall,
+    )
+    if not updated:
+        return False
+    get_streams().finish(
+        str(job.id),
+        end_fields(status=status, finish_reason=reason, usage=usage, error=result.error or ""),
+        lease_token=token,
+    )
+    return True
+
+
+def job_fail(*, job_id: uuid.UUID | str, error: str, reason: str = "error") -> bool:
+    """Fail a job that no worker holds (reconciler: too many attempts, deadline in the queue)."""
+    now = timezone.now()
+    updated = Job.objects.filter(id=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
+        status=JobStatus.FAILED, finish_reason=reason, error=error, finished_at=now
+    )
+    if updated:
+        get_streams().finish(
+            str(job_id), end_fields(status=JobStatus.FAILED, finish_reason=reason, usage=None, error=error)
+        )
+    return bool(updated)
+
+
+def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
+    """Find jobs nobody will run and make sure somebody does (or fail them).
+
+    - queued but never published (the broker was down at commit): publish;
+    - running with no live lease (its worker died or shut down): re-send, so another
+      worker resumes it from its stream; the original message is acked as a no-op when the
+      broker redelivers it after the visibility timeout;
+    - past the deadline while queued or orphaned: fail with ``deadline``.
+    """
+    now = now or timezone.now()
+    streams = get_streams()
+    counts = {"published": 0, "requeued": 0, "failed": 0}
+    grace = timedelta(seconds=10)
+    for job_id, model_name in Job.objects.filter(
+        status=JobStatus.QUEUED, published_at__isnull=True, queued_at__lt=now - grace
+    ).values_list("id", "model")[:200]:
+        model = resolve_model(model_name)
+        if model is not None:
+            job_publish(job_id=job_id, queue=model.queue)
+            counts["published"] += 1
+    for job_id in Job.objects.filter(
+        status__in=[JobStatus.QUEUED, JobStatus.RUNNING], deadline_at__lt=now - grace
+    ).values_list("id", flat=True)[:200]:
+        if not streams.lease_holders([str(job_id)]).get(str(job_id)):
+            counts["failed"] += job_fail(job_id=job_id, error="deadline exceeded", reason="deadline")
+    running = list(Job.objects.filter(status=JobStatus.RUNNING).values_list("id", "model", "attempts")[:1000])
+    holders = streams.lease_holders([str(job_id) for job_id, _, _ in running])
+    for job_id, model_name, attempts in running:
+        if holders.get(str(job_id)):
+            continue
+        if attempts >= settings.SLUICE_MAX_ATTEMPTS:
+            counts["failed"] += job_fail(job_id=job_id, error=f"gave up after {attempts} attempts")
+            continue
+        model = resolve_model(model_name)
+        if model is None:
+            continue
+        if streams.mark_requeued(str(job_id), ttl_s=settings.SLUICE_JOB_TIMEOUT_S):
+            logger.warning("job %s lost its worker; re-sending it", job_id)
+            job_publish(job_id=job_id, queue=model.queue)
+            counts["requeued"] += 1
+    return counts

@@ -1,0 +1,62 @@
+"""Process-wide Redis clients (thread-safe connection pools) built from settings."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+
+import redis
+import redis.asyncio
+from django.conf import settings
+
+from inference.streams import JobStreams
+
+_lock = threading.Lock()
+_sync: dict[str, redis.Redis] = {}
+_streams: dict[str, JobStreams] = {}
+
+
+def get_redis() -> redis.Redis:
+    url = settings.REDIS_URL
+    with _lock:
+        client = _sync.get(url)
+        if client is None:
+            client = redis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
+            _sync[url] = client
+        return client
+
+
+def get_streams() -> JobStreams:
+    url = settings.REDIS_URL
+    with _lock:
+        streams = _streams.get(url)
+    if streams is None:
+        streams = JobStreams(
+            get_redis(),
+            stream_ttl_s=settings.SLUICE_STREAM_TTL_S,
+            job_timeout_s=settings.SLUICE_JOB_TIMEOUT_S,
+        )
+        with _lock:
+            _streams[url] = streams
+    return streams
+
+
+def new_async_redis() -> redis.asyncio.Redis:
+    """An asyncio client. Its pool is bound to the event loop that first uses it, so each
+    event loop (uvicorn's, a test's) creates its own via `async_redis`."""
+    return redis.asyncio.Redis.from_url(settings.REDIS_URL, health_check_interval=30, socket_keepalive=True)
+
+
+_async_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def async_redis() -> redis.asyncio.Redis:
+    loop = asyncio.get_running_loop()
+    client = _async_by_loop.get(loop)
+    if client is None:
+        client = new_async_redis()
+        _async_by_loop[loop] = client
+    return client

@@ -1,0 +1,20 @@
+"""Celery tasks: thin wrappers that take ids and call services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from inference import services
+
+
+@shared_task(
+    bind=True,
+    name="inference.run_job",
+    acks_late=True,  # a worker killed mid-job must not have acked it (DESIGN.md §4)
+    reject_on_worker_lost=True,
+    ignore_result=True,  # the job row is the result
+)
+def run_job(self: Any, job_id: str) -> None:
+    services.job_execute(job_id=job_id, worker=self.request.hostname or "")

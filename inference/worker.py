@@ -1,0 +1,41 @@
+"""Celery worker lifecycle: load the model before consuming, stop the engine after the pool.
+
+Imported by ``config/celery.py``, so the handlers are connected before Celery sends its
+signals. Nothing here imports models at import time (Django may not be set up yet).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_init, worker_shutdown
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _load_model(sender: Any = None, **kwargs: Any) -> None:
+    if not settings.SLUICE_WORKER_PRELOAD:
+        return
+    import django
+
+    django.setup()
+    from inference.runtime import start_runtime
+
+    hostname = getattr(sender, "hostname", None)
+    start_runtime(name=hostname)
+    port = settings.SLUICE_WORKER_METRICS_PORT
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="127.0.0.1")
+        logger.info("worker metrics on http://127.0.0.1:%s/metrics", port)
+
+
+@worker_shutdown.connect
+def _stop_engine(**kwargs: Any) -> None:
+    from inference.runtime import stop_runtime
+
+    stop_runtime()
