@@ -5,3 +5,6 @@ class GatewayConfig(AppConfig):
     name = "gateway"
     verbose_name = "Gateway"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from gateway import schema  # noqa: F401  (registers the OpenAPI auth extension)

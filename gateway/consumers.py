@@ -43,6 +43,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         self.user: Any = None
         self.api_key: Any = None
         self.followers: dict[str, asyncio.Task[None]] = {}
+        self.replaced: set[asyncio.Task[Any]] = set()
         self.owned: set[str] = set()
         headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in self.scope.get("headers", [])}
         await self.accept()
@@ -73,10 +74,9 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         timer = getattr(self, "auth_timer", None)
         if timer is not None:
             timer.cancel()
-        for job_id, task in list(getattr(self, "followers", {}).items()):
+        # Each follower cancels its job on the way out if this socket started it.
+        for task in list(getattr(self, "followers", {}).values()):
             task.cancel()
-            if job_id in self.owned:
-                await _cancel_job(job_id)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if not isinstance(content, dict) or not isinstance(content.get("type"), str):
@@ -142,10 +142,10 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         except serializers.ValidationError as exc:
             param, detail = first_error(exc.detail)
             await self._error(
-                f"Invalid value for '{param}': {detail}",
+                f"Invalid value for '{param}': {detail}" if param else detail,
                 code="invalid_value",
                 request_id=request_id,
-                param=param,
+                param=param or None,
             )
             return
         except ApiError as exc:
@@ -191,10 +191,12 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
     def _follow(self, job_id: str, after: str) -> None:
         previous = self.followers.get(job_id)
         if previous is not None:
+            self.replaced.add(previous)  # a re-subscribe: not a reason to cancel the job
             previous.cancel()
         self.followers[job_id] = asyncio.ensure_future(self._stream(job_id, after))
 
     async def _stream(self, job_id: str, after: str) -> None:
+        completed = False
         try:
             async for entry in iter_entries(job_id, after=after):
                 if entry is None:
@@ -211,6 +213,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
                         }
                     )
                 elif entry.kind == "end":
+                    completed = True
                     message: dict[str, Any] = {
                         "type": "end",
                         "job_id": job_id,
@@ -226,9 +229,15 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception("websocket stream for job %s failed", job_id)
-            await self._error("Streaming this job failed.", code="stream_failed", status_code=500)
+            # Usually the client is gone (the send failed); nobody can receive the rest.
+            logger.info("websocket stream for job %s ended early", job_id, exc_info=True)
         finally:
-            if self.followers.get(job_id) is asyncio.current_task():
+            task = asyncio.current_task()
+            replaced = task in self.replaced
+            self.replaced.discard(task)  # type: ignore[arg-type]
+            if not completed and not replaced and job_id in self.owned:
+                # The socket that started this job went away before it finished.
+                await asyncio.shield(_cancel_job(job_id))
+            if self.followers.get(job_id) is task:
                 del self.followers[job_id]
                 self.owned.discard(job_id)

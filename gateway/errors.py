@@ -66,8 +66,10 @@ def first_error(detail: Any, path: str = "") -> tuple[str, str]:
     """(param path, message) of the first error in DRF's nested error detail."""
     if isinstance(detail, dict):
         for key, value in detail.items():
-            if key == "non_field_errors":
+            if key in ("non_field_errors", "__all__"):
                 return first_error(value, path)
+            if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+                return first_error(value, f"{path}[{key}]")  # list items are keyed by index
             return first_error(value, f"{path}.{key}" if path else str(key))
     if isinstance(detail, list) and detail:
         if all(isinstance(item, (str, exceptions.ErrorDetail)) for item in detail):
@@ -104,6 +106,7 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
     if isinstance(exc, exceptions.ValidationError):
         param, detail = first_error(exc.detail)
         message = f"Invalid value for '{param}': {detail}" if param else detail
+        param = param or None
         code = "invalid_value"
     elif isinstance(exc, exceptions.ParseError):
         message = f"We could not parse the JSON body of your request. ({exc.detail})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 
@@ -46,6 +47,12 @@ class StrictCharField(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
+@extend_schema_field(
+    {
+        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}],
+        "nullable": True,
+    }
+)
 class StopField(serializers.Field):
     """``stop``: a string or a list of up to 4 non-empty strings (OpenAI's limit)."""
 
@@ -78,6 +85,7 @@ class StopField(serializers.Field):
         return value
 
 
+@extend_schema_field({"nullable": True})
 class AnyJSONField(serializers.Field):
     """Accepts any JSON value; used for parameters that must keep their default."""
 

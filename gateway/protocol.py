@@ -80,6 +80,7 @@ def _params(
     default_max_tokens: int,
     max_tokens_param: str,
     error_status: int,
+    ignore_eos: bool = False,
 ) -> JobParams:
     context = model.info.context_length
     room = context - prompt_tokens
@@ -103,7 +104,13 @@ def _params(
             param=max_tokens_param,
         )
     return JobParams(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop)
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        stop=tuple(stop),
+        ignore_eos=ignore_eos,
     )
 
 
@@ -127,6 +134,7 @@ def prepare_chat(
     top_k: int = 0,
     seed: int | None = None,
     stop: Sequence[str] = (),
+    ignore_eos: bool = False,
     error_status: int = status.HTTP_400_BAD_REQUEST,
 ) -> PreparedRequest:
     normalized = normalize_messages(messages)
@@ -184,6 +192,7 @@ def prepare_completion(
     top_k: int = 0,
     seed: int | None = None,
     stop: Sequence[str] = (),
+    ignore_eos: bool = False,
     max_tokens_param: str = "max_tokens",
     prompt_param: str = "prompt",
     error_status: int = status.HTTP_400_BAD_REQUEST,
@@ -211,6 +220,7 @@ def prepare_completion(
         default_max_tokens=default_max_tokens,
         max_tokens_param=max_tokens_param,
         error_status=error_status,
+        ignore_eos=ignore_eos,
     )
     return PreparedRequest(
         model=model,

@@ -37,6 +37,7 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks, as vLLM's ignore_eos)
 
     @property
     def greedy(self) -> bool:

@@ -354,7 +354,7 @@ class Engine:
         act.logprobs.append(sampled.logprob)
         act.pending_ids.append(sampled.token_id)
         act.pending_logprobs.append(sampled.logprob)
-        if sampled.token_id in self.backend.eos_token_ids:
+        if sampled.token_id in self.backend.eos_token_ids and not act.request.params.ignore_eos:
             act.finish = FinishReason.STOP
             return
         delta = act.stops.feed(act.decoder.push(sampled.token_id))

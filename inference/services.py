@@ -40,6 +40,7 @@ class JobParams:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +50,7 @@ class JobParams:
             "top_k": self.top_k,
             "seed": self.seed,
             "stop": list(self.stop),
+            "ignore_eos": self.ignore_eos,
         }
 
     @classmethod
@@ -60,6 +62,7 @@ class JobParams:
             top_k=int(data.get("top_k") or 0),
             seed=data.get("seed"),
             stop=tuple(data.get("stop") or ()),
+            ignore_eos=bool(data.get("ignore_eos", False)),
         )
 
     def sampling(self) -> SamplingParams:
@@ -70,6 +73,7 @@ class JobParams:
             top_k=self.top_k,
             seed=self.seed,
             stop=self.stop,
+            ignore_eos=self.ignore_eos,
         )
 
 

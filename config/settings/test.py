@@ -15,9 +15,9 @@ from config.embedded import test_services
 from config.settings.base import *  # noqa: F403
 from config.settings.base import CACHES, CHANNEL_LAYERS, DATABASES, LOGGING
 
-_database_url, REDIS_URL = test_services()
+TEST_DATABASE_URL, REDIS_URL = test_services()
 
-DATABASES["default"] = dict(dj_database_url.parse(_database_url, conn_max_age=0))
+DATABASES["default"] = dict(dj_database_url.parse(TEST_DATABASE_URL, conn_max_age=0))
 DATABASES["default"]["TEST"] = {"NAME": env.get_str("SLUICE_TEST_DATABASE_NAME", "test_sluice")}
 CACHES = {"default": {**CACHES["default"], "LOCATION": REDIS_URL}}
 CHANNEL_LAYERS = {

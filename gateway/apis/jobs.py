@@ -14,7 +14,13 @@ from rest_framework.views import APIView
 from gateway.apis.openai import ChatMessageSerializer
 from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError
-from gateway.fields import StopField, StrictCharField, StrictFloatField, StrictIntegerField
+from gateway.fields import (
+    StopField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+)
 from gateway.protocol import job_representation, prepare_chat, prepare_completion, resolve_or_404
 from gateway.streaming import native_job_stream, sse_response
 from inference.models import Job
@@ -36,6 +42,7 @@ class JobCreateSerializer(serializers.Serializer):
     top_k = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=100_000)
     seed = StrictIntegerField(required=False, allow_null=True, min_value=-(2**63), max_value=2**63 - 1)
     stop = StopField()
+    ignore_eos = StrictBooleanField(required=False, default=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if ("messages" in attrs) == ("prompt" in attrs):
@@ -61,6 +68,7 @@ def job_submit(user: Any, api_key: Any, data: dict[str, Any], *, source: str) ->
         "top_k": data.get("top_k") or 0,
         "seed": data.get("seed"),
         "stop": data.get("stop") or (),
+        "ignore_eos": bool(data.get("ignore_eos")),
     }
     if "messages" in data:
         prepared = prepare_chat(messages=data["messages"], **common)
@@ -109,6 +117,7 @@ class JobCreateApi(APIView):
         parameters=[OpenApiParameter("limit", int), OpenApiParameter("status", str)],
         responses={200: OpenApiResponse(description="your most recent jobs")},
         summary="List your jobs",
+        operation_id="jobs_list",
     )
     def get(self, request: Request) -> Response:
         try:
@@ -122,7 +131,9 @@ class JobCreateApi(APIView):
 
 
 class JobDetailApi(APIView):
-    @extend_schema(responses={200: OpenApiResponse(description="the job")}, summary="Get a job")
+    @extend_schema(
+        responses={200: OpenApiResponse(description="the job")}, summary="Get a job", operation_id="jobs_get"
+    )
     def get(self, request: Request, job_id: str) -> Response:
         return Response(job_representation(_get_or_404(request, job_id)))
 

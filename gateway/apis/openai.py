@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -64,6 +64,21 @@ class ContentPartSerializer(serializers.Serializer):
     text = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"type": {"type": "string"}, "text": {"type": "string"}},
+                },
+            },
+        ],
+        "nullable": True,
+    }
+)
 class MessageContentField(serializers.Field):
     default_error_messages = {"invalid": "Must be a string, a list of content parts, or null."}
 
@@ -109,6 +124,8 @@ class SamplingSerializer(serializers.Serializer):
     stream = StrictBooleanField(required=False, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
     user = StrictCharField(required=False, allow_blank=True, max_length=256)
+    # Extension (as in vLLM): keep generating past end-of-sequence, up to max_tokens.
+    ignore_eos = StrictBooleanField(required=False, default=False)
 
     def validate_top_p(self, value: float | None) -> float | None:
         if value is not None and value <= 0:
@@ -116,7 +133,7 @@ class SamplingSerializer(serializers.Serializer):
         return value
 
 
-class ChatCompletionRequestSerializer(SamplingSerializer):
+class ChatCompletionSerializer(SamplingSerializer):
     messages: serializers.ListSerializer[Any] = serializers.ListSerializer(
         child=ChatMessageSerializer(), allow_empty=False, max_length=1000
     )
@@ -131,7 +148,7 @@ class ChatCompletionRequestSerializer(SamplingSerializer):
         return attrs
 
 
-class CompletionRequestSerializer(SamplingSerializer):
+class CompletionSerializer(SamplingSerializer):
     prompt = serializers.JSONField()
     max_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
 
@@ -191,13 +208,13 @@ def _create(request: Request, prepared: PreparedRequest, source: str) -> Any:
 
 class ChatCompletionCreateApi(APIView):
     @extend_schema(
-        request=ChatCompletionRequestSerializer,
+        request=ChatCompletionSerializer,
         responses={200: OpenApiResponse(description="chat.completion, or text/event-stream of chunks")},
         summary="Create a chat completion (OpenAI-compatible)",
     )
     def post(self, request: Request) -> Any:
         started = time.perf_counter()
-        data = _validated(ChatCompletionRequestSerializer, request)
+        data = _validated(ChatCompletionSerializer, request)
         max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
         _check_max_tokens(max_tokens, "max_tokens")
         model = resolve_or_404(data["model"])
@@ -210,6 +227,7 @@ class ChatCompletionCreateApi(APIView):
             top_k=data.get("top_k") or 0,
             seed=data.get("seed"),
             stop=data.get("stop") or (),
+            ignore_eos=data["ignore_eos"],
         )
         job = _create(request, prepared, "openai.chat")
         if data["stream"]:
@@ -231,13 +249,13 @@ class ChatCompletionCreateApi(APIView):
 
 class CompletionCreateApi(APIView):
     @extend_schema(
-        request=CompletionRequestSerializer,
+        request=CompletionSerializer,
         responses={200: OpenApiResponse(description="text_completion, or text/event-stream of chunks")},
         summary="Create a text completion (OpenAI-compatible, legacy)",
     )
     def post(self, request: Request) -> Any:
         started = time.perf_counter()
-        data = _validated(CompletionRequestSerializer, request)
+        data = _validated(CompletionSerializer, request)
         _check_max_tokens(data.get("max_tokens"), "max_tokens")
         model = resolve_or_404(data["model"])
         prepared = prepare_completion(
@@ -250,6 +268,7 @@ class CompletionCreateApi(APIView):
             top_k=data.get("top_k") or 0,
             seed=data.get("seed"),
             stop=data.get("stop") or (),
+            ignore_eos=data["ignore_eos"],
         )
         job = _create(request, prepared, "openai.completions")
         if data["stream"]:

@@ -63,7 +63,7 @@ class TgiParametersSerializer(serializers.Serializer):
     decoder_input_details = AnyJSONField()
 
 
-class TgiRequestSerializer(serializers.Serializer):
+class TgiGenerateSerializer(serializers.Serializer):
     inputs = StrictCharField(allow_blank=True, trim_whitespace=False)
     parameters = TgiParametersSerializer(required=False, default=dict)
     stream = StrictBooleanField(required=False, default=False)
@@ -82,7 +82,7 @@ def _validated(request: Request) -> dict[str, Any]:
                     code="unsupported_parameter",
                     param=f"parameters.{name}",
                 )
-    serializer = TgiRequestSerializer(data=request.data)
+    serializer = TgiGenerateSerializer(data=request.data)
     if not serializer.is_valid():
         param, message = first_error(serializer.errors)
         raise ApiError(
@@ -214,14 +214,14 @@ _RESPONSES = {200: OpenApiResponse(description="TGI response")}
 
 
 class TgiGenerateApi(APIView):
-    @extend_schema(request=TgiRequestSerializer, responses=_RESPONSES, summary="Generate (TGI-compatible)")
+    @extend_schema(request=TgiGenerateSerializer, responses=_RESPONSES, summary="Generate (TGI-compatible)")
     def post(self, request: Request) -> Any:
         return _run(request, _validated(request), stream=False)
 
 
 class TgiGenerateStreamApi(APIView):
     @extend_schema(
-        request=TgiRequestSerializer,
+        request=TgiGenerateSerializer,
         responses=_RESPONSES,
         summary="Generate as a token stream (TGI-compatible)",
     )
@@ -233,7 +233,7 @@ class TgiCompatGenerateApi(APIView):
     """``POST /``: TGI's compatibility route; the body's ``stream`` picks the answer's form."""
 
     @extend_schema(
-        request=TgiRequestSerializer,
+        request=TgiGenerateSerializer,
         responses=_RESPONSES,
         summary="Generate, streaming if the body says so (TGI-compatible)",
     )

@@ -58,6 +58,21 @@ class DemoModelSpec:
     seed: int = 0
     dialogue_weight: int = 3  # chat examples are repeated so that chat answers look like answers
 
+    @classmethod
+    def tiny(cls, budget_seconds: float = 20.0) -> DemoModelSpec:
+        """A much smaller model that trains in seconds (tests, smoke checks)."""
+        return cls(
+            vocab_size=1024,
+            hidden_size=128,
+            intermediate_size=352,
+            layers=2,
+            heads=4,
+            context_length=512,
+            seq_len=64,
+            batch_size=16,
+            budget_seconds=budget_seconds,
+        )
+
     def fingerprint(self, corpus_digest: str) -> str:
         payload = json.dumps({"spec": asdict(self), "corpus": corpus_digest, "v": 1}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -157,7 +157,7 @@ class TorchCausalLMBackend(ModelBackend):
         threads: int = 0,
         max_batch_size: int = 32,
         max_prefill_tokens: int = 4096,
-        eos_token_ids: Sequence[int] = (),
+        eos_token_ids: Sequence[int] | None = None,
         vocab_decode: Any = None,
     ) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -178,7 +178,10 @@ class TorchCausalLMBackend(ModelBackend):
         self.kv_heads = int(getattr(text_config, "num_key_value_heads", None) or heads)
         self.head_dim = int(getattr(text_config, "head_dim", None) or text_config.hidden_size // heads)
         self.n_layers = int(text_config.num_hidden_layers)
-        self.eos_token_ids = frozenset(int(i) for i in eos_token_ids) or self._config_eos(config)
+        # None: from the model's config; an explicit (possibly empty) list wins.
+        self.eos_token_ids = (
+            self._config_eos(config) if eos_token_ids is None else frozenset(int(i) for i in eos_token_ids)
+        )
         self._decode_fn = vocab_decode
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens = max_prefill_tokens
@@ -233,6 +236,9 @@ class TorchCausalLMBackend(ModelBackend):
             raise RuntimeError("backend has no tokenizer; pass vocab_decode")
         return str(self._decode_fn(token_ids))
 
+    # Every method that touches the cache runs in inference mode: tensors created there may
+    # only be modified there.
+    @torch.inference_mode()
     def add(
         self, keys: Sequence[str], token_ids: Sequence[Sequence[int]], params: Sequence[SamplingParams]
     ) -> dict[str, Sampled | Exception]:
@@ -423,6 +429,7 @@ class TorchCausalLMBackend(ModelBackend):
                 out.append(exc)
         return out
 
+    @torch.inference_mode()
     def remove(self, keys: Sequence[str]) -> None:
         drop = set(keys)
         if not drop:

@@ -25,19 +25,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from inference.backends.demo_model import DemoModelSpec, build_demo_model
 
-        spec = DemoModelSpec(budget_seconds=options["budget_seconds"])
-        if options["tiny"]:
-            spec = DemoModelSpec(
-                vocab_size=1024,
-                hidden_size=128,
-                intermediate_size=352,
-                layers=2,
-                heads=4,
-                context_length=512,
-                seq_len=64,
-                batch_size=16,
-                budget_seconds=options["budget_seconds"],
-            )
+        budget = options["budget_seconds"]
+        spec = DemoModelSpec.tiny(budget) if options["tiny"] else DemoModelSpec(budget_seconds=budget)
         report = build_demo_model(
             Path(options["out"]),
             spec,

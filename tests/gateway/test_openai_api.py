@@ -1,0 +1,178 @@
+"""OpenAI-compatible API through a live server, driven by the unmodified `openai` SDK."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from inference.models import Job, JobStatus
+from tests.conftest import TEST_MODEL_NAME, ApiUser, Live
+from tests.support.servers import wait_until
+
+pytestmark = pytest.mark.e2e
+
+QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about rivers."}]
+
+
+@pytest.fixture
+def client(live: Live, api_user: ApiUser) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live.base_url}/v1", api_key=api_user.key, max_retries=0, timeout=60)
+
+
+def test_chat_completion(client: openai.OpenAI, api_user: ApiUser) -> None:
+    response = client.chat.completions.create(
+        model=TEST_MODEL_NAME, messages=QUESTION, max_tokens=12, temperature=0
+    )
+    choice = response.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert response.usage is not None
+    assert response.usage.prompt_tokens > 0
+    assert 0 < response.usage.completion_tokens <= 12
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    job = Job.objects.get(id=response.id.removeprefix("chatcmpl-"))
+    assert job.user == api_user.user
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.output_text == choice.message.content
+    assert job.started_at and job.first_token_at and job.finished_at
+    assert job.queued_at <= job.started_at <= job.first_token_at <= job.finished_at
+
+
+def test_chat_completion_stream_matches_non_stream(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(
+        model=TEST_MODEL_NAME, messages=QUESTION, max_tokens=20, temperature=0
+    )
+    stream = client.chat.completions.create(
+        model=TEST_MODEL_NAME,
+        messages=QUESTION,
+        max_tokens=20,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    usage = [c.usage for c in chunks if c.usage]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # streamed, not one blob
+    assert text == whole.choices[0].message.content  # greedy: the same answer either way
+    assert finish == [whole.choices[0].finish_reason]
+    assert len(usage) == 1 and usage[0].completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+
+
+def test_text_completion(client: openai.OpenAI) -> None:
+    response = client.completions.create(
+        model=TEST_MODEL_NAME, prompt="The river", max_tokens=10, temperature=0
+    )
+    assert response.object == "text_completion"
+    assert response.choices[0].text
+    streamed = client.completions.create(
+        model=TEST_MODEL_NAME, prompt="The river", max_tokens=10, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == response.choices[0].text
+
+
+def test_stop_sequence(client: openai.OpenAI) -> None:
+    full = client.completions.create(model=TEST_MODEL_NAME, prompt="The river", max_tokens=30, temperature=0)
+    text = full.choices[0].text
+    stop = text[8:11]
+    cut = client.completions.create(
+        model=TEST_MODEL_NAME, prompt="The river", max_tokens=30, temperature=0, stop=[stop]
+    )
+    assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_seed_makes_sampling_reproducible(client: openai.OpenAI) -> None:
+    def ask(seed: int) -> str:
+        r = client.chat.completions.create(
+            model=TEST_MODEL_NAME, messages=QUESTION, max_tokens=16, temperature=1.2, seed=seed
+        )
+        return r.choices[0].message.content or ""
+
+    assert ask(7) == ask(7)
+
+
+def test_models(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == [TEST_MODEL_NAME]
+
+
+def test_sdk_raises_on_errors(live: Live, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as not_found:
+        client.chat.completions.create(model="no-such-model", messages=QUESTION)
+    assert not_found.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=TEST_MODEL_NAME, messages=QUESTION, max_tokens=10**9)
+    assert bad.value.param == "max_tokens"
+    wrong_key = openai.OpenAI(base_url=f"{live.base_url}/v1", api_key="sk-sl-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong_key.models.list()
+
+
+def test_client_disconnect_cancels_generation(live: Live, api_user: ApiUser) -> None:
+    body = {
+        "model": TEST_MODEL_NAME,
+        "messages": QUESTION,
+        "max_tokens": 480,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    job_id = None
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream(
+            "POST", f"{live.base_url}/v1/chat/completions", json=body, headers=api_user.headers
+        ) as response,
+    ):
+        for line in response.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+                job_id = line.split('"id":"chatcmpl-')[1].split('"')[0]
+                break
+    assert job_id is not None  # left the `with`: the connection is closed mid-stream
+
+    def cancelled() -> bool:
+        return Job.objects.get(id=job_id).status == JobStatus.CANCELLED
+
+    try:
+        wait_until(cancelled, timeout=20, interval=0.1, what="the job to be cancelled")
+    except TimeoutError:
+        job = Job.objects.get(id=job_id)
+        raise AssertionError(
+            f"job {job.status} {job.finish_reason} {job.completion_tokens} tokens {job.params}"
+        ) from None
+    job = Job.objects.get(id=job_id)
+    assert job.finish_reason == "cancelled"
+    assert (job.completion_tokens or 0) < 480
+
+
+def test_concurrent_streams_are_isolated(live: Live, make_api_user: object) -> None:
+    """Several users streaming at once each get their own job's text."""
+    import concurrent.futures
+
+    users = [make_api_user() for _ in range(4)]  # type: ignore[operator]
+
+    def run(index: int) -> tuple[str, str]:
+        sdk = openai.OpenAI(
+            base_url=f"{live.base_url}/v1", api_key=users[index].key, max_retries=0, timeout=60
+        )
+        stream = sdk.completions.create(
+            model=TEST_MODEL_NAME, prompt=f"Story {index}:", max_tokens=25, temperature=0, stream=True
+        )
+        chunks = list(stream)
+        return chunks[0].id.removeprefix("cmpl-"), "".join(c.choices[0].text for c in chunks if c.choices)
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, range(4)))
+    assert time.monotonic() - started < 60
+    for index, (job_id, text) in enumerate(results):
+        job = Job.objects.get(id=job_id)
+        assert job.user == users[index].user
+        assert job.output_text == text

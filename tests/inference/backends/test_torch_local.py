@@ -1,0 +1,152 @@
+"""The slot-KV-cache backend against transformers' own `generate` (the reference)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference.backends.torch_local import TorchCausalLMBackend, resolve_dtype
+from inference.batching import SamplingParams
+from inference.prompts import ModelInfo
+
+GREEDY = SamplingParams(max_new_tokens=64, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def backend(random_model_dir: Path) -> TorchCausalLMBackend:
+    info = ModelInfo("m", random_model_dir)
+    return TorchCausalLMBackend(
+        random_model_dir, threads=1, max_batch_size=8, eos_token_ids=[], vocab_decode=info.decode
+    )
+
+
+def reference(backend: TorchCausalLMBackend, ids: list[int], steps: int) -> list[int]:
+    out = backend.model.generate(
+        torch.tensor([ids]),
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return out[0, len(ids) :].tolist()
+
+
+def test_grouped_query_model_is_loaded(backend: TorchCausalLMBackend) -> None:
+    assert backend.kv_heads == 2 and backend.model.config.num_attention_heads == 4
+    assert backend.context_length == 256
+
+
+def test_rows_joining_and_leaving_keep_every_row_exact(backend: TorchCausalLMBackend) -> None:
+    """Rows join at different times (right-aligned, shifting the cache when a long prompt
+    arrives), leave in the middle (the last row moves into the hole), and the cache compacts
+    its dead leading columns; every row must still decode exactly as alone."""
+    prompts = {
+        f"r{i}": [(13 * i + 5 * j) % 1000 + 5 for j in range(n)] for i, n in enumerate([2, 30, 7, 60, 15, 3])
+    }
+    steps = {"r0": 40, "r1": 8, "r2": 25, "r3": 30, "r4": 12, "r5": 35}
+    got: dict[str, list[int]] = {key: [] for key in prompts}
+    join_at = {"r0": 0, "r1": 0, "r2": 3, "r3": 5, "r4": 6, "r5": 20}
+    active: set[str] = set()
+    for step in range(80):
+        joining = [k for k, at in join_at.items() if at == step]
+        if joining:
+            first = backend.add(joining, [prompts[k] for k in joining], [GREEDY] * len(joining))
+            for key, sampled in first.items():
+                assert not isinstance(sampled, Exception)
+                got[key].append(sampled.token_id)
+            active.update(joining)
+        finished = [k for k in active if len(got[k]) >= steps[k]]
+        backend.remove(finished)
+        active.difference_update(finished)
+        if not active and step > max(join_at.values()):
+            break
+        if active:
+            for key, sampled in backend.step().items():
+                assert not isinstance(sampled, Exception)
+                got[key].append(sampled.token_id)
+    assert backend.batch_keys == []
+    for key, ids in prompts.items():
+        assert got[key][: steps[key]] == reference(backend, ids, steps[key]), key
+
+
+def test_cache_grows_past_its_initial_size(backend: TorchCausalLMBackend) -> None:
+    ids = list(range(10, 210))  # 200 prompt tokens + 40 new > the initial 256 columns once padded
+    first = backend.add(["long"], [ids], [GREEDY])["long"]
+    assert not isinstance(first, Exception)
+    tokens = [first.token_id]
+    for _ in range(39):
+        sampled = backend.step()["long"]
+        assert not isinstance(sampled, Exception)
+        tokens.append(sampled.token_id)
+    backend.remove(["long"])
+    assert tokens == reference(backend, ids, 40)
+
+
+def test_invalid_sequences_are_reported_not_raised(backend: TorchCausalLMBackend) -> None:
+    results = backend.add(
+        ["ok", "empty", "oov", "huge"],
+        [[1, 2, 3], [], [1, 99_999], list(range(1, 300))],
+        [GREEDY] * 4,
+    )
+    assert not isinstance(results["ok"], Exception)
+    assert isinstance(results["empty"], ValueError)
+    assert "outside the vocabulary" in str(results["oov"])
+    assert "context window" in str(results["huge"])
+    assert backend.batch_keys == ["ok"]
+    backend.remove(["ok"])
+
+
+def test_logprob_is_the_models_log_probability(backend: TorchCausalLMBackend) -> None:
+    ids = [5, 6, 7, 8]
+    sampled = backend.add(["lp"], [ids], [GREEDY])["lp"]
+    backend.remove(["lp"])
+    assert not isinstance(sampled, Exception)
+    with torch.inference_mode():
+        logits = backend.model(torch.tensor([ids])).logits[0, -1].float()
+    expected = torch.log_softmax(logits, -1)[sampled.token_id].item()
+    assert sampled.logprob == pytest.approx(expected, abs=1e-4)
+
+
+def test_dtype_resolution() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu, "bfloat16") is torch.bfloat16
+    assert resolve_dtype("auto", cpu, None) is torch.float32
+    assert resolve_dtype("float16", cpu) is torch.float16
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        resolve_dtype("int3", cpu)
+
+
+def test_bfloat16_produces_tokens(random_model_dir: Path) -> None:
+    info = ModelInfo("m", random_model_dir)
+    backend = TorchCausalLMBackend(
+        random_model_dir, dtype="bfloat16", threads=1, eos_token_ids=[], vocab_decode=info.decode
+    )
+    assert backend.description == "cpu/bfloat16"
+    first = backend.add(["b"], [[1, 2, 3]], [GREEDY])["b"]
+    assert not isinstance(first, Exception)
+    assert not isinstance(backend.step()["b"], Exception)
+
+
+def test_cache_survives_growth_then_removal_from_the_middle(random_model_dir: Path) -> None:
+    """Buffers re-allocated while growing are inference tensors; moving rows into holes must
+    still work (a worker once failed here after a batch grew and a middle row finished)."""
+    info = ModelInfo("m", random_model_dir)
+    backend = TorchCausalLMBackend(
+        random_model_dir, threads=1, max_batch_size=16, eos_token_ids=[], vocab_decode=info.decode
+    )
+    assert backend.cache.row_capacity == 8
+    keys = [f"m{i}" for i in range(12)]
+    prompts = [[(i * 31 + j) % 900 + 3 for j in range(5 + 10 * i)] for i in range(12)]
+    for key, ids in zip(keys, prompts, strict=True):  # one by one: rows and columns grow
+        assert not isinstance(backend.add([key], [ids], [GREEDY])[key], Exception)
+    assert backend.cache.row_capacity == 16
+    backend.step()
+    backend.remove(["m1", "m4"])
+    results = backend.step()
+    assert sorted(results) == sorted(set(keys) - {"m1", "m4"})
+    assert not any(isinstance(r, Exception) for r in results.values())
+    backend.remove(keys)
+    assert backend.batch_keys == []

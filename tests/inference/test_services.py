@@ -1,0 +1,111 @@
+"""Job services on real Postgres and Valkey: creation, publishing, cancel, reconciliation.
+
+A model name that no worker consumes keeps published messages in its queue, so the tests can
+see exactly what was sent.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from inference.models import Job, JobStatus
+from inference.registry import ServedModel
+from inference.services import JobParams, job_cancel, job_create, jobs_reconcile
+from inference.store import get_redis, get_streams
+from tests.support.redis_entries import stream_entries
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def model(demo_model_dir: Path, settings: object) -> ServedModel:
+    settings.SLUICE_MODEL_NAME = "unserved"  # type: ignore[attr-defined]
+    get_redis().delete(queue_key("unserved"))
+    return ServedModel(name="unserved", path=demo_model_dir)
+
+
+def queue_key(name: str) -> str:
+    return f"sluice:celery:sluice.model.{name}"
+
+
+def queued_job_ids(name: str) -> list[str]:
+    messages = [json.loads(m) for m in get_redis().lrange(queue_key(name), 0, -1)]
+    return [json.loads(__import__("base64").b64decode(m["body"]))[0][0] for m in messages]
+
+
+def create(model: ServedModel, user: User) -> Job:
+    return job_create(
+        user=user, api_key=None, model=model, kind="completion", input={"prompt": "x"}, params=JobParams(max_tokens=4),
+        source="jobs",
+    )  # fmt: skip
+
+
+def test_create_persists_opens_the_stream_and_publishes(model: ServedModel) -> None:
+    user = User.objects.create(username="u1")
+    job = create(model, user)
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED and job.published_at is not None
+    assert job.deadline_at is not None and job.deadline_at > job.queued_at
+    assert queued_job_ids("unserved") == [str(job.id)]
+    assert stream_entries(str(job.id))[0][1] == {"t": "queued"}
+
+
+def test_reconciler_publishes_what_was_never_published(model: ServedModel) -> None:
+    user = User.objects.create(username="u2")
+    job = create(model, user)
+    get_redis().delete(queue_key("unserved"))
+    old = timezone.now() - timedelta(seconds=60)
+    Job.objects.filter(id=job.id).update(published_at=None, queued_at=old)
+    assert jobs_reconcile()["published"] == 1
+    assert queued_job_ids("unserved") == [str(job.id)]
+    assert Job.objects.get(id=job.id).published_at is not None
+    assert jobs_reconcile()["published"] == 0
+
+
+def test_reconciler_resends_a_running_job_without_a_live_lease_once(model: ServedModel) -> None:
+    user = User.objects.create(username="u3")
+    orphan = create(model, user)
+    alive = create(model, user)
+    get_redis().delete(queue_key("unserved"))
+    Job.objects.filter(id__in=[orphan.id, alive.id]).update(status=JobStatus.RUNNING, attempts=1)
+    get_streams().lease_acquire(str(alive.id), "a-live-worker", ttl_s=30)
+    assert jobs_reconcile()["requeued"] == 1
+    assert queued_job_ids("unserved") == [str(orphan.id)]
+    assert jobs_reconcile()["requeued"] == 0  # the re-send is in flight: not again
+
+
+def test_reconciler_gives_up_after_max_attempts(model: ServedModel, settings: object) -> None:
+    user = User.objects.create(username="u4")
+    job = create(model, user)
+    Job.objects.filter(id=job.id).update(status=JobStatus.RUNNING, attempts=settings.SLUICE_MAX_ATTEMPTS)  # type: ignore[attr-defined]
+    assert jobs_reconcile()["failed"] == 1
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "gave up" in job.error
+    end = stream_entries(str(job.id))[-1][1]
+    assert end["t"] == "end" and end["s"] == "failed"
+
+
+def test_reconciler_fails_jobs_past_their_deadline(model: ServedModel) -> None:
+    user = User.objects.create(username="u5")
+    job = create(model, user)
+    Job.objects.filter(id=job.id).update(deadline_at=timezone.now() - timedelta(minutes=5))
+    assert jobs_reconcile()["failed"] == 1
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and job.finish_reason == "deadline"
+
+
+def test_cancel(model: ServedModel) -> None:
+    user = User.objects.create(username="u6")
+    queued = job_cancel(job=create(model, user))
+    assert queued.status == JobStatus.CANCELLED and queued.cancel_requested_at is not None
+    running = create(model, user)
+    Job.objects.filter(id=running.id).update(status=JobStatus.RUNNING)
+    running = job_cancel(job=running)
+    assert running.status == JobStatus.RUNNING  # the engine stops it at its next step
+    assert get_streams().cancel_requested(str(running.id))

@@ -1,0 +1,105 @@
+"""Job stream, lease and cancel keys on a real Valkey (the one the test settings started)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from inference.engine import StepEvent
+from inference.store import get_redis, get_streams
+from inference.streams import RedisTokenSink, cancel_key, end_fields, lease_key, stream_key
+from tests.support.redis_entries import stream_entries
+
+
+@pytest.fixture
+def job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def test_open_creates_a_stream_with_a_ttl(job_id: str) -> None:
+    streams = get_streams()
+    entry_id = streams.open(job_id)
+    assert stream_entries(job_id) == [(entry_id, {"t": "queued"})]
+    assert 0 < get_redis().ttl(stream_key(job_id)) <= streams.open_ttl_s
+
+
+def test_appends_are_fenced_by_the_lease(job_id: str) -> None:
+    streams = get_streams()
+    streams.open(job_id)
+    assert streams.lease_acquire(job_id, "attempt-1", ttl_s=5)
+    assert not streams.lease_acquire(job_id, "attempt-2", ttl_s=5)  # held
+    assert streams.append(job_id, {"t": "tok", "x": "a", "i": "1"}, lease_token="attempt-1")
+    assert not streams.append(job_id, {"t": "tok", "x": "b", "i": "2"}, lease_token="attempt-2")
+    assert not streams.lease_renew(job_id, "attempt-2", ttl_s=5)
+    assert streams.lease_renew(job_id, "attempt-1", ttl_s=5)
+    streams.lease_release(job_id, "attempt-2")  # not the holder: no effect
+    assert streams.lease_holders([job_id]) == {job_id: "attempt-1"}
+    streams.lease_release(job_id, "attempt-1")
+    assert streams.lease_holders([job_id]) == {job_id: None}
+    assert streams.progress(job_id).text == "a"
+
+
+def test_lease_expires(job_id: str) -> None:
+    streams = get_streams()
+    assert streams.lease_acquire(job_id, "dead-worker", ttl_s=0.05)
+    import time
+
+    time.sleep(0.1)
+    assert streams.lease_acquire(job_id, "next", ttl_s=5)
+
+
+def test_progress_rebuilds_what_was_streamed(job_id: str) -> None:
+    streams = get_streams()
+    streams.open(job_id)
+    streams.lease_acquire(job_id, "t", ttl_s=5)
+    streams.append(job_id, {"t": "start", "a": "1"}, lease_token="t")
+    streams.append(job_id, {"t": "tok", "x": "Hel", "i": "5,6", "lp": "-0.5,-1"}, lease_token="t")
+    streams.append(job_id, {"t": "tok", "x": "lo", "i": "7", "lp": "-0.25"}, lease_token="t")
+    progress = streams.progress(job_id)
+    assert progress.token_ids == [5, 6, 7]
+    assert progress.logprobs == [-0.5, -1.0, -0.25]
+    assert progress.text == "Hello"
+    assert not progress.ended
+    assert streams.finish(
+        job_id, end_fields(status="succeeded", finish_reason="eos", usage=None), lease_token="t"
+    )
+    assert streams.progress(job_id).ended
+    assert get_redis().ttl(stream_key(job_id)) <= streams.stream_ttl_s
+
+
+def test_sink_reports_cancel_and_lost_lease_in_one_round_trip() -> None:
+    streams = get_streams()
+    a, b, c = (str(uuid.uuid4()) for _ in range(3))
+    for job_id in (a, b, c):
+        streams.open(job_id)
+        streams.lease_acquire(job_id, f"lease-{job_id}", ttl_s=5)
+    streams.request_cancel(b)
+    get_redis().set(lease_key(c), "someone-else")
+    sink = RedisTokenSink(streams)
+    events = [
+        StepEvent(
+            key=a, meta={"lease": f"lease-{a}"}, token_ids=[1], logprobs=[-0.1], text="x", completion_tokens=1
+        ),
+        StepEvent(
+            key=c, meta={"lease": f"lease-{c}"}, token_ids=[2], logprobs=[-0.2], text="y", completion_tokens=1
+        ),
+    ]
+    verdict = sink.publish(events, [(a, {"lease": f"lease-{a}"}), (b, {"lease": f"lease-{b}"})])
+    assert verdict == {b: "cancelled", c: "lease_lost"}
+    assert streams.progress(a).text == "x"
+    assert streams.progress(c).text == ""  # fenced out
+    assert get_redis().ttl(cancel_key(b)) > 0
+
+
+def test_no_job_key_is_left_without_ttl(job_id: str) -> None:
+    streams = get_streams()
+    client = get_redis()
+    client.delete(stream_key(job_id))
+    # A stream created by a (fenced) append rather than by open() still gets a TTL.
+    streams.lease_acquire(job_id, "t", ttl_s=5)
+    streams.append(job_id, {"t": "tok", "x": "z", "i": "1"}, lease_token="t")
+    streams.request_cancel(job_id)
+    streams.mark_requeued(job_id, ttl_s=60)
+    for key in client.scan_iter(match=f"sluice:job:{{{job_id}}}:*"):
+        assert client.ttl(key) > 0, key
