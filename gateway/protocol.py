@@ -171,6 +171,7 @@ def prepare_chat(
         default_max_tokens=settings.SLUICE_DEFAULT_MAX_TOKENS,
         max_tokens_param="max_tokens",
         error_status=error_status,
+        ignore_eos=ignore_eos,
     )
     return PreparedRequest(
         model=model,

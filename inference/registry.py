@@ -15,6 +15,11 @@ from django.conf import settings
 from inference.prompts import ModelInfo, model_info
 
 
+def queue_for(model_name: str) -> str:
+    """The Celery queue of a served model's jobs (workers consume the queues of what they serve)."""
+    return f"sluice.model.{model_name}"
+
+
 @dataclass(frozen=True)
 class ServedModel:
     name: str
@@ -22,7 +27,7 @@ class ServedModel:
 
     @property
     def queue(self) -> str:
-        return f"sluice.model.{self.name}"
+        return queue_for(self.name)
 
     @property
     def info(self) -> ModelInfo:

@@ -21,7 +21,7 @@ from inference.batching import FinishReason, SamplingParams, SequenceRequest
 from inference.engine import SequenceResult
 from inference.models import Job, JobKind, JobStatus
 from inference.prompts import ChatTemplateError, ModelFilesError
-from inference.registry import ServedModel, resolve_model
+from inference.registry import ServedModel, queue_for, resolve_model
 from inference.store import get_streams
 from inference.streams import Progress, end_fields
 
@@ -342,13 +342,13 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     streams = get_streams()
     counts = {"published": 0, "requeued": 0, "failed": 0}
     grace = timedelta(seconds=10)
+    # Any worker reconciles for the whole fleet: queues follow from the job's model name, not
+    # from what this worker serves.
     for job_id, model_name in Job.objects.filter(
         status=JobStatus.QUEUED, published_at__isnull=True, queued_at__lt=now - grace
     ).values_list("id", "model")[:200]:
-        model = resolve_model(model_name)
-        if model is not None:
-            job_publish(job_id=job_id, queue=model.queue)
-            counts["published"] += 1
+        job_publish(job_id=job_id, queue=queue_for(model_name))
+        counts["published"] += 1
     for job_id in Job.objects.filter(
         status__in=[JobStatus.QUEUED, JobStatus.RUNNING], deadline_at__lt=now - grace
     ).values_list("id", flat=True)[:200]:
@@ -362,11 +362,8 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
         if attempts >= settings.SLUICE_MAX_ATTEMPTS:
             counts["failed"] += job_fail(job_id=job_id, error=f"gave up after {attempts} attempts")
             continue
-        model = resolve_model(model_name)
-        if model is None:
-            continue
         if streams.mark_requeued(str(job_id), ttl_s=settings.SLUICE_JOB_TIMEOUT_S):
             logger.warning("job %s lost its worker; re-sending it", job_id)
-            job_publish(job_id=job_id, queue=model.queue)
+            job_publish(job_id=job_id, queue=queue_for(model_name))
             counts["requeued"] += 1
     return counts

@@ -148,6 +148,7 @@ def test_client_disconnect_cancels_generation(live: Live, api_user: ApiUser) -> 
             f"job {job.status} {job.finish_reason} {job.completion_tokens} tokens {job.params}"
         ) from None
     job = Job.objects.get(id=job_id)
+    assert job.params["ignore_eos"] is True
     assert job.finish_reason == "cancelled"
     assert (job.completion_tokens or 0) < 480
 

@@ -109,3 +109,16 @@ def test_cancel(model: ServedModel) -> None:
     running = job_cancel(job=running)
     assert running.status == JobStatus.RUNNING  # the engine stops it at its next step
     assert get_streams().cancel_requested(str(running.id))
+
+
+def test_reconciler_serves_the_whole_fleet(model: ServedModel) -> None:
+    """A worker that serves another model still re-sends this model's orphaned jobs."""
+    user = User.objects.create(username="u7")
+    job = create(model, user)
+    get_redis().delete(queue_key("unserved"))
+    Job.objects.filter(id=job.id).update(status=JobStatus.RUNNING, attempts=1)
+    from django.test import override_settings
+
+    with override_settings(SLUICE_MODEL_NAME="something-else"):
+        assert jobs_reconcile()["requeued"] == 1
+    assert queued_job_ids("unserved") == [str(job.id)]
