@@ -1,5 +1,6 @@
-"""`make run` (python -m config.run) from a fresh var directory: embedded Postgres and
-Valkey, migrations, admin + demo key, web + worker, ready for `curl`, clean stop on SIGTERM."""
+"""`make run` (python -m config.run): embedded Postgres and Valkey from a fresh var directory
+(or the servers DATABASE_URL/REDIS_URL name), migrations, admin + demo key, web + worker,
+ready for `curl`, clean stop on SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import signal
 import subprocess
 import sys
 import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
+from django.conf import settings
 
 from config.env import BASE_DIR
 from tests.support.servers import free_port
@@ -22,98 +27,131 @@ from tests.support.servers import free_port
 pytestmark = pytest.mark.e2e
 
 
-def test_run_serves_curl_and_stops_cleanly(demo_model_dir: Path, tmp_path: Path) -> None:
-    var = tmp_path / "var"
+@dataclass
+class Run:
+    proc: subprocess.Popen[str]
+    port: int
+    var: Path
+    lines: list[str] = field(default_factory=list)
+    code: int | None = None
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def banner(self, label: str) -> str:
+        return next(line.strip() for line in self.output.splitlines() if line.strip().startswith(label))
+
+
+@contextmanager
+def make_run(demo_model_dir: Path, var: Path, **extra_env: str) -> Iterator[Run]:
     shutil.copytree(demo_model_dir, var / "models" / "sluice-demo")  # as if built on an earlier run
     port = free_port()
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")
+        and not k.startswith("SLUICE_TEST_")
     }
     env.update(
-        {
-            "SLUICE_VAR_DIR": str(var),
-            "SLUICE_PORT": str(port),
-            "SLUICE_TORCH_THREADS": "1",
-            "SLUICE_MAX_BATCH_SIZE": "4",
-            "PYTHONUNBUFFERED": "1",
-        }
+        SLUICE_VAR_DIR=str(var), SLUICE_PORT=str(port), SLUICE_TORCH_THREADS="1", SLUICE_MAX_BATCH_SIZE="4"
     )
-    env = {k: v for k, v in env.items() if not k.startswith("SLUICE_TEST_")}
+    env.update(extra_env)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "config.run"],
-        cwd=BASE_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
+        [sys.executable, "-m", "config.run"], cwd=BASE_DIR, env=env, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    run = Run(proc=proc, port=port, var=var)
     ready = threading.Event()
 
     def pump() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("Sluice is ready"):
+            run.lines.append(line)
+            if line.startswith("Ctrl-C stops everything"):
                 ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
     try:
-        assert ready.wait(180), "".join(lines[-60:])
-        time.sleep(0.5)  # let the banner finish printing
-        output = "".join(lines)
-        key = next(line.split()[-1] for line in output.splitlines() if line.strip().startswith("API key"))
-        admin_line = next(line for line in output.splitlines() if line.strip().startswith("Admin"))
-        password = admin_line.split("admin / ")[1].strip()
-        assert json.loads((var / "run" / "demo-credentials.json").read_text())["api_key"] == key
-        valkey_url = (var / "run" / "services.env").read_text()
-        assert "REDIS_URL=redis://127.0.0.1:" in valkey_url and "DATABASE_URL=postgresql://" in valkey_url
+        assert ready.wait(180), run.output[-4000:]
+        yield run
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        run.code = proc.wait(60)
+    assert run.code == 0, run.output[-3000:]
+    assert "Sluice: stopped" in run.output
+    assert not (var / "run" / "services.env").exists()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
 
-        body = json.dumps(
-            {
-                "model": "sluice-demo",
-                "stream": True,
-                "max_tokens": 8,
-                "messages": [{"role": "user", "content": "Hi"}],
-            }
-        )
-        curl = subprocess.run(
-            ["curl", "-sN", f"http://127.0.0.1:{port}/v1/chat/completions", "-H", f"Authorization: Bearer {key}",
-             "-H", "Content-Type: application/json", "-d", body],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        events = [line for line in curl.stdout.splitlines() if line.startswith("data: ")]
+
+def curl_chat(run: Run) -> list[str]:
+    key = run.banner("API key").split()[-1]
+    body = json.dumps(
+        {
+            "model": "sluice-demo",
+            "stream": True,
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "Hi"}],
+        }
+    )
+    curl = subprocess.run(
+        ["curl", "-sN", f"http://127.0.0.1:{run.port}/v1/chat/completions", "-H", f"Authorization: Bearer {key}",
+         "-H", "Content-Type: application/json", "-d", body],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return [line for line in curl.stdout.splitlines() if line.startswith("data: ")]
+
+
+def test_run_with_embedded_servers(demo_model_dir: Path, tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    with make_run(demo_model_dir, var) as run:
+        services = (var / "run" / "services.env").read_text()
+        assert "REDIS_URL=redis://127.0.0.1:" in services and "DATABASE_URL=postgresql://" in services
+        key = run.banner("API key").split()[-1]
+        assert json.loads((var / "run" / "demo-credentials.json").read_text())["api_key"] == key
+
+        events = curl_chat(run)
         assert events[-1] == "data: [DONE]"
         assert any('"content":"' in e and '"content":""' not in e for e in events)
 
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as browser:
-            login = browser.get("/admin/login/")
-            assert login.status_code == 200
-            token = browser.cookies["csrftoken"]
+        password = run.banner("Admin").split("admin / ")[1]
+        with httpx.Client(base_url=f"http://127.0.0.1:{run.port}") as browser:
+            assert browser.get("/admin/login/").status_code == 200
             response = browser.post(
                 "/admin/login/?next=/admin/",
                 data={
                     "username": "admin",
                     "password": password,
-                    "csrfmiddlewaretoken": token,
-                    "next": "/admin/",
+                    "csrfmiddlewaretoken": browser.cookies["csrftoken"],
                 },
-                headers={"Referer": f"http://127.0.0.1:{port}/admin/login/"},
+                headers={"Referer": f"http://127.0.0.1:{run.port}/admin/login/"},
             )
             assert response.status_code == 302 and response.headers["location"] == "/admin/"
             assert browser.get("/admin/gateway/apikey/").status_code == 200
             assert browser.get("/dashboard/").status_code == 200
             assert browser.get("/static/admin/css/base.css").status_code == 200  # static files are served
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM) if proc.poll() is None else None
-        code = proc.wait(60)
-    output = "".join(lines)
-    assert code == 0, output[-3000:]
-    assert "Sluice: stopped" in output
-    assert not (var / "run" / "services.env").exists()
     assert not (var / "pg" / "postmaster.pid").exists()  # embedded Postgres stopped
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_run_with_external_servers(demo_model_dir: Path, tmp_path: Path) -> None:
+    """DATABASE_URL / REDIS_URL set: no embedded server is started (here the test run's own
+    servers play the external ones, in a database and Redis db of their own)."""
+    from config.settings.test import TEST_DATABASE_URL
+
+    base, _, _ = TEST_DATABASE_URL.rpartition("/")
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS sluice_run_external")
+        conn.execute("CREATE DATABASE sluice_run_external")
+    redis_url = settings.REDIS_URL.rsplit("/", 1)[0] + "/7"
+    var = tmp_path / "var"
+    with make_run(
+        demo_model_dir, var, DATABASE_URL=f"{base}/sluice_run_external", REDIS_URL=redis_url
+    ) as run:
+        assert curl_chat(run)[-1] == "data: [DONE]"
+        assert (var / "run" / "services.env").read_text() == ""  # nothing embedded
+        assert not (var / "pg").exists() and not (var / "valkey").exists()
+        assert "embedded" not in run.output
+    with psycopg.connect(f"{base}/sluice_run_external") as conn:
+        assert conn.execute("SELECT count(*) FROM inference_job").fetchone() == (1,)
