@@ -72,6 +72,16 @@ def _end_from_job(job: Job) -> Entry:
     )
 
 
+def _reraise_swallowed_cancel() -> None:
+    """redis-py's asyncio client sometimes swallows a CancelledError thrown into a blocking
+    XREAD (seen here in about 1 of 6 client disconnects): the call returns as if it timed out
+    and the stream would go on for a client that is gone. The task still records that it was
+    asked to cancel (``Task.cancelling()``), so honour that."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def iter_entries(job_id: str, *, after: str = "0-0") -> AsyncIterator[Entry | None]:
     """Stream entries after ``after``, ending with the ``end`` entry. ``None`` is a keepalive
     tick (nothing happened for a while). A job whose stream has expired yields a synthetic
@@ -92,6 +102,7 @@ async def iter_entries(job_id: str, *, after: str = "0-0") -> AsyncIterator[Entr
             return  # the client has already seen the end
     while True:
         response: Any = await client.xread({key: after}, count=512, block=block_ms)
+        _reraise_swallowed_cancel()
         if not response:
             job = await sync_to_async(Job.objects.filter(id=job_id).first)()
             if job is not None and job.is_terminal and not await client.exists(key):
@@ -156,17 +167,37 @@ async def _cancel_job(job_id: str) -> None:
         logger.warning("could not flag job %s as cancelled", job_id, exc_info=True)
 
 
+_background: set[asyncio.Task[None]] = set()
+
+
 async def _cancel_on_disconnect(job_id: str, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Stream ``events``; if the response ends before they do (the client went away), cancel.
+
+    Django cancels the task that sends the response when the client disconnects. If that
+    happens while the task is inside ``send()``, this generator is left suspended at a
+    ``yield`` and only closed whenever the garbage collector gets to it, so its ``finally``
+    cannot be relied on: a done-callback on the sending task reacts at once.
+    """
     finished = False
+    flagged = False
+
+    def cancel_once() -> None:
+        nonlocal flagged
+        if not finished and not flagged:
+            flagged = True
+            task = asyncio.ensure_future(_cancel_job(job_id))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    sender = asyncio.current_task()
+    if sender is not None:
+        sender.add_done_callback(lambda _: cancel_once())
     try:
         async for chunk in events:
             yield chunk
         finished = True
     finally:
-        if not finished:
-            # Cancelled (client disconnect) or closed early: shield the flag write from the
-            # cancellation that is unwinding this generator.
-            await asyncio.shield(_cancel_job(job_id))
+        cancel_once()
 
 
 def _error_chunk(entry: Entry) -> dict[str, Any]:

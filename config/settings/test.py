@@ -18,6 +18,7 @@ from config.settings.base import CACHES, CHANNEL_LAYERS, DATABASES, LOGGING
 TEST_DATABASE_URL, REDIS_URL = test_services()
 
 DATABASES["default"] = dict(dj_database_url.parse(TEST_DATABASE_URL, conn_max_age=0))
+DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 16, "timeout": 30}}
 DATABASES["default"]["TEST"] = {"NAME": env.get_str("SLUICE_TEST_DATABASE_NAME", "test_sluice")}
 CACHES = {"default": {**CACHES["default"], "LOCATION": REDIS_URL}}
 CHANNEL_LAYERS = {

@@ -416,18 +416,33 @@ class TorchCausalLMBackend(ModelBackend):
         params: Sequence[SamplingParams],
         generators: Sequence[torch.Generator | None],
     ) -> list[Sampled | Exception]:
+        """Sample one token per row, vectorized over the batch.
+
+        Every random draw comes from the row's own generator (one uniform number per row and
+        step), and all other arithmetic is row-wise, so a seeded sequence samples the same
+        tokens whatever else is in the batch.
+        """
         logits = logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
-        greedy = logits.argmax(dim=-1).tolist()
-        out: list[Sampled | Exception] = []
-        for row, param in enumerate(params):
-            try:
-                greedy_row = param.greedy
-                token = int(greedy[row]) if greedy_row else _sample_row(logits[row], param, generators[row])
-                out.append(Sampled(token_id=token, logprob=float(logprobs[row, token])))
-            except Exception as exc:  # this row only (e.g. NaN logits)
-                out.append(exc)
-        return out
+        tokens = logits.argmax(dim=-1)
+        sampled_rows = [row for row, param in enumerate(params) if not param.greedy]
+        failed: dict[int, Exception] = {}
+        if sampled_rows:
+            for row, outcome in zip(
+                sampled_rows, _sample_rows(logits, sampled_rows, params, generators), strict=True
+            ):
+                if isinstance(outcome, Exception):
+                    failed[row] = outcome
+                else:
+                    tokens[row] = outcome
+        chosen = tokens.tolist()
+        chosen_logprobs = logprobs.gather(1, tokens[:, None])[:, 0].tolist()
+        return [
+            failed[row]
+            if row in failed
+            else Sampled(token_id=int(chosen[row]), logprob=float(chosen_logprobs[row]))
+            for row in range(len(params))
+        ]
 
     @torch.inference_mode()
     def remove(self, keys: Sequence[str]) -> None:
@@ -465,20 +480,57 @@ class TorchCausalLMBackend(ModelBackend):
             torch.cuda.empty_cache()
 
 
-def _sample_row(logits: torch.Tensor, param: SamplingParams, generator: torch.Generator | None) -> int:
-    scores = logits / max(param.temperature, 1e-5)
-    if param.top_k > 0 and param.top_k < scores.shape[-1]:
-        kth = torch.topk(scores, param.top_k).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if param.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=True)
-        probs = torch.softmax(sorted_scores, dim=-1)
-        # Drop a token when the tokens before it already cover top_p (the first always stays).
-        drop = (torch.cumsum(probs, dim=-1) - probs) > param.top_p
-        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
-        scores = torch.full_like(scores, float("-inf")).scatter(0, order, sorted_scores)
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+_TOP_P_WINDOW = 1024  # nucleus search starts in the top 1024 tokens (exact: falls back to a full sort)
+
+
+def _sample_rows(
+    logits: torch.Tensor,
+    rows: list[int],
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+) -> list[int | Exception]:
+    """Inverse-CDF sampling with temperature, top-k and top-p for the given rows, vectorized.
+
+    Rows without truncation sample from the cumulative sum in vocabulary order (no sort).
+    Truncated rows work in their top-``window`` tokens (``topk`` is sorted); a top-p row whose
+    nucleus does not fit in that window is redone with a full sort, so the result is exact.
+    """
+    device = logits.device
+    vocab = logits.shape[-1]
+    temperature = torch.tensor([max(params[r].temperature, 1e-5) for r in rows], device=device)
+    probs = torch.softmax(logits[rows] / temperature[:, None], dim=-1)
+    draws = torch.cat([torch.rand(1, generator=generators[r], device=device) for r in rows])
+    top_k = torch.tensor([params[r].top_k if 0 < params[r].top_k < vocab else 0 for r in rows], device=device)
+    top_p = torch.tensor([min(params[r].top_p, 1.0) for r in rows], device=device)
+    tokens = torch.zeros(len(rows), dtype=torch.long, device=device)
+
+    plain = ((top_k == 0) & (top_p >= 1.0)).nonzero()[:, 0]
+    if plain.numel():
+        cdf = probs[plain].cumsum(dim=-1)
+        picks = torch.searchsorted(cdf, (draws[plain] * cdf[:, -1])[:, None])[:, 0]
+        tokens[plain] = picks.clamp(max=vocab - 1)
+
+    truncated = ((top_k > 0) | (top_p < 1.0)).nonzero()[:, 0]
+    if truncated.numel():
+        window = min(vocab, max(int(top_k[truncated].max()), _TOP_P_WINDOW))
+        values, order = torch.topk(probs[truncated], window, dim=-1)
+        too_narrow = (top_k[truncated] == 0) & (values.sum(dim=-1) < top_p[truncated])
+        if window < vocab and bool(too_narrow.any()):
+            values, order = torch.sort(probs[truncated], dim=-1, descending=True)
+            window = vocab
+        positions = torch.arange(window, device=device)[None, :]
+        k = torch.where(top_k[truncated] > 0, top_k[truncated], window)
+        keep = positions < k[:, None]
+        keep &= (values.cumsum(dim=-1) - values) < top_p[truncated][:, None]  # the first token always stays
+        cdf = (values * keep).cumsum(dim=-1)
+        picked = torch.searchsorted(cdf, (draws[truncated] * cdf[:, -1])[:, None]).clamp(max=window - 1)
+        tokens[truncated] = order.gather(1, picked)[:, 0]
+
+    invalid = (~torch.isfinite(probs).all(dim=-1)).tolist()
+    return [
+        ValueError("sampling failed: the model produced invalid probabilities") if bad else int(token)
+        for token, bad in zip(tokens.tolist(), invalid, strict=True)
+    ]
 
 
 def _grow(n: int) -> int:

@@ -116,6 +116,8 @@ def test_sdk_raises_on_errors(live: Live, client: openai.OpenAI) -> None:
 
 
 def test_client_disconnect_cancels_generation(live: Live, api_user: ApiUser) -> None:
+    """Closing a streaming request stops its generation. Repeated: a disconnect can land at
+    different points of the server's stream loop (once, one in six were missed)."""
     body = {
         "model": TEST_MODEL_NAME,
         "messages": QUESTION,
@@ -124,33 +126,29 @@ def test_client_disconnect_cancels_generation(live: Live, api_user: ApiUser) -> 
         "stream": True,
         "ignore_eos": True,
     }
-    job_id = None
-    with (
-        httpx.Client(timeout=30) as http,
-        http.stream(
-            "POST", f"{live.base_url}/v1/chat/completions", json=body, headers=api_user.headers
-        ) as response,
-    ):
-        for line in response.iter_lines():
-            if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
-                job_id = line.split('"id":"chatcmpl-')[1].split('"')[0]
-                break
-    assert job_id is not None  # left the `with`: the connection is closed mid-stream
+    for _ in range(8):
+        job_id = None
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream(
+                "POST", f"{live.base_url}/v1/chat/completions", json=body, headers=api_user.headers
+            ) as response,
+        ):
+            for line in response.iter_lines():
+                if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+                    job_id = line.split('"id":"chatcmpl-')[1].split('"')[0]
+                    break
+        assert job_id is not None  # left the `with`: the connection is closed mid-stream
 
-    def cancelled() -> bool:
-        return Job.objects.get(id=job_id).status == JobStatus.CANCELLED
+        def finished(job_id: str = job_id) -> bool:
+            return Job.objects.get(id=job_id).is_terminal
 
-    try:
-        wait_until(cancelled, timeout=20, interval=0.1, what="the job to be cancelled")
-    except TimeoutError:
+        wait_until(finished, timeout=20, interval=0.02, what="the job to end")
         job = Job.objects.get(id=job_id)
-        raise AssertionError(
-            f"job {job.status} {job.finish_reason} {job.completion_tokens} tokens {job.params}"
-        ) from None
-    job = Job.objects.get(id=job_id)
-    assert job.params["ignore_eos"] is True
-    assert job.finish_reason == "cancelled"
-    assert (job.completion_tokens or 0) < 480
+        assert job.params["ignore_eos"] is True
+        assert job.status == JobStatus.CANCELLED, f"{job.status} after {job.completion_tokens} tokens"
+        assert job.finish_reason == "cancelled"
+        assert (job.completion_tokens or 0) < 480
 
 
 def test_concurrent_streams_are_isolated(live: Live, make_api_user: object) -> None:

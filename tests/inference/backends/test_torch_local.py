@@ -150,3 +150,44 @@ def test_cache_survives_growth_then_removal_from_the_middle(random_model_dir: Pa
     assert not any(isinstance(r, Exception) for r in results.values())
     backend.remove(keys)
     assert backend.batch_keys == []
+
+
+def _frequencies(logits_row: list[float], param: SamplingParams, draws: int = 4000) -> torch.Tensor:
+    from inference.backends.torch_local import _sample_rows
+
+    logits = torch.tensor([logits_row] * draws)
+    params = [param] * draws
+    generators = [torch.Generator().manual_seed(seed) for seed in range(draws)]
+    tokens = _sample_rows(logits, list(range(draws)), params, generators)
+    assert all(isinstance(t, int) for t in tokens)
+    return torch.bincount(torch.tensor(tokens), minlength=len(logits_row)).float() / draws
+
+
+LOGITS = [2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0]
+
+
+def test_sampler_matches_the_distribution() -> None:
+    expected = torch.softmax(torch.tensor(LOGITS) / 0.8, dim=-1)
+    got = _frequencies(LOGITS, SamplingParams(temperature=0.8))
+    assert torch.allclose(got, expected, atol=0.025), (got, expected)
+
+
+def test_sampler_top_k_and_top_p_truncate() -> None:
+    probs = torch.softmax(torch.tensor(LOGITS), dim=-1)
+    top_k = _frequencies(LOGITS, SamplingParams(temperature=1.0, top_k=3))
+    assert top_k[3:].sum() == 0
+    assert torch.allclose(top_k[:3], probs[:3] / probs[:3].sum(), atol=0.025)
+    # The nucleus is the smallest prefix whose mass reaches top_p (here the first 3 tokens).
+    cut = float(probs[:2].sum()) + 0.01
+    top_p = _frequencies(LOGITS, SamplingParams(temperature=1.0, top_p=cut))
+    assert top_p[3:].sum() == 0 and top_p[2] > 0
+
+
+def test_sampler_reports_invalid_rows() -> None:
+    from inference.backends.torch_local import _sample_rows
+
+    logits = torch.tensor([LOGITS, [float("nan")] * len(LOGITS)])
+    generators = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    params = [SamplingParams(temperature=1.0), SamplingParams(temperature=1.0)]
+    good, bad = _sample_rows(logits, [0, 1], params, generators)
+    assert isinstance(good, int) and isinstance(bad, ValueError)
