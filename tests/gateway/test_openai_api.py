@@ -140,10 +140,12 @@ def test_client_disconnect_cancels_generation(live: Live, api_user: ApiUser) -> 
                     break
         assert job_id is not None  # left the `with`: the connection is closed mid-stream
 
-        def finished(job_id: str = job_id) -> bool:
-            return Job.objects.get(id=job_id).is_terminal
-
-        wait_until(finished, timeout=20, interval=0.02, what="the job to end")
+        wait_until(
+            lambda job_id=job_id: Job.objects.get(id=job_id).is_terminal,
+            timeout=20,
+            interval=0.02,
+            what="the job to end",
+        )
         job = Job.objects.get(id=job_id)
         assert job.params["ignore_eos"] is True
         assert job.status == JobStatus.CANCELLED, f"{job.status} after {job.completion_tokens} tokens"
