@@ -12,6 +12,10 @@ from django.conf import settings
 
 from inference.streams import JobStreams
 
+# Above the longest blocking read Sluice issues (SSE keepalive XREAD, 15 s by default):
+# redis-py's own default (5 s) would fail those reads with a TimeoutError.
+SOCKET_TIMEOUT_S = 60.0
+
 _lock = threading.Lock()
 _sync: dict[str, redis.Redis] = {}
 _streams: dict[str, JobStreams] = {}
@@ -22,7 +26,9 @@ def get_redis() -> redis.Redis:
     with _lock:
         client = _sync.get(url)
         if client is None:
-            client = redis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
+            client = redis.Redis.from_url(
+                url, health_check_interval=30, socket_keepalive=True, socket_timeout=SOCKET_TIMEOUT_S
+            )
             _sync[url] = client
         return client
 
@@ -45,7 +51,9 @@ def get_streams() -> JobStreams:
 def new_async_redis() -> redis.asyncio.Redis:
     """An asyncio client. Its pool is bound to the event loop that first uses it, so each
     event loop (uvicorn's, a test's) creates its own via `async_redis`."""
-    return redis.asyncio.Redis.from_url(settings.REDIS_URL, health_check_interval=30, socket_keepalive=True)
+    return redis.asyncio.Redis.from_url(
+        settings.REDIS_URL, health_check_interval=30, socket_keepalive=True, socket_timeout=SOCKET_TIMEOUT_S
+    )
 
 
 _async_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (

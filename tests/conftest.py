@@ -15,7 +15,7 @@ import pytest
 from django.conf import settings
 
 from config.env import BASE_DIR
-from tests.support.servers import ServerProcess, free_port, wait_ready, web_process, worker_process
+from config.processes import ServerProcess, free_port, wait_ready, web_process, worker_process
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User

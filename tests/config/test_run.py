@@ -22,7 +22,7 @@ import pytest
 from django.conf import settings
 
 from config.env import BASE_DIR
-from tests.support.servers import free_port
+from config.processes import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from config.processes import wait_until
 from inference.models import Job, JobStatus
 from tests.conftest import ApiUser, Live
-from tests.support.servers import wait_until
 from tests.support.sse import read_events
 
 pytestmark = pytest.mark.e2e

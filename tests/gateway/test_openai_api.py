@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import httpx
@@ -9,9 +10,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from config.processes import wait_until
 from inference.models import Job, JobStatus
 from tests.conftest import TEST_MODEL_NAME, ApiUser, Live
-from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -140,12 +141,8 @@ def test_client_disconnect_cancels_generation(live: Live, api_user: ApiUser) -> 
                     break
         assert job_id is not None  # left the `with`: the connection is closed mid-stream
 
-        wait_until(
-            lambda job_id=job_id: Job.objects.get(id=job_id).is_terminal,
-            timeout=20,
-            interval=0.02,
-            what="the job to end",
-        )
+        ended = functools.partial(lambda job_id: Job.objects.get(id=job_id).is_terminal, job_id)
+        wait_until(ended, timeout=20, interval=0.02, what="the job to end")
         job = Job.objects.get(id=job_id)
         assert job.params["ignore_eos"] is True
         assert job.status == JobStatus.CANCELLED, f"{job.status} after {job.completion_tokens} tokens"

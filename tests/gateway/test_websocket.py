@@ -9,9 +9,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from config.processes import wait_until
 from inference.models import Job, JobStatus
 from tests.conftest import ApiUser, Live
-from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from config.processes import wait_until, worker_process
 from inference.backends.torch_local import TorchCausalLMBackend
 from inference.batching import SamplingParams
 from inference.models import Job, JobStatus
@@ -17,7 +18,6 @@ from inference.services import JobParams, job_create, job_publish
 from inference.store import get_redis, get_streams
 from tests.conftest import ApiUser, child_env
 from tests.support.redis_entries import stream_entries
-from tests.support.servers import wait_until, worker_process
 
 pytestmark = pytest.mark.e2e
 

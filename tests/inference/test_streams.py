@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -43,8 +44,6 @@ def test_appends_are_fenced_by_the_lease(job_id: str) -> None:
 def test_lease_expires(job_id: str) -> None:
     streams = get_streams()
     assert streams.lease_acquire(job_id, "dead-worker", ttl_s=0.05)
-    import time
-
     time.sleep(0.1)
     assert streams.lease_acquire(job_id, "next", ttl_s=5)
 
@@ -103,3 +102,14 @@ def test_no_job_key_is_left_without_ttl(job_id: str) -> None:
     streams.mark_requeued(job_id, ttl_s=60)
     for key in client.scan_iter(match=f"sluice:job:{{{job_id}}}:*"):
         assert client.ttl(key) > 0, key
+
+
+async def test_blocking_reads_longer_than_redis_py_default_timeout() -> None:
+    """An SSE stream waits in XREAD BLOCK for up to the keepalive interval (15 s by default);
+    redis-py's default socket timeout (5 s) must not cut it (it once broke queued streams)."""
+    from inference.store import async_redis
+
+    client = async_redis()
+    started = time.monotonic()
+    assert await client.xread({stream_key(str(uuid.uuid4())): "0-0"}, block=6000) == []
+    assert time.monotonic() - started >= 5.9

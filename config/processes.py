@@ -1,4 +1,5 @@
-"""Real processes for end-to-end tests: the ASGI web server and Celery workers."""
+"""Sluice processes started from Python: the ASGI web server and Celery workers, each with its
+output in a log file (used by the end-to-end tests and the benchmarks)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -103,10 +104,12 @@ def worker_process(
     return ServerProcess(name, argv, env, log_dir)
 
 
-def wait_until(predicate: object, *, timeout: float, interval: float = 0.05, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,107 @@
+"""Baseline (a): the raw model in one process, no server — the limit Sluice is measured against.
+
+Two ways of running the same equal-length batch (prompt P, N new tokens, greedy):
+- ``hf``: transformers' own model forward with its ``DynamicCache`` (the textbook loop);
+- ``backend``: Sluice's slot-KV-cache backend driven directly (no engine, no streaming).
+The limit is the better of the two at each batch size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from bench.models import BenchModel
+from inference.backends.torch_local import TorchCausalLMBackend, configure_threads
+from inference.batching import SamplingParams
+
+
+@dataclass
+class RawResult:
+    method: str
+    batch: int
+    prefill_ms: float  # the whole batch's prefill
+    step_ms: float  # one decode step of the whole batch
+    decode_tokens_per_s: float
+    total_tokens_per_s: float  # new tokens / (prefill + decode)
+
+
+def _prompts(batch: int, length: int, vocab: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(batch)
+    return torch.randint(10, min(vocab, 2000), (batch, length), generator=generator)
+
+
+@torch.inference_mode()
+def hf_loop(model: Any, batch: int, prompt: int, new: int) -> RawResult:
+    from transformers import DynamicCache
+
+    ids = _prompts(batch, prompt, model.config.vocab_size)
+    cache = DynamicCache(config=model.config)
+    started = time.perf_counter()
+    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    token = logits[:, -1].argmax(-1, keepdim=True)
+    prefilled = time.perf_counter()
+    for _ in range(new - 1):
+        logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits
+        token = logits[:, -1].argmax(-1, keepdim=True)
+    ended = time.perf_counter()
+    return _result("hf", batch, new, started, prefilled, ended)
+
+
+def backend_loop(backend: TorchCausalLMBackend, batch: int, prompt: int, new: int) -> RawResult:
+    ids = _prompts(batch, prompt, backend.vocab_size).tolist()
+    keys = [f"raw{i}" for i in range(batch)]
+    params = [SamplingParams(max_new_tokens=new, temperature=0.0)] * batch
+    started = time.perf_counter()
+    backend.add(keys, ids, params)
+    prefilled = time.perf_counter()
+    for _ in range(new - 1):
+        backend.step()
+    ended = time.perf_counter()
+    backend.remove(keys)
+    return _result("backend", batch, new, started, prefilled, ended)
+
+
+def _result(method: str, batch: int, new: int, started: float, prefilled: float, ended: float) -> RawResult:
+    decode = ended - prefilled
+    return RawResult(
+        method=method,
+        batch=batch,
+        prefill_ms=round((prefilled - started) * 1000, 2),
+        step_ms=round(decode / max(1, new - 1) * 1000, 2),
+        decode_tokens_per_s=round(batch * (new - 1) / decode, 1),
+        total_tokens_per_s=round(batch * new / (ended - started), 1),
+    )
+
+
+def measure(
+    model: BenchModel,
+    batches: list[int],
+    *,
+    prompt: int = 64,
+    new: int = 64,
+    threads: int = 0,
+    repeats: int = 2,
+) -> list[dict[str, Any]]:
+    """Best of ``repeats`` runs per method and batch size."""
+    configure_threads(threads)
+    backend = TorchCausalLMBackend(
+        model.path, dtype=model.dtype, threads=threads, max_batch_size=max(batches), eos_token_ids=[]
+    )
+    backend_loop(backend, 2, prompt, 4)  # warm-up
+    hf_loop(backend.model, 2, prompt, 4)
+    rows: list[dict[str, Any]] = []
+    for batch in batches:
+        for method in ("hf", "backend"):
+            runs = [
+                hf_loop(backend.model, batch, prompt, new)
+                if method == "hf"
+                else backend_loop(backend, batch, prompt, new)
+                for _ in range(repeats)
+            ]
+            rows.append(asdict(max(runs, key=lambda r: r.decode_tokens_per_s)))
+    backend.close()
+    return rows
