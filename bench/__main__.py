@@ -21,6 +21,7 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +203,7 @@ def main() -> None:
     names = [n for n in (args.models or ("demo" if args.quick else "demo,llama")).split(",") if n]
     started = time.time()
     stack = Stack(threads=args.threads)
-    models = {"demo": demo_model, "llama": llama_110m}
+    models: dict[str, Callable[[], BenchModel]] = {"demo": demo_model, "llama": llama_110m}
     result: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {

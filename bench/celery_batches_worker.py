@@ -12,6 +12,7 @@ nothing new joins until the whole batch has finished.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -38,6 +39,7 @@ from inference.services import JobParams, job_finish, job_prompt_ids  # noqa: E4
 from inference.store import get_redis, get_streams  # noqa: E402
 from inference.streams import Progress  # noqa: E402
 
+logger = logging.getLogger("bench.celery_batches")
 app = Celery("sluice-bench-celery-batches")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
@@ -82,7 +84,9 @@ def _on_ready(**_: Any) -> None:
     base=Batches,
     name="inference.run_job",
     flush_every=int(os.environ.get("SLUICE_MAX_BATCH_SIZE", "64")),
-    flush_interval=0.02,
+    # How long to let a batch fill: celery-batches flushes on this timer even while the
+    # previous batch still runs, so a short interval degenerates into batches of one.
+    flush_interval=float(os.environ.get("SLUICE_BENCH_FLUSH_INTERVAL_S", "0.25")),
     acks_late=True,
     ignore_result=True,
 )
@@ -91,6 +95,7 @@ def run_job(requests: list[Any]) -> None:
 
 
 def static_batch(job_ids: list[str]) -> None:
+    logger.warning("static batch of %d", len(job_ids))
     model = default_model()
     streams = get_streams()
     model_backend = backend()

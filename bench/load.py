@@ -128,6 +128,10 @@ async def _one(
             choices = payload.get("choices") or []
             if choices and choices[0]["delta"].get("content"):
                 chunks.append(time.perf_counter())
+            elif choices and choices[0].get("finish_reason") and not chunks:
+                # Only tokens without text (an end-of-sequence token under ignore_eos): the
+                # finish chunk is the first thing the client sees.
+                chunks.append(time.perf_counter())
     ended = time.perf_counter()
     if not chunks:
         raise RuntimeError("no tokens streamed")

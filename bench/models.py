@@ -12,6 +12,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from config import env
 
@@ -61,7 +62,7 @@ def _build_random_llama(path: Path, *, layers: int, hidden: int, heads: int, voc
     tokenizer.save(str(tmp / "tokenizer.json"))
     for name in ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         shutil.copy(demo / name, tmp / name)
-    eos = [tokenizer.token_to_id("<|end|>"), tokenizer.token_to_id("<|endoftext|>")]
+    eos = [int(tokenizer.token_to_id(name) or 0) for name in ("<|end|>", "<|endoftext|>")]
     config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -76,7 +77,8 @@ def _build_random_llama(path: Path, *, layers: int, hidden: int, heads: int, voc
         dtype="bfloat16",
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model: Any = LlamaForCausalLM(config)
+    model = model.to(torch.bfloat16)
     model.save_pretrained(tmp, safe_serialization=True)
     parameters = sum(p.numel() for p in model.parameters())
     (tmp / "sluice_bench.json").write_text(json.dumps({"parameters": parameters}))

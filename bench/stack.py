@@ -81,7 +81,7 @@ class Stack:
             proc = ServerProcess(name, argv, {**worker_env, "SLUICE_WORKER_PRELOAD": "0"}, self.log_dir)
         else:
             proc = worker_process(
-                worker_env, model=model.name, name=name, log_dir=self.log_dir, concurrency=max_batch_size
+                worker_env, model=model.name, name=name, log_dir=self.log_dir, max_batch_size=max_batch_size
             )
         self.processes = [web.start(), proc.start()]
         base_url = f"http://127.0.0.1:{port}"

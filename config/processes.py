@@ -93,14 +93,34 @@ def web_process(env: dict[str, str], port: int, log_dir: Path) -> ServerProcess:
     return ServerProcess(f"web-{port}", argv, env, log_dir)
 
 
-def worker_process(
-    env: dict[str, str], *, model: str, name: str, log_dir: Path, concurrency: int = 8
-) -> ServerProcess:
-    argv = [
-        sys.executable, "-m", "celery", "-A", "config", "worker", "-P", "threads", "-c", str(concurrency),
-        "--prefetch-multiplier", "1", "-Q", f"sluice.model.{model}", "-n", f"{name}@%h",
-        "--without-gossip", "--without-mingle", "-l", "WARNING",
+def worker_argv(
+    *, model: str, concurrency: int, hostname: str | None = None, loglevel: str = "WARNING"
+) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "config", "worker",
+        "-P", "threads", "-c", str(concurrency), "--prefetch-multiplier", "1",
+        "-Q", f"sluice.model.{model}", "-n", hostname or f"{model}@%h",
+        "--without-gossip", "--without-mingle", "-l", loglevel,
     ]  # fmt: skip
+
+
+def default_concurrency(max_batch_size: int) -> int:
+    return max_batch_size + max(2, max_batch_size // 4)
+
+
+def worker_process(
+    env: dict[str, str],
+    *,
+    model: str,
+    name: str,
+    log_dir: Path,
+    concurrency: int = 0,
+    max_batch_size: int = 8,
+) -> ServerProcess:
+    """A model worker, started the way `manage.py serve_model` starts one."""
+    argv = worker_argv(
+        model=model, concurrency=concurrency or default_concurrency(max_batch_size), hostname=f"{name}@%h"
+    )
     return ServerProcess(name, argv, env, log_dir)
 
 

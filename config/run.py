@@ -26,6 +26,7 @@ from types import FrameType
 
 from config import env
 from config.embedded import EmbeddedPostgres, EmbeddedValkey
+from config.processes import default_concurrency, worker_argv
 
 logger = logging.getLogger("sluice.run")
 PY = sys.executable
@@ -162,30 +163,7 @@ class Supervisor:
                 {**child_env, "OMP_NUM_THREADS": "1"},
             ),
             Child(
-                "worker",
-                [
-                    PY,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "config",
-                    "worker",
-                    "-P",
-                    "threads",
-                    "-c",
-                    str(batch),
-                    "--prefetch-multiplier",
-                    "1",
-                    "-Q",
-                    f"sluice.model.{model_name}",
-                    "-n",
-                    f"{model_name}@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "-l",
-                    "WARNING",
-                ],
-                worker_env,
+                "worker", worker_argv(model=model_name, concurrency=default_concurrency(batch)), worker_env
             ),
         ]
         for child in self.children:

@@ -17,6 +17,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 from django.http import StreamingHttpResponse
 
 from gateway.errors import envelope
@@ -133,6 +134,11 @@ KEEPALIVE = b": keepalive\n\n"
 
 
 def sse_response(stream: AsyncIterator[bytes], *, status: int = 200) -> StreamingHttpResponse:
+    # Django gives a request's database connection back only when the response is closed,
+    # i.e. at the end of the stream; a stream of minutes must not hold a pooled connection
+    # (with 16 in the pool, the 17th concurrent stream would wait for one). Called from the
+    # view's thread, so this is the connection the view used.
+    connection.close()
     response = StreamingHttpResponse(stream, content_type="text/event-stream", status=status)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream

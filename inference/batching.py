@@ -128,8 +128,17 @@ class Scheduler:
             _, _, request = heapq.heappop(self._heap)
             self._removed.discard(request.key)
 
-    def admit(self, running: int, running_tokens: int) -> list[SequenceRequest]:
+    def admit(
+        self, running: int, running_tokens: int, prefill_tokens: int | None = None
+    ) -> list[SequenceRequest]:
+        """Sequences to add before the next decode step.
+
+        ``prefill_tokens`` bounds the prompt tokens prefilled in one go (at least one sequence
+        is admitted): a wave of arrivals is prefilled over several steps, so the sequences
+        already decoding are not stalled for the whole wave (chunked admission).
+        """
         admitted: list[SequenceRequest] = []
+        prefill = 0
         while True:
             self._pop_removed()
             if not self._heap or running + len(admitted) >= self.max_batch_size:
@@ -139,6 +148,9 @@ class Scheduler:
             batch_empty = running == 0 and not admitted
             if running_tokens + budget > self.max_batch_tokens and not batch_empty:
                 break
+            if prefill_tokens is not None and admitted and prefill + head.context_len > prefill_tokens:
+                break
+            prefill += head.context_len
             heapq.heappop(self._heap)
             self._keys.discard(head.key)
             admitted.append(head)

@@ -131,6 +131,7 @@ class Engine:
         *,
         max_batch_size: int = 32,
         max_batch_tokens: int = 65536,
+        max_prefill_tokens: int | None = None,
         observer: EngineObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "engine",
@@ -138,6 +139,7 @@ class Engine:
         self.backend = backend
         self.sink: TokenSink = sink or NullSink()
         self.scheduler = Scheduler(max_batch_size, max_batch_tokens)
+        self.max_prefill_tokens = max_prefill_tokens
         self.observer = observer
         self.clock = clock
         self.name = name
@@ -221,7 +223,7 @@ class Engine:
         self._expire_deadlines()
         self._retire_marked()
 
-        admitted = self.scheduler.admit(len(self._active), self._active_tokens())
+        admitted = self.scheduler.admit(len(self._active), self._active_tokens(), self.max_prefill_tokens)
         if admitted:
             self._prefill(admitted)
             self._publish_and_retire()

@@ -139,6 +139,7 @@ def start_runtime(name: str | None = None) -> WorkerRuntime:
             RedisTokenSink(get_streams()),
             max_batch_size=settings.SLUICE_MAX_BATCH_SIZE,
             max_batch_tokens=settings.SLUICE_MAX_BATCH_TOKENS,
+            max_prefill_tokens=settings.SLUICE_MAX_PREFILL_TOKENS,
             observer=metrics,
             name=f"engine-{model.name}",
         ).start()

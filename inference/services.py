@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -172,16 +172,19 @@ def job_execute(*, job_id: str, worker: str) -> None:
         logger.info("job %s is held by another worker; leaving it", job_id)
         return
     try:
+        now = timezone.now()
         claimed = Job.objects.filter(id=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
             status=JobStatus.RUNNING,
             attempts=F("attempts") + 1,
-            started_at=Coalesce(F("started_at"), timezone.now()),
+            started_at=Coalesce(F("started_at"), now),
             worker=worker[:200],
         )
         if not claimed:
             return
+        # The lease makes this attempt the only writer: mirror the UPDATE instead of re-reading.
+        job.status, job.attempts, job.started_at = JobStatus.RUNNING, job.attempts + 1, job.started_at or now
+        job.worker = worker[:200]
         streams.clear_requeued(job_id)
-        job.refresh_from_db()
         _run_claimed(job=job, token=token, runtime=runtime)
     finally:
         streams.lease_release(job_id, token)
@@ -244,6 +247,9 @@ def _run_claimed(*, job: Job, token: str, runtime: Any) -> None:
         meta={"lease": token},
     )
     handle = runtime.engine.submit(request)
+    # Give the database connection back to the pool while the engine works: a worker holds
+    # max_batch_size tasks at once, far more than it needs connections.
+    connection.close()
     lease_ttl = settings.SLUICE_JOB_LEASE_S
     while not handle.wait(lease_ttl / 3):
         if not streams.lease_renew(job_id, token, lease_ttl):

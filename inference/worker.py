@@ -19,9 +19,14 @@ logger = logging.getLogger(__name__)
 def _load_model(sender: Any = None, **kwargs: Any) -> None:
     if not settings.SLUICE_WORKER_PRELOAD:
         return
+    import sys
+
     import django
 
     django.setup()
+    # The engine thread holds the GIL through the Python parts of every forward pass; task
+    # threads (database, Redis) would wait up to the default 5 ms for each hand-over.
+    sys.setswitchinterval(settings.SLUICE_WORKER_SWITCH_INTERVAL_S)
     from inference.runtime import start_runtime
 
     hostname = getattr(sender, "hostname", None)

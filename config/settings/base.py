@@ -171,6 +171,9 @@ SLUICE_DTYPE = env.get_str("SLUICE_DTYPE", "auto")  # auto | float32 | bfloat16 
 SLUICE_TORCH_THREADS = env.get_int("SLUICE_TORCH_THREADS", 0)  # 0: the worker decides from the CPU count
 SLUICE_MAX_BATCH_SIZE = env.get_int("SLUICE_MAX_BATCH_SIZE", 32)
 SLUICE_MAX_BATCH_TOKENS = env.get_int("SLUICE_MAX_BATCH_TOKENS", 65536)
+# Prompt tokens prefilled between two decode steps (at least one sequence): bounds the stall
+# that a wave of new requests imposes on the sequences already streaming.
+SLUICE_MAX_PREFILL_TOKENS = env.get_int("SLUICE_MAX_PREFILL_TOKENS", 512)
 SLUICE_MAX_NEW_TOKENS = env.get_int("SLUICE_MAX_NEW_TOKENS", 4096)
 SLUICE_DEFAULT_MAX_TOKENS = env.get_int("SLUICE_DEFAULT_MAX_TOKENS", 256)
 SLUICE_MAX_PROMPT_CHARS = env.get_int("SLUICE_MAX_PROMPT_CHARS", 200_000)
@@ -180,6 +183,7 @@ SLUICE_MAX_ATTEMPTS = env.get_int("SLUICE_MAX_ATTEMPTS", 5)
 SLUICE_STREAM_TTL_S = env.get_int("SLUICE_STREAM_TTL_S", 24 * 3600)
 SLUICE_WORKER_PRELOAD = env.get_bool("SLUICE_WORKER_PRELOAD", True)
 SLUICE_WORKER_METRICS_PORT = env.get_int("SLUICE_WORKER_METRICS_PORT", 0)
+SLUICE_WORKER_SWITCH_INTERVAL_S = env.get_float("SLUICE_WORKER_SWITCH_INTERVAL_S", 0.0005)
 SLUICE_SSE_KEEPALIVE_S = min(50.0, env.get_float("SLUICE_SSE_KEEPALIVE_S", 15.0))  # < Redis socket timeout
 
 LOG_LEVEL = env.get_str("SLUICE_LOG_LEVEL", "INFO")

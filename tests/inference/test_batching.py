@@ -154,3 +154,19 @@ class TestIncrementalDecoder:
         decoder = IncrementalDecoder(info.decode)
         out = "".join(decoder.push(i) for i in ids) + decoder.flush()
         assert out == text
+
+
+def test_prefill_budget_spreads_a_wave_over_steps() -> None:
+    scheduler = Scheduler(max_batch_size=64, max_batch_tokens=100_000)
+    for i in range(10):
+        scheduler.enqueue(req(f"w{i}", prompt=64))
+    waves = []
+    running = 0
+    while len(scheduler):
+        admitted = scheduler.admit(running, 0, prefill_tokens=200)
+        waves.append(len(admitted))
+        running += len(admitted)
+    assert waves == [3, 3, 3, 1]
+    big = Scheduler(max_batch_size=4, max_batch_tokens=100_000)
+    big.enqueue(req("huge", prompt=500))
+    assert [r.key for r in big.admit(0, 0, prefill_tokens=200)] == ["huge"]  # never starves
