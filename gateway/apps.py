@@ -8,3 +8,6 @@ class GatewayConfig(AppConfig):
 
     def ready(self) -> None:
         from gateway import schema  # noqa: F401  (registers the OpenAPI auth extension)
+        from inference.metrics import register_fleet_collector
+
+        register_fleet_collector()

@@ -165,6 +165,16 @@ class _Timing:
         E2E_LATENCY.labels(self.model).observe(time.perf_counter() - self.started)
 
 
+def observe_completed(job: Job, *, started: float) -> None:
+    """Latencies of a non-streaming request (``started``: time.perf_counter() at arrival)."""
+    elapsed = time.perf_counter() - started
+    E2E_LATENCY.labels(job.model).observe(elapsed)
+    if job.first_token_at is not None and job.finished_at is not None:
+        # The row's timestamps are wall clock; anchor them at the response time.
+        first_token_ago = (job.finished_at - job.first_token_at).total_seconds()
+        TIME_TO_FIRST_TOKEN.labels(job.model).observe(max(0.0, elapsed - first_token_ago))
+
+
 async def _cancel_job(job_id: str) -> None:
     """The client of a streaming request went away: stop generating for it."""
     try:

@@ -57,6 +57,7 @@ class WorkerRuntime:
     backend: ModelBackend
     engine: Engine
     name: str
+    metrics: EngineMetrics | None = None
     started_at: float = field(default_factory=time.time)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -84,14 +85,15 @@ class WorkerRuntime:
 
     def _heartbeat_loop(self) -> None:
         client = get_redis()
+        interval = min(HEARTBEAT_INTERVAL_S, settings.SLUICE_METRICS_FLUSH_S)
         while not self._stop.is_set():
             try:
-                pipe = client.pipeline()
-                pipe.set(worker_key(self.name), json.dumps(self.heartbeat_payload()), ex=HEARTBEAT_TTL_S)
-                pipe.execute()
+                client.set(worker_key(self.name), json.dumps(self.heartbeat_payload()), ex=HEARTBEAT_TTL_S)
+                if self.metrics is not None:
+                    self.metrics.flush(client)
             except Exception:
                 logger.warning("heartbeat failed", exc_info=True)
-            self._stop.wait(HEARTBEAT_INTERVAL_S)
+            self._stop.wait(interval)
 
     def _reconcile_loop(self) -> None:
         from inference.services import jobs_reconcile
@@ -113,6 +115,11 @@ class WorkerRuntime:
     def stop(self) -> None:
         self._stop.set()
         self.engine.stop()
+        if self.metrics is not None:
+            try:
+                self.metrics.flush(get_redis())
+            except Exception:
+                logger.debug("final metrics flush failed", exc_info=True)
         try:
             get_redis().delete(worker_key(self.name))
         except Exception:
@@ -144,7 +151,11 @@ def start_runtime(name: str | None = None) -> WorkerRuntime:
             name=f"engine-{model.name}",
         ).start()
         runtime = WorkerRuntime(
-            model=model, backend=backend, engine=engine, name=name or f"{socket.gethostname()}:{os.getpid()}"
+            model=model,
+            backend=backend,
+            engine=engine,
+            name=name or f"{socket.gethostname()}:{os.getpid()}",
+            metrics=metrics,
         )
         runtime.start_background()
         logger.info(

@@ -31,12 +31,6 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
 
     hostname = getattr(sender, "hostname", None)
     start_runtime(name=hostname)
-    port = settings.SLUICE_WORKER_METRICS_PORT
-    if port:
-        from prometheus_client import start_http_server
-
-        start_http_server(port, addr="127.0.0.1")
-        logger.info("worker metrics on http://127.0.0.1:%s/metrics", port)
 
 
 @worker_shutdown.connect

@@ -92,6 +92,7 @@ def child_env(database_url: str, model_dir: Path, **extra: str) -> dict[str, str
             "SLUICE_JOB_LEASE_S": "3",
             "SLUICE_RECONCILE_INTERVAL_S": "1",
             "SLUICE_SSE_KEEPALIVE_S": "2",
+            "SLUICE_METRICS_FLUSH_S": "1",
             "SLUICE_LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
         }

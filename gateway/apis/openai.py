@@ -31,7 +31,7 @@ from gateway.protocol import (
     raise_for_failed,
     resolve_or_404,
 )
-from gateway.streaming import openai_chat_stream, openai_completion_stream, sse_response
+from gateway.streaming import observe_completed, openai_chat_stream, openai_completion_stream, sse_response
 from inference.registry import served_models
 from inference.selectors import job_wait_finished
 from inference.services import job_create
@@ -244,6 +244,7 @@ class ChatCompletionCreateApi(APIView):
             )
         job = job_wait_finished(job_id=job.id, timeout_s=settings.SLUICE_JOB_TIMEOUT_S + 5)
         raise_for_failed(job)
+        observe_completed(job, started=started)
         return Response(openai_chat_response(job))
 
 
@@ -285,6 +286,7 @@ class CompletionCreateApi(APIView):
             )
         job = job_wait_finished(job_id=job.id, timeout_s=settings.SLUICE_JOB_TIMEOUT_S + 5)
         raise_for_failed(job)
+        observe_completed(job, started=started)
         return Response(openai_completion_response(job))
 
 

@@ -28,7 +28,7 @@ from gateway.fields import (
     StrictIntegerField,
 )
 from gateway.protocol import prepare_completion, raise_for_failed, resolve_or_404, tgi_finish_reason
-from gateway.streaming import Entry, sse_response, tgi_stream
+from gateway.streaming import Entry, observe_completed, sse_response, tgi_stream
 from inference.registry import default_model
 from inference.selectors import job_wait_finished
 from inference.services import job_create
@@ -202,6 +202,7 @@ def _run(request: Request, data: dict[str, Any], *, stream: bool) -> Any:
         )
     job = job_wait_finished(job_id=job.id, timeout_s=settings.SLUICE_JOB_TIMEOUT_S + 5)
     raise_for_failed(job)
+    observe_completed(job, started=started)
     body: dict[str, Any] = {"generated_text": prefix + job.output_text}
     if parameters.get("details"):
         body["details"] = _details(

@@ -35,7 +35,9 @@ def wait_finished(live: Live, user: ApiUser, job_id: str) -> dict[str, Any]:
 
 
 def test_submit_poll_and_follow(live: Live, api_user: ApiUser) -> None:
-    job = submit(live, api_user, prompt="The river", max_tokens=16, temperature=0)
+    # ignore_eos: the tiny test model is trained on a time budget, so where it would emit
+    # end-of-sequence varies between machines; the test is about the event protocol.
+    job = submit(live, api_user, prompt="The river", max_tokens=16, temperature=0, ignore_eos=True)
     assert job["status"] == "queued"
     events = read_events(f"{live.base_url}/api/v1/jobs/{job['id']}/events", api_user.headers)
     kinds = [e.event for e in events]
