@@ -35,7 +35,9 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
         }
         self.manage("migrate", "--noinput", "-v", "0")
-        self.key = self.manage("createapikey", "--user", "bench").strip().splitlines()[-1]
+        self.key = (
+            self.manage("createapikey", "--user", "bench", "--policy", "unlimited").strip().splitlines()[-1]
+        )
         self.processes: list[ServerProcess] = []
 
     def manage(self, *args: str) -> str:

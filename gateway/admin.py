@@ -1,4 +1,5 @@
-"""Admin: users (unfold-styled), API keys (prefix only; a new key is shown once)."""
+"""Admin: users (with their rate-limit policy), API keys (prefix only; a new key is shown once),
+rate-limit policies (edits apply within SLUICE_POLICY_CACHE_S, no restart)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,22 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.models import Group, User
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from unfold.admin import ModelAdmin
+from unfold.admin import ModelAdmin, StackedInline
 from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
 
-from gateway.models import ApiKey
+from gateway.models import ApiKey, RateLimitPolicy, UserRateLimit
 from gateway.services import apikey_create, apikey_revoke
 
 admin.site.unregister(User)
 admin.site.unregister(Group)
+
+
+class UserRateLimitInline(StackedInline):
+    model = UserRateLimit
+    can_delete = True
+    extra = 0
+    max_num = 1
+    verbose_name = "rate-limit policy (none: the default policy)"
 
 
 @admin.register(User)
@@ -25,6 +34,41 @@ class UserAdmin(BaseUserAdmin, ModelAdmin):
     form = UserChangeForm
     add_form = UserCreationForm
     change_password_form = AdminPasswordChangeForm
+    inlines = [UserRateLimitInline]
+
+
+@admin.register(RateLimitPolicy)
+class RateLimitPolicyAdmin(ModelAdmin):
+    list_display = (
+        "name",
+        "is_default",
+        "priority",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "max_concurrent",
+        "daily_token_budget",
+        "max_queue_wait_s",
+        "burst",
+        "updated_at",
+    )
+    list_editable = ("requests_per_minute", "tokens_per_minute", "max_concurrent", "max_queue_wait_s")
+    search_fields = ("name", "description")
+    fieldsets = (
+        (None, {"fields": ("name", "description", "is_default", "priority")}),
+        (
+            "Limits (0: unlimited)",
+            {
+                "fields": (
+                    "requests_per_minute",
+                    "tokens_per_minute",
+                    "burst",
+                    "max_concurrent",
+                    "daily_token_budget",
+                    "max_queue_wait_s",
+                )
+            },
+        ),
+    )
 
 
 @admin.register(Group)
@@ -34,11 +78,29 @@ class GroupAdmin(BaseGroupAdmin, ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(ModelAdmin):
-    list_display = ("prefix_display", "name", "user", "created_at", "last_used_at", "expires_at", "active")
-    list_filter = ("revoked_at",)
+    list_display = (
+        "prefix_display",
+        "name",
+        "user",
+        "policy",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "active",
+    )
+    list_filter = ("revoked_at", "policy")
     search_fields = ("prefix", "name", "user__username")
     readonly_fields = ("prefix_display", "created_at", "last_used_at", "revoked_at")
-    fields = ("user", "name", "expires_at", "prefix_display", "created_at", "last_used_at", "revoked_at")
+    fields = (
+        "user",
+        "name",
+        "policy",
+        "expires_at",
+        "prefix_display",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
     actions = ["revoke"]
     autocomplete_fields = ("user",)
 
@@ -54,7 +116,7 @@ class ApiKeyAdmin(ModelAdmin):
         if change:
             super().save_model(request, obj, form, change)
             return
-        issued = apikey_create(user=obj.user, name=obj.name, expires_at=obj.expires_at)
+        issued = apikey_create(user=obj.user, name=obj.name, expires_at=obj.expires_at, policy=obj.policy)
         obj.pk = issued.api_key.pk
         obj.prefix, obj.key_hash, obj.created_at = (
             issued.api_key.prefix,

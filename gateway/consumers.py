@@ -6,11 +6,14 @@ Client -> server (JSON):
 - ``{"type": "request", "request_id": "...", "messages": [...] | "prompt": "...", ...}``:
   the native job fields; starts a job and streams it.
 - ``{"type": "subscribe", "job_id": "...", "after": "<event id>"}``: follow an existing job.
-- ``{"type": "cancel", "job_id": "..."}``
+- ``{"type": "cancel", "job_id": "..."}`` (or ``"request_id"`` for a request still waiting
+  for admission)
 - ``{"type": "ping"}``
 
-Server -> client: ``ready``, ``job`` (accepted, with its id), ``token``, ``end``, ``error``,
-``pong``. Closing the socket cancels the jobs it started that are still running.
+Server -> client: ``ready``, ``queue`` (a request waits for its rate limit or a busy model:
+position and ETA), ``job`` (accepted, with its id), ``token``, ``end``, ``error`` (429/503
+refusals carry ``retry_after_s``), ``pong``. Closing the socket cancels the jobs it started
+that are still running, and gives up its waiting requests.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from rest_framework import serializers
 
-from gateway.apis.jobs import JobCreateSerializer, job_submit
+from gateway.admission import Admission, admit, queue_event
+from gateway.apis.jobs import JobCreateSerializer, job_prepare
 from gateway.auth import raw_key_from_headers
 from gateway.errors import ApiError, envelope, first_error
+from gateway.protocol import PreparedRequest, create_admitted_job
 from gateway.selectors import apikey_get_active
 from gateway.streaming import _cancel_job, iter_entries
 from inference.models import Job
@@ -45,6 +50,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         self.followers: dict[str, asyncio.Task[None]] = {}
         self.replaced: set[asyncio.Task[Any]] = set()
         self.owned: set[str] = set()
+        self.waiting: dict[str, asyncio.Task[None]] = {}
         headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in self.scope.get("headers", [])}
         await self.accept()
         raw_key = raw_key_from_headers(headers.get("authorization"), headers.get("x-api-key"))
@@ -74,8 +80,9 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         timer = getattr(self, "auth_timer", None)
         if timer is not None:
             timer.cancel()
-        # Each follower cancels its job on the way out if this socket started it.
-        for task in list(getattr(self, "followers", {}).values()):
+        # Each follower cancels its job on the way out if this socket started it; a request
+        # still waiting for admission gives its place (and reservation) back.
+        for task in [*getattr(self, "followers", {}).values(), *getattr(self, "waiting", {}).values()]:
             task.cancel()
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
@@ -121,9 +128,23 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         status_code: int = 400,
         request_id: Any = None,
         param: str | None = None,
+        retry_after: int | None = None,
     ) -> None:
         body = envelope(message, status_code=status_code, code=code, param=param)
+        if retry_after is not None:
+            body["error"]["retry_after_s"] = retry_after
         await self.send_json({"type": "error", "request_id": request_id, **body})
+
+    async def _api_error(self, exc: ApiError, request_id: Any) -> None:
+        retry = exc.extra_headers.get("Retry-After")
+        await self._error(
+            exc.message,
+            code=exc.error_code or "error",
+            status_code=exc.status_code,
+            request_id=request_id,
+            param=exc.param,
+            retry_after=int(retry) if retry else None,
+        )
 
     async def _on_ping(self, content: dict[str, Any]) -> None:
         await self.send_json({"type": "pong"})
@@ -132,13 +153,16 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         request_id = content.get("request_id")
         data = {k: v for k, v in content.items() if k not in ("type", "request_id")}
 
-        def submit() -> Job:
+        def prepare() -> tuple[PreparedRequest, Admission]:
             serializer = JobCreateSerializer(data=data)
             serializer.is_valid(raise_exception=True)
-            return job_submit(self.user, self.api_key, dict(serializer.validated_data), source="ws")
+            prepared = job_prepare(dict(serializer.validated_data))
+            return prepared, admit(
+                user=self.user, api_key=self.api_key, model=prepared.model, cost=prepared.cost
+            )
 
         try:
-            job = await database_sync_to_async(submit)()
+            prepared, admission = await database_sync_to_async(prepare)()
         except serializers.ValidationError as exc:
             param, detail = first_error(exc.detail)
             await self._error(
@@ -149,13 +173,39 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             )
             return
         except ApiError as exc:
-            await self._error(
-                exc.message,
-                code=exc.error_code or "error",
-                status_code=exc.status_code,
-                request_id=request_id,
-                param=exc.param,
+            await self._api_error(exc, request_id)
+            return
+        if admission.admitted:
+            await self._start(prepared, admission, request_id)
+            return
+        key = str(request_id) if request_id is not None else admission.ticket.id
+        previous = self.waiting.get(key)
+        if previous is not None:
+            previous.cancel()
+        self.waiting[key] = asyncio.ensure_future(self._wait_then_start(prepared, admission, request_id, key))
+
+    async def _wait_then_start(
+        self, prepared: PreparedRequest, admission: Admission, request_id: Any, key: str
+    ) -> None:
+        """Runs beside the receive loop, so that cancel and ping still work while waiting."""
+        try:
+            async for decision in admission.events():
+                await self.send_json({"type": "queue", "request_id": request_id, **queue_event(decision)})
+        except ApiError as exc:
+            await self._api_error(exc, request_id)
+            return
+        finally:
+            if self.waiting.get(key) is asyncio.current_task():
+                del self.waiting[key]
+        await self._start(prepared, admission, request_id)
+
+    async def _start(self, prepared: PreparedRequest, admission: Admission, request_id: Any) -> None:
+        try:
+            job = await database_sync_to_async(create_admitted_job)(
+                user=self.user, api_key=self.api_key, prepared=prepared, source="ws", admission=admission
             )
+        except ApiError as exc:
+            await self._api_error(exc, request_id)
             return
         job_id = str(job.id)
         self.owned.add(job_id)
@@ -174,6 +224,16 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         self._follow(str(job.id), str(after))
 
     async def _on_cancel(self, content: dict[str, Any]) -> None:
+        if "job_id" not in content and content.get("request_id") is not None:
+            waiting = self.waiting.pop(str(content["request_id"]), None)
+            if waiting is None:
+                await self._error(
+                    "No request waiting with that request_id.", code="not_found", status_code=404
+                )
+                return
+            waiting.cancel()
+            await self.send_json({"type": "cancelled", "request_id": content["request_id"]})
+            return
         job_id = str(content.get("job_id", ""))
 
         def cancel() -> Job | None:

@@ -9,13 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from rest_framework import status
+from rest_framework.request import Request
 
+from gateway.admission import HEADERS_ATTR, Admission, admit
 from gateway.errors import ApiError
+from gateway.models import ApiKey
 from inference.models import Job, JobKind, JobStatus
 from inference.prompts import ChatTemplateError, ModelFilesError
 from inference.registry import ServedModel, resolve_model
-from inference.services import EOS, STOP_SEQUENCE, JobParams
+from inference.services import EOS, STOP_SEQUENCE, JobParams, job_create
 
 ROLE_ALIASES = {"developer": "system"}
 
@@ -27,6 +31,39 @@ class PreparedRequest:
     input: dict[str, Any]
     params: JobParams
     prompt_tokens: int
+
+    @property
+    def cost(self) -> int:
+        """Tokens admission reserves: the prompt and every token it may generate."""
+        return self.prompt_tokens + self.params.max_tokens
+
+
+def admit_prepared(request: Request, prepared: PreparedRequest) -> Admission:
+    """Admission for a validated HTTP request; its headers go on the response."""
+    from gateway.auth import request_api_key, request_user
+
+    admission = admit(
+        user=request_user(request), api_key=request_api_key(request), model=prepared.model, cost=prepared.cost
+    )
+    setattr(request, HEADERS_ATTR, admission.headers)
+    return admission
+
+
+def create_admitted_job(
+    *, user: User, api_key: ApiKey | None, prepared: PreparedRequest, source: str, admission: Admission
+) -> Job:
+    return job_create(
+        user=user,
+        api_key=api_key,
+        model=prepared.model,
+        kind=prepared.kind,
+        input=prepared.input,
+        params=prepared.params,
+        source=source,
+        prompt_tokens=prepared.prompt_tokens,
+        priority=admission.tier,
+        admission=admission.grant,
+    )
 
 
 def resolve_or_404(name: str | None, *, validation_status: int = status.HTTP_404_NOT_FOUND) -> ServedModel:

@@ -1,9 +1,18 @@
-"""Gateway reads: API keys."""
+"""Gateway reads: API keys, the rate-limit policy that applies to a request."""
 
 from __future__ import annotations
 
-from gateway.models import ApiKey
+import threading
+import time
+
+from django.conf import settings
+from django.contrib.auth.models import User
+
+from gateway.models import ApiKey, RateLimitPolicy
+from gateway.ratelimit import Limits
 from gateway.services import hash_key
+
+UNLIMITED = Limits()
 
 
 def apikey_get_active(*, raw_key: str) -> ApiKey | None:
@@ -18,3 +27,57 @@ def apikey_get_active(*, raw_key: str) -> ApiKey | None:
     if api_key is None or not api_key.is_active or not api_key.user.is_active:
         return None
     return api_key
+
+
+def limits_of(policy: RateLimitPolicy) -> Limits:
+    return Limits(
+        policy=policy.name,
+        policy_id=policy.pk,
+        requests_per_minute=policy.requests_per_minute,
+        tokens_per_minute=policy.tokens_per_minute,
+        max_concurrent=policy.max_concurrent,
+        daily_token_budget=policy.daily_token_budget,
+        max_queue_wait_s=policy.max_queue_wait_s,
+        tier=policy.priority,
+        burst=policy.burst,
+    )
+
+
+# (api key id, user id) -> (expires at, limits, subject). Admin edits show within the TTL
+# (SLUICE_POLICY_CACHE_S, 2 s by default) without a query per request.
+_cache: dict[tuple[int | None, int], tuple[float, Limits, str]] = {}
+_cache_lock = threading.Lock()
+
+
+def policy_cache_clear() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+def admission_subject(*, user: User, api_key: ApiKey | None) -> tuple[Limits, str]:
+    """The limits that apply to a request and the subject whose buckets they fill.
+
+    A key with a policy of its own is its own subject (``k<id>``); otherwise the user is
+    (``u<id>``: their keys share the user's buckets), under the user's policy or the default.
+    """
+    key_id = api_key.pk if api_key is not None else None
+    cache_key = (key_id, user.pk)
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get(cache_key)
+    if hit is not None and hit[0] > now:
+        return hit[1], hit[2]
+    policy: RateLimitPolicy | None = None
+    subject = f"u{user.pk}"
+    if api_key is not None and api_key.policy_id is not None:
+        policy = RateLimitPolicy.objects.filter(pk=api_key.policy_id).first()
+        if policy is not None:
+            subject = f"k{api_key.pk}"
+    if policy is None:
+        policy = RateLimitPolicy.objects.filter(user_assignments__user=user).first()
+    if policy is None:
+        policy = RateLimitPolicy.objects.filter(is_default=True).first()
+    limits = limits_of(policy) if policy is not None else UNLIMITED
+    with _cache_lock:
+        _cache[cache_key] = (now + settings.SLUICE_POLICY_CACHE_S, limits, subject)
+    return limits, subject

@@ -1,16 +1,29 @@
-"""Gateway writes: API keys."""
+"""Gateway writes: API keys; admission (rate limits, waiting, release)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import secrets
+import threading
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+import redis
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from gateway.models import ApiKey
+from gateway.models import ApiKey, RateLimitPolicy
+from gateway.ratelimit import Capacity, Decision, Outcome, Quota, RateLimiter, Ticket, poll_interval
+from inference.metrics import RATELIMIT_DECISIONS
+from inference.store import async_redis, get_redis
+
+logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "sk-sl-"
 VISIBLE_CHARS = 12
@@ -26,7 +39,13 @@ class IssuedKey:
     raw_key: str  # shown once; not stored
 
 
-def apikey_create(*, user: User, name: str = "", expires_at: datetime | None = None) -> IssuedKey:
+def apikey_create(
+    *,
+    user: User,
+    name: str = "",
+    expires_at: datetime | None = None,
+    policy: RateLimitPolicy | None = None,
+) -> IssuedKey:
     raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
     api_key = ApiKey.objects.create(
         user=user,
@@ -34,6 +53,7 @@ def apikey_create(*, user: User, name: str = "", expires_at: datetime | None = N
         prefix=raw_key[:VISIBLE_CHARS],
         key_hash=hash_key(raw_key),
         expires_at=expires_at,
+        policy=policy,
     )
     return IssuedKey(api_key=api_key, raw_key=raw_key)
 
@@ -51,3 +71,102 @@ def apikey_touch(*, api_key: ApiKey, now: datetime | None = None) -> None:
     if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
+
+
+# --- admission ------------------------------------------------------------------------
+
+_limiter: RateLimiter | None = None
+_limiter_lock = threading.Lock()
+
+
+def get_limiter() -> RateLimiter:
+    global _limiter
+    with _limiter_lock:
+        if _limiter is None or _limiter.client is not get_redis():
+            _limiter = RateLimiter(get_redis(), waiter_ttl_s=settings.SLUICE_WAITER_TTL_S)
+        return _limiter
+
+
+def admission_ticket(
+    *, user: User, api_key: ApiKey | None, model: str, capacity: Capacity, cost: int
+) -> Ticket:
+    from gateway.selectors import admission_subject
+
+    limits, subject = admission_subject(user=user, api_key=api_key)
+    return Ticket(
+        subject=subject,
+        model=model,
+        cost=cost,
+        limits=limits,
+        capacity=capacity,
+        fair_key=f"u{user.pk}",
+        # An admitted job holds its leases until it ends, at the latest at its deadline.
+        lease_s=settings.SLUICE_JOB_TIMEOUT_S + 60,
+    )
+
+
+def _count(decision: Decision) -> Decision:
+    if decision.outcome is not Outcome.WAITING:
+        RATELIMIT_DECISIONS.labels(decision.outcome.value, decision.limits.policy).inc()
+    return decision
+
+
+def admission_attempt(*, ticket: Ticket) -> Decision:
+    return _count(get_limiter().attempt(ticket))
+
+
+def admission_wait(*, ticket: Ticket, decision: Decision) -> Decision:
+    """Block until a waiting request is admitted or refused (sync views)."""
+    limiter = get_limiter()
+    try:
+        while decision.outcome is Outcome.WAITING:
+            time.sleep(poll_interval(decision))
+            decision = limiter.attempt(ticket)
+    except BaseException:
+        admission_abandon(ticket=ticket)
+        raise
+    return _count(decision)
+
+
+async def admission_events(*, ticket: Ticket, decision: Decision) -> AsyncIterator[Decision]:
+    """Each attempt of a waiting request, ending with the admitted or refused one (async
+    entry points: SSE and WebSocket show the position and ETA as they change)."""
+    limiter = get_limiter()
+    client = async_redis()
+    finished = False
+    try:
+        while decision.outcome is Outcome.WAITING:
+            yield decision
+            await asyncio.sleep(poll_interval(decision))
+            decision = await limiter.attempt_async(ticket, client)
+        finished = True
+        yield _count(decision)
+    finally:
+        if not finished:  # the client went away while waiting
+            await asyncio.shield(limiter.abandon_async(ticket, client))
+
+
+def admission_abandon(*, ticket: Ticket) -> None:
+    try:
+        get_limiter().abandon(ticket)
+    except redis.RedisError:
+        logger.warning("could not abandon admission ticket %s", ticket.id, exc_info=True)
+
+
+def admission_release(*, grant: dict[str, Any], used_tokens: int, duration_s: float = 0.0) -> bool:
+    """A job ended: free its leases, refund unused tokens. Never raises (the leases expire
+    at the job's deadline anyway)."""
+    if not grant or "lease" not in grant:
+        return False
+    try:
+        return get_limiter().release(grant, used_tokens=used_tokens, duration_s=duration_s)
+    except (redis.RedisError, KeyError, TypeError, ValueError):
+        logger.warning("could not release admission %s", grant.get("lease"), exc_info=True)
+        return False
+
+
+def quota_get(*, user: User, api_key: ApiKey | None) -> Quota:
+    from gateway.selectors import admission_subject
+
+    limits, subject = admission_subject(user=user, api_key=api_key)
+    return get_limiter().peek(subject, limits)

@@ -20,7 +20,8 @@ from django.conf import settings
 from django.db import connection
 from django.http import StreamingHttpResponse
 
-from gateway.errors import envelope
+from gateway.admission import Admission, queue_event
+from gateway.errors import ApiError, envelope
 from gateway.protocol import openai_finish_reason, tgi_finish_reason
 from inference.metrics import E2E_LATENCY, INTER_TOKEN_LATENCY, TIME_TO_FIRST_TOKEN
 from inference.models import Job
@@ -131,6 +132,60 @@ def sse(data: Any, *, event: str | None = None, id: str | None = None) -> bytes:
 
 
 KEEPALIVE = b": keepalive\n\n"
+
+
+def sse_comment(name: str, data: dict[str, Any]) -> bytes:
+    """A comment line: every SSE client (the openai SDK, huggingface_hub, EventSource) skips
+    it, curl shows it. Used for queue position/ETA on OpenAI and TGI streams, whose clients
+    would take a named event for a chunk."""
+    return f": {name} {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _error_body(exc: ApiError) -> dict[str, Any]:
+    return envelope(exc.message, status_code=exc.status_code, code=exc.error_code, param=exc.param)
+
+
+def openai_refused(exc: ApiError) -> list[bytes]:
+    """A streaming request refused after waiting: the status line has gone out (200), so the
+    429/503 travels as an error chunk, which the openai SDK raises as an APIError."""
+    body = _error_body(exc)
+    body["error"]["retry_after_s"] = int(exc.extra_headers.get("Retry-After", "1"))
+    return [sse(body), sse("[DONE]")]
+
+
+def tgi_refused(exc: ApiError) -> list[bytes]:
+    return [sse({"error": exc.message, "error_type": exc.error_code or "rate_limit"})]
+
+
+def admitted_stream(
+    admission: Admission,
+    *,
+    create: Callable[[], Job],
+    stream: Callable[[Job], AsyncIterator[bytes]],
+    refused: Callable[[ApiError], list[bytes]],
+) -> AsyncIterator[bytes]:
+    """A streaming request that must wait: queue position/ETA comments while it waits, then
+    the job's own stream once admitted, or the refusal."""
+
+    def create_and_release_connection() -> Job:
+        try:
+            return create()
+        finally:
+            connection.close()
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async for decision in admission.events():
+                yield sse_comment("queue", queue_event(decision))
+        except ApiError as exc:
+            for chunk in refused(exc):
+                yield chunk
+            return
+        job = await sync_to_async(create_and_release_connection, thread_sensitive=False)()
+        async for chunk in stream(job):
+            yield chunk
+
+    return events()
 
 
 def sse_response(stream: AsyncIterator[bytes], *, status: int = 200) -> StreamingHttpResponse:

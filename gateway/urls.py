@@ -5,6 +5,7 @@ from django.urls import path
 from gateway.apis.health import HealthApi, ReadinessApi
 from gateway.apis.jobs import JobCancelApi, JobCreateApi, JobDetailApi, JobEventsApi
 from gateway.apis.openai import ChatCompletionCreateApi, CompletionCreateApi, ModelListApi
+from gateway.apis.quota import QuotaGetApi
 from gateway.apis.tgi import TgiCompatGenerateApi, TgiGenerateApi, TgiGenerateStreamApi, TgiInfoApi
 
 urlpatterns = [
@@ -21,6 +22,7 @@ urlpatterns = [
     path("api/v1/jobs/<str:job_id>", JobDetailApi.as_view(), name="job-detail"),
     path("api/v1/jobs/<str:job_id>/events", JobEventsApi.as_view(), name="job-events"),
     path("api/v1/jobs/<str:job_id>/cancel", JobCancelApi.as_view(), name="job-cancel"),
+    path("api/v1/me/quota", QuotaGetApi.as_view(), name="quota"),
     # Health
     path("healthz", HealthApi.as_view(), name="healthz"),
     path("readyz", ReadinessApi.as_view(), name="readyz"),

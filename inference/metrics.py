@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 if TYPE_CHECKING:
@@ -46,6 +46,12 @@ E2E_LATENCY = Histogram(
     "sluice_e2e_request_latency_seconds", "Request received to last byte", ["model"], buckets=LATENCY_BUCKETS
 )
 
+RATELIMIT_DECISIONS = Counter(
+    "sluice_ratelimit_decisions_total",
+    "Admission decisions (admitted, rate_limited, overloaded, too_large, budget_exhausted)",
+    ["result", "policy"],
+)
+
 METRICS_KEY = "sluice:metrics"  # hash per series: sluice:metrics:<name>:<model>
 METRICS_TTL_S = 30 * 24 * 3600
 
@@ -57,6 +63,16 @@ _SERIES: dict[str, tuple[str, str, Sequence[float]]] = {
     "sluice_prompt_tokens_total": ("counter", "Prompt tokens prefilled", ()),
     "sluice_requests_total": ("counter", "Sequences finished by the engines, by outcome", ()),
 }
+
+
+def celery_queue_keys(queue: str) -> list[str]:
+    """The Redis lists of a Celery queue: one per priority step (kombu's Redis transport)."""
+    from django.conf import settings
+
+    options: dict[str, Any] = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    prefix, sep = options.get("global_keyprefix", ""), options.get("sep", "\x06\x16")
+    steps: list[int] = options.get("priority_steps", [0, 3, 6, 9])
+    return [f"{prefix}{queue}{sep}{step}" if step else f"{prefix}{queue}" for step in steps]
 
 
 def series_key(name: str, model: str) -> str:
@@ -186,12 +202,25 @@ class FleetCollector:
             for model in beat.get("models", []):
                 engines[model][0] += int(beat.get("running", 0))
                 engines[model][1] += int(beat.get("waiting", 0))
+        admission = GaugeMetricFamily(
+            "sluice_admission_waiting",
+            "Requests waiting in a model's admission waiting room",
+            labels=["model"],
+        )
+        from gateway.ratelimit import RateLimiter
+
+        limiter = RateLimiter(client)
         for model in {m.name for m in served_models()} | set(engines):
-            queued = int(client.llen(f"sluice:celery:{queue_for(model)}") or 0)
+            pipe = client.pipeline(transaction=False)
+            for key in celery_queue_keys(queue_for(model)):
+                pipe.llen(key)
+            queued = sum(int(n or 0) for n in pipe.execute())
             waiting.add_metric([model], queued + engines[model][1])
             running.add_metric([model], engines[model][0])
+            admission.add_metric([model], limiter.model_load(model)[1])
         yield waiting
         yield running
+        yield admission
 
 
 _registered = False

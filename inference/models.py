@@ -48,7 +48,10 @@ class Job(models.Model):
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True)
+    # The rate-limit tier (0..9, higher first): Celery message priority and engine order.
     priority = models.SmallIntegerField(default=0)
+    # What admission reserved for this job (leases, tokens): released when the job ends.
+    admission = models.JSONField(default=dict, blank=True)
     queued_at = models.DateTimeField(auto_now_add=True, db_index=True)
     published_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

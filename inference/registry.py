@@ -24,6 +24,9 @@ def queue_for(model_name: str) -> str:
 class ServedModel:
     name: str
     path: Path
+    #: Admission: jobs in flight before requests wait; in flight + waiting before 503 (0: no limit).
+    capacity: int = 0
+    queue_cap: int = 0
 
     @property
     def queue(self) -> str:
@@ -35,7 +38,14 @@ class ServedModel:
 
 
 def served_models() -> list[ServedModel]:
-    return [ServedModel(name=settings.SLUICE_MODEL_NAME, path=Path(settings.SLUICE_MODEL_PATH))]
+    return [
+        ServedModel(
+            name=settings.SLUICE_MODEL_NAME,
+            path=Path(settings.SLUICE_MODEL_PATH),
+            capacity=settings.SLUICE_MODEL_CAPACITY,
+            queue_cap=settings.SLUICE_MODEL_QUEUE_CAP,
+        )
+    ]
 
 
 def default_model() -> ServedModel:

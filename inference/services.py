@@ -17,6 +17,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from gateway.models import ApiKey
+from gateway.ratelimit import MAX_TIER
+from gateway.services import admission_release
 from inference.batching import FinishReason, SamplingParams, SequenceRequest
 from inference.engine import SequenceResult
 from inference.models import Job, JobKind, JobStatus
@@ -95,34 +97,60 @@ def job_create(
     source: str,
     prompt_tokens: int | None = None,
     priority: int = 0,
+    admission: dict[str, Any] | None = None,
 ) -> Job:
     """Persist a job and queue it once the row is committed (never before: a worker could
-    otherwise pick up a job id that does not exist yet)."""
+    otherwise pick up a job id that does not exist yet).
+
+    ``admission`` is the grant of an admitted request (gateway.ratelimit.Ticket.grant): if
+    the job cannot be created, it is released here; once created, the job releases it when it
+    ends."""
     now = timezone.now()
-    with transaction.atomic():
-        job = Job.objects.create(
-            user=user,
-            api_key=api_key,
-            model=model.name,
-            kind=kind,
-            input=input,
-            params=params.as_dict(),
-            source=source,
-            prompt_tokens=prompt_tokens,
-            priority=priority,
-            deadline_at=now + timedelta(seconds=settings.SLUICE_JOB_TIMEOUT_S),
-        )
-        # The stream exists before anyone can read it; a Redis failure rolls the row back.
-        get_streams().open(str(job.id))
-        transaction.on_commit(lambda: job_publish(job_id=job.id, queue=model.queue), robust=True)
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                user=user,
+                api_key=api_key,
+                model=model.name,
+                kind=kind,
+                input=input,
+                params=params.as_dict(),
+                source=source,
+                prompt_tokens=prompt_tokens,
+                priority=priority,
+                admission=admission or {},
+                deadline_at=now + timedelta(seconds=settings.SLUICE_JOB_TIMEOUT_S),
+            )
+            # The stream exists before anyone can read it; a Redis failure rolls the row back.
+            get_streams().open(str(job.id))
+            transaction.on_commit(
+                lambda: job_publish(job_id=job.id, queue=model.queue, priority=priority), robust=True
+            )
+    except BaseException:
+        if admission:
+            admission_release(grant=admission, used_tokens=0)
+        raise
     return job
 
 
-def job_publish(*, job_id: uuid.UUID | str, queue: str) -> None:
+def celery_priority(tier: int) -> int:
+    """Rate-limit tier (higher first) -> kombu Redis priority (0 is consumed first)."""
+    return MAX_TIER - max(0, min(MAX_TIER, tier))
+
+
+def job_publish(*, job_id: uuid.UUID | str, queue: str, priority: int = 0) -> None:
     from inference.tasks import run_job
 
-    run_job.apply_async(args=[str(job_id)], queue=queue)
+    run_job.apply_async(args=[str(job_id)], queue=queue, priority=celery_priority(priority))
     Job.objects.filter(id=job_id, published_at__isnull=True).update(published_at=timezone.now())
+
+
+def _release_admission(job: Job, *, used_tokens: int, ran: bool) -> None:
+    """The job reached a terminal state (exactly one caller per job does this)."""
+    if not job.admission:
+        return
+    duration = (timezone.now() - job.queued_at).total_seconds() if ran and job.queued_at else 0.0
+    admission_release(grant=job.admission, used_tokens=used_tokens, duration_s=duration)
 
 
 def job_cancel(*, job: Job) -> Job:
@@ -138,6 +166,7 @@ def job_cancel(*, job: Job) -> Job:
             str(job.id),
             end_fields(status=JobStatus.CANCELLED, finish_reason=FinishReason.CANCELLED.value, usage=None),
         )
+        _release_admission(job, used_tokens=0, ran=False)
     else:
         streams.request_cancel(str(job.id))
     job.refresh_from_db()
@@ -273,6 +302,9 @@ def _finish_without_run(*, job: Job, token: str, status: str, reason: str, error
             end_fields(status=status, finish_reason=reason, usage=None, error=error),
             lease_token=token,
         )
+        # A first attempt generated nothing; a later one may have streamed tokens before.
+        reserved = int(job.admission.get("reserved_tokens", 0)) if job.admission else 0
+        _release_admission(job, used_tokens=0 if job.attempts <= 1 else reserved, ran=False)
 
 
 def _outcome(result: SequenceResult) -> tuple[str, str]:
@@ -319,6 +351,7 @@ def job_finish(*, job: Job, attempt: int, token: str, result: SequenceResult, pr
         end_fields(status=status, finish_reason=reason, usage=usage, error=result.error or ""),
         lease_token=token,
     )
+    _release_admission(job, used_tokens=usage["total_tokens"], ran=True)
     return True
 
 
@@ -332,6 +365,10 @@ def job_fail(*, job_id: uuid.UUID | str, error: str, reason: str = "error") -> b
         get_streams().finish(
             str(job_id), end_fields(status=JobStatus.FAILED, finish_reason=reason, usage=None, error=error)
         )
+        job = Job.objects.filter(id=job_id).only("id", "admission", "queued_at").first()
+        if job is not None and job.admission:
+            # It may have run for a while before its worker died: refund nothing.
+            _release_admission(job, used_tokens=int(job.admission.get("reserved_tokens", 0)), ran=False)
     return bool(updated)
 
 
@@ -350,19 +387,21 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     grace = timedelta(seconds=10)
     # Any worker reconciles for the whole fleet: queues follow from the job's model name, not
     # from what this worker serves.
-    for job_id, model_name in Job.objects.filter(
+    for job_id, model_name, priority in Job.objects.filter(
         status=JobStatus.QUEUED, published_at__isnull=True, queued_at__lt=now - grace
-    ).values_list("id", "model")[:200]:
-        job_publish(job_id=job_id, queue=queue_for(model_name))
+    ).values_list("id", "model", "priority")[:200]:
+        job_publish(job_id=job_id, queue=queue_for(model_name), priority=priority)
         counts["published"] += 1
     for job_id in Job.objects.filter(
         status__in=[JobStatus.QUEUED, JobStatus.RUNNING], deadline_at__lt=now - grace
     ).values_list("id", flat=True)[:200]:
         if not streams.lease_holders([str(job_id)]).get(str(job_id)):
             counts["failed"] += job_fail(job_id=job_id, error="deadline exceeded", reason="deadline")
-    running = list(Job.objects.filter(status=JobStatus.RUNNING).values_list("id", "model", "attempts")[:1000])
-    holders = streams.lease_holders([str(job_id) for job_id, _, _ in running])
-    for job_id, model_name, attempts in running:
+    running = list(
+        Job.objects.filter(status=JobStatus.RUNNING).values_list("id", "model", "attempts", "priority")[:1000]
+    )
+    holders = streams.lease_holders([str(job_id) for job_id, _, _, _ in running])
+    for job_id, model_name, attempts, priority in running:
         if holders.get(str(job_id)):
             continue
         if attempts >= settings.SLUICE_MAX_ATTEMPTS:
@@ -370,6 +409,6 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
             continue
         if streams.mark_requeued(str(job_id), ttl_s=settings.SLUICE_JOB_TIMEOUT_S):
             logger.warning("job %s lost its worker; re-sending it", job_id)
-            job_publish(job_id=job_id, queue=queue_for(model_name))
+            job_publish(job_id=job_id, queue=queue_for(model_name), priority=priority)
             counts["requeued"] += 1
     return counts

@@ -145,6 +145,10 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": SLUICE_VISIBILITY_TIMEOUT_S,
     "global_keyprefix": "sluice:celery:",
+    # One list per priority (0 = highest on Redis): higher rate-limit tiers are consumed
+    # first. Every job is published with an explicit priority (inference.services).
+    "priority_steps": list(range(10)),
+    "sep": ":",
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ACKS_LATE = True
@@ -184,6 +188,14 @@ SLUICE_STREAM_TTL_S = env.get_int("SLUICE_STREAM_TTL_S", 24 * 3600)
 SLUICE_WORKER_PRELOAD = env.get_bool("SLUICE_WORKER_PRELOAD", True)
 SLUICE_METRICS_FLUSH_S = env.get_float("SLUICE_METRICS_FLUSH_S", 5.0)
 SLUICE_WORKER_SWITCH_INTERVAL_S = env.get_float("SLUICE_WORKER_SWITCH_INTERVAL_S", 0.0005)
+# --- Admission (gateway/ratelimit.py) ---
+SLUICE_POLICY_CACHE_S = env.get_float("SLUICE_POLICY_CACHE_S", 2.0)  # admin edits apply within this
+SLUICE_WAITER_TTL_S = env.get_float("SLUICE_WAITER_TTL_S", 5.0)  # a waiter that stops polling leaves
+# Per served model: jobs in flight before new requests wait in the fair waiting room, and
+# in flight + waiting before new requests get 503 (0: unlimited).
+SLUICE_MODEL_CAPACITY = env.get_int("SLUICE_MODEL_CAPACITY", 4 * SLUICE_MAX_BATCH_SIZE)
+SLUICE_MODEL_QUEUE_CAP = env.get_int("SLUICE_MODEL_QUEUE_CAP", 16 * SLUICE_MAX_BATCH_SIZE)
+SLUICE_OVERLOAD_RETRY_AFTER_S = env.get_float("SLUICE_OVERLOAD_RETRY_AFTER_S", 2.0)
 SLUICE_SSE_KEEPALIVE_S = min(50.0, env.get_float("SLUICE_SSE_KEEPALIVE_S", 15.0))  # < Redis socket timeout
 
 LOG_LEVEL = env.get_str("SLUICE_LOG_LEVEL", "INFO")

@@ -9,8 +9,8 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
+from gateway.apis.base import GatewayApiView
 from gateway.apis.openai import ChatMessageSerializer
 from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError
@@ -21,11 +21,19 @@ from gateway.fields import (
     StrictFloatField,
     StrictIntegerField,
 )
-from gateway.protocol import job_representation, prepare_chat, prepare_completion, resolve_or_404
+from gateway.protocol import (
+    PreparedRequest,
+    admit_prepared,
+    create_admitted_job,
+    job_representation,
+    prepare_chat,
+    prepare_completion,
+    resolve_or_404,
+)
 from gateway.streaming import native_job_stream, sse_response
 from inference.models import Job
 from inference.selectors import job_get_for_user, job_list_for_user
-from inference.services import job_cancel, job_create
+from inference.services import job_cancel
 
 
 class JobCreateSerializer(serializers.Serializer):
@@ -57,8 +65,8 @@ class JobCreateSerializer(serializers.Serializer):
         return attrs
 
 
-def job_submit(user: Any, api_key: Any, data: dict[str, Any], *, source: str) -> Job:
-    """Validated native/WebSocket request -> queued job (shared by REST and WebSocket)."""
+def job_prepare(data: dict[str, Any]) -> PreparedRequest:
+    """Validated native/WebSocket request -> a prepared job (shared by REST and WebSocket)."""
     model = resolve_or_404(data.get("model"))
     common: dict[str, Any] = {
         "model": model,
@@ -71,20 +79,9 @@ def job_submit(user: Any, api_key: Any, data: dict[str, Any], *, source: str) ->
         "ignore_eos": bool(data.get("ignore_eos")),
     }
     if "messages" in data:
-        prepared = prepare_chat(messages=data["messages"], **common)
-    else:
-        prepared = prepare_completion(
-            prompt=data["prompt"], default_max_tokens=settings.SLUICE_DEFAULT_MAX_TOKENS, **common
-        )
-    return job_create(
-        user=user,
-        api_key=api_key,
-        model=prepared.model,
-        kind=prepared.kind,
-        input=prepared.input,
-        params=prepared.params,
-        source=source,
-        prompt_tokens=prepared.prompt_tokens,
+        return prepare_chat(messages=data["messages"], **common)
+    return prepare_completion(
+        prompt=data["prompt"], default_max_tokens=settings.SLUICE_DEFAULT_MAX_TOKENS, **common
     )
 
 
@@ -95,7 +92,7 @@ def _get_or_404(request: Request, job_id: str) -> Job:
     return job
 
 
-class JobCreateApi(APIView):
+class JobCreateApi(GatewayApiView):
     @extend_schema(
         request=JobCreateSerializer,
         responses={202: OpenApiResponse(description="the queued job")},
@@ -106,8 +103,17 @@ class JobCreateApi(APIView):
             raise ApiError("The request body must be a JSON object.", code="invalid_json")
         serializer = JobCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        job = job_submit(
-            request_user(request), request_api_key(request), dict(serializer.validated_data), source="jobs"
+        prepared = job_prepare(dict(serializer.validated_data))
+        admission = admit_prepared(request, prepared)
+        # An asynchronous API still waits here, within the policy's max queue wait: the job
+        # row only exists once admitted.
+        admission.wait()
+        job = create_admitted_job(
+            user=request_user(request),
+            api_key=request_api_key(request),
+            prepared=prepared,
+            source="jobs",
+            admission=admission,
         )
         response = Response(job_representation(job), status=status.HTTP_202_ACCEPTED)
         response["Location"] = f"/api/v1/jobs/{job.id}"
@@ -130,7 +136,7 @@ class JobCreateApi(APIView):
         return Response({"object": "list", "data": [job_representation(job) for job in jobs[:limit]]})
 
 
-class JobDetailApi(APIView):
+class JobDetailApi(GatewayApiView):
     @extend_schema(
         responses={200: OpenApiResponse(description="the job")}, summary="Get a job", operation_id="jobs_get"
     )
@@ -138,7 +144,7 @@ class JobDetailApi(APIView):
         return Response(job_representation(_get_or_404(request, job_id)))
 
 
-class JobEventsApi(APIView):
+class JobEventsApi(GatewayApiView):
     @extend_schema(
         parameters=[
             OpenApiParameter(
@@ -164,7 +170,7 @@ def _valid_stream_id(value: str) -> bool:
     return bool(sep) and millis.isdigit() and seq.isdigit()
 
 
-class JobCancelApi(APIView):
+class JobCancelApi(GatewayApiView):
     @extend_schema(
         request=None, responses={202: OpenApiResponse(description="the job")}, summary="Cancel a job"
     )

@@ -10,8 +10,8 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
+from gateway.apis.base import GatewayApiView
 from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError
 from gateway.fields import (
@@ -24,6 +24,8 @@ from gateway.fields import (
 )
 from gateway.protocol import (
     PreparedRequest,
+    admit_prepared,
+    create_admitted_job,
     openai_chat_response,
     openai_completion_response,
     prepare_chat,
@@ -31,10 +33,17 @@ from gateway.protocol import (
     raise_for_failed,
     resolve_or_404,
 )
-from gateway.streaming import observe_completed, openai_chat_stream, openai_completion_stream, sse_response
+from gateway.streaming import (
+    admitted_stream,
+    observe_completed,
+    openai_chat_stream,
+    openai_completion_stream,
+    openai_refused,
+    sse_response,
+)
+from inference.models import Job
 from inference.registry import served_models
 from inference.selectors import job_wait_finished
-from inference.services import job_create
 
 # Parameters OpenAI defines that Sluice does not implement: accepted at their neutral value
 # (clients often send defaults explicitly), refused otherwise rather than silently ignored.
@@ -193,20 +202,40 @@ def _temperature(data: dict[str, Any]) -> float:
     return 1.0 if value is None else float(value)
 
 
-def _create(request: Request, prepared: PreparedRequest, source: str) -> Any:
-    return job_create(
-        user=request_user(request),
-        api_key=request_api_key(request),
-        model=prepared.model,
-        kind=prepared.kind,
-        input=prepared.input,
-        params=prepared.params,
-        source=source,
-        prompt_tokens=prepared.prompt_tokens,
-    )
+def _respond(
+    request: Request,
+    prepared: PreparedRequest,
+    *,
+    source: str,
+    stream: bool,
+    stream_for: Any,
+    body_for: Any,
+    started: float,
+) -> Any:
+    """Admit, create the job, answer: a stream (that may first wait in a queue, showing its
+    position) or one JSON body (after waiting, if the policy allows it)."""
+    admission = admit_prepared(request, prepared)
+    user, api_key = request_user(request), request_api_key(request)
+
+    def create() -> Job:
+        return create_admitted_job(
+            user=user, api_key=api_key, prepared=prepared, source=source, admission=admission
+        )
+
+    if stream:
+        if admission.admitted:
+            return sse_response(stream_for(create()))
+        return sse_response(
+            admitted_stream(admission, create=create, stream=stream_for, refused=openai_refused)
+        )
+    admission.wait()
+    job = job_wait_finished(job_id=create().id, timeout_s=settings.SLUICE_JOB_TIMEOUT_S + 5)
+    raise_for_failed(job)
+    observe_completed(job, started=started)
+    return Response(body_for(job))
 
 
-class ChatCompletionCreateApi(APIView):
+class ChatCompletionCreateApi(GatewayApiView):
     @extend_schema(
         request=ChatCompletionSerializer,
         responses={200: OpenApiResponse(description="chat.completion, or text/event-stream of chunks")},
@@ -229,26 +258,30 @@ class ChatCompletionCreateApi(APIView):
             stop=data.get("stop") or (),
             ignore_eos=data["ignore_eos"],
         )
-        job = _create(request, prepared, "openai.chat")
-        if data["stream"]:
-            options = data.get("stream_options") or {}
-            return sse_response(
-                openai_chat_stream(
-                    job_id=str(job.id),
-                    response_id=f"chatcmpl-{job.id.hex}",
-                    model=job.model,
-                    created=int(job.queued_at.timestamp()),
-                    include_usage=bool(options.get("include_usage")),
-                    started=started,
-                )
+        options = data.get("stream_options") or {}
+
+        def stream_for(job: Job) -> Any:
+            return openai_chat_stream(
+                job_id=str(job.id),
+                response_id=f"chatcmpl-{job.id.hex}",
+                model=job.model,
+                created=int(job.queued_at.timestamp()),
+                include_usage=bool(options.get("include_usage")),
+                started=started,
             )
-        job = job_wait_finished(job_id=job.id, timeout_s=settings.SLUICE_JOB_TIMEOUT_S + 5)
-        raise_for_failed(job)
-        observe_completed(job, started=started)
-        return Response(openai_chat_response(job))
+
+        return _respond(
+            request,
+            prepared,
+            source="openai.chat",
+            stream=data["stream"],
+            stream_for=stream_for,
+            body_for=openai_chat_response,
+            started=started,
+        )
 
 
-class CompletionCreateApi(APIView):
+class CompletionCreateApi(GatewayApiView):
     @extend_schema(
         request=CompletionSerializer,
         responses={200: OpenApiResponse(description="text_completion, or text/event-stream of chunks")},
@@ -271,26 +304,30 @@ class CompletionCreateApi(APIView):
             stop=data.get("stop") or (),
             ignore_eos=data["ignore_eos"],
         )
-        job = _create(request, prepared, "openai.completions")
-        if data["stream"]:
-            options = data.get("stream_options") or {}
-            return sse_response(
-                openai_completion_stream(
-                    job_id=str(job.id),
-                    response_id=f"cmpl-{job.id.hex}",
-                    model=job.model,
-                    created=int(job.queued_at.timestamp()),
-                    include_usage=bool(options.get("include_usage")),
-                    started=started,
-                )
+        options = data.get("stream_options") or {}
+
+        def stream_for(job: Job) -> Any:
+            return openai_completion_stream(
+                job_id=str(job.id),
+                response_id=f"cmpl-{job.id.hex}",
+                model=job.model,
+                created=int(job.queued_at.timestamp()),
+                include_usage=bool(options.get("include_usage")),
+                started=started,
             )
-        job = job_wait_finished(job_id=job.id, timeout_s=settings.SLUICE_JOB_TIMEOUT_S + 5)
-        raise_for_failed(job)
-        observe_completed(job, started=started)
-        return Response(openai_completion_response(job))
+
+        return _respond(
+            request,
+            prepared,
+            source="openai.completions",
+            stream=data["stream"],
+            stream_for=stream_for,
+            body_for=openai_completion_response,
+            started=started,
+        )
 
 
-class ModelListApi(APIView):
+class ModelListApi(GatewayApiView):
     @extend_schema(responses={200: OpenApiResponse(description="list of models")}, summary="List models")
     def get(self, request: Request) -> Response:
         return Response(

@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from gateway.apis.base import GatewayApiView
 from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError, first_error
 from gateway.fields import (
@@ -27,11 +28,18 @@ from gateway.fields import (
     StrictFloatField,
     StrictIntegerField,
 )
-from gateway.protocol import prepare_completion, raise_for_failed, resolve_or_404, tgi_finish_reason
-from gateway.streaming import Entry, observe_completed, sse_response, tgi_stream
+from gateway.protocol import (
+    admit_prepared,
+    create_admitted_job,
+    prepare_completion,
+    raise_for_failed,
+    resolve_or_404,
+    tgi_finish_reason,
+)
+from gateway.streaming import Entry, admitted_stream, observe_completed, sse_response, tgi_refused, tgi_stream
+from inference.models import Job
 from inference.registry import default_model
 from inference.selectors import job_wait_finished
-from inference.services import job_create
 from inference.store import get_redis
 from inference.streams import decode_fields, stream_key
 
@@ -176,21 +184,20 @@ def _run(request: Request, data: dict[str, Any], *, stream: bool) -> Any:
         prompt_param="inputs",
         error_status=status.HTTP_422_UNPROCESSABLE_ENTITY,
     )
-    job = job_create(
-        user=request_user(request),
-        api_key=request_api_key(request),
-        model=prepared.model,
-        kind=prepared.kind,
-        input=prepared.input,
-        params=prepared.params,
-        source="tgi",
-        prompt_tokens=prepared.prompt_tokens,
-    )
+    admission = admit_prepared(request, prepared)
+    user, api_key = request_user(request), request_api_key(request)
+
+    def create() -> Job:
+        return create_admitted_job(
+            user=user, api_key=api_key, prepared=prepared, source="tgi", admission=admission
+        )
+
     prefix = data["inputs"] if parameters.get("return_full_text") else ""
     info = model.info
     if stream:
-        return sse_response(
-            tgi_stream(
+
+        def stream_for(job: Job) -> Any:
+            return tgi_stream(
                 job_id=str(job.id),
                 model=job.model,
                 seed=parameters.get("seed"),
@@ -199,8 +206,12 @@ def _run(request: Request, data: dict[str, Any], *, stream: bool) -> Any:
                 started=started,
                 decode=info.decode,
             )
-        )
-    job = job_wait_finished(job_id=job.id, timeout_s=settings.SLUICE_JOB_TIMEOUT_S + 5)
+
+        if admission.admitted:
+            return sse_response(stream_for(create()))
+        return sse_response(admitted_stream(admission, create=create, stream=stream_for, refused=tgi_refused))
+    admission.wait()
+    job = job_wait_finished(job_id=create().id, timeout_s=settings.SLUICE_JOB_TIMEOUT_S + 5)
     raise_for_failed(job)
     observe_completed(job, started=started)
     body: dict[str, Any] = {"generated_text": prefix + job.output_text}
@@ -214,13 +225,13 @@ def _run(request: Request, data: dict[str, Any], *, stream: bool) -> Any:
 _RESPONSES = {200: OpenApiResponse(description="TGI response")}
 
 
-class TgiGenerateApi(APIView):
+class TgiGenerateApi(GatewayApiView):
     @extend_schema(request=TgiGenerateSerializer, responses=_RESPONSES, summary="Generate (TGI-compatible)")
     def post(self, request: Request) -> Any:
         return _run(request, _validated(request), stream=False)
 
 
-class TgiGenerateStreamApi(APIView):
+class TgiGenerateStreamApi(GatewayApiView):
     @extend_schema(
         request=TgiGenerateSerializer,
         responses=_RESPONSES,
@@ -230,7 +241,7 @@ class TgiGenerateStreamApi(APIView):
         return _run(request, _validated(request), stream=True)
 
 
-class TgiCompatGenerateApi(APIView):
+class TgiCompatGenerateApi(GatewayApiView):
     """``POST /``: TGI's compatibility route; the body's ``stream`` picks the answer's form."""
 
     @extend_schema(

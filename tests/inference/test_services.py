@@ -6,6 +6,7 @@ see exactly what was sent.
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -14,8 +15,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from inference.metrics import celery_queue_keys
 from inference.models import Job, JobStatus
-from inference.registry import ServedModel
+from inference.registry import ServedModel, queue_for
 from inference.services import JobParams, job_cancel, job_create, jobs_reconcile
 from inference.store import get_redis, get_streams
 from tests.support.redis_entries import stream_entries
@@ -26,17 +28,22 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def model(demo_model_dir: Path, settings: object) -> ServedModel:
     settings.SLUICE_MODEL_NAME = "unserved"  # type: ignore[attr-defined]
-    get_redis().delete(queue_key("unserved"))
+    clear_queue("unserved")
     return ServedModel(name="unserved", path=demo_model_dir)
 
 
-def queue_key(name: str) -> str:
-    return f"sluice:celery:sluice.model.{name}"
+def clear_queue(name: str) -> None:
+    get_redis().delete(*celery_queue_keys(queue_for(name)))
 
 
 def queued_job_ids(name: str) -> list[str]:
-    messages = [json.loads(m) for m in get_redis().lrange(queue_key(name), 0, -1)]
-    return [json.loads(__import__("base64").b64decode(m["body"]))[0][0] for m in messages]
+    """Job ids in the model's Celery queue, highest priority first (kombu: one list a step)."""
+    ids = []
+    for key in celery_queue_keys(queue_for(name)):
+        for raw in reversed(get_redis().lrange(key, 0, -1)):  # LPUSH/BRPOP: oldest at the tail
+            message = json.loads(raw)
+            ids.append(json.loads(base64.b64decode(message["body"]))[0][0])
+    return ids
 
 
 def create(model: ServedModel, user: User) -> Job:
@@ -59,7 +66,7 @@ def test_create_persists_opens_the_stream_and_publishes(model: ServedModel) -> N
 def test_reconciler_publishes_what_was_never_published(model: ServedModel) -> None:
     user = User.objects.create(username="u2")
     job = create(model, user)
-    get_redis().delete(queue_key("unserved"))
+    clear_queue("unserved")
     old = timezone.now() - timedelta(seconds=60)
     Job.objects.filter(id=job.id).update(published_at=None, queued_at=old)
     assert jobs_reconcile()["published"] == 1
@@ -72,7 +79,7 @@ def test_reconciler_resends_a_running_job_without_a_live_lease_once(model: Serve
     user = User.objects.create(username="u3")
     orphan = create(model, user)
     alive = create(model, user)
-    get_redis().delete(queue_key("unserved"))
+    clear_queue("unserved")
     Job.objects.filter(id__in=[orphan.id, alive.id]).update(status=JobStatus.RUNNING, attempts=1)
     get_streams().lease_acquire(str(alive.id), "a-live-worker", ttl_s=30)
     assert jobs_reconcile()["requeued"] == 1
@@ -115,7 +122,7 @@ def test_reconciler_serves_the_whole_fleet(model: ServedModel) -> None:
     """A worker that serves another model still re-sends this model's orphaned jobs."""
     user = User.objects.create(username="u7")
     job = create(model, user)
-    get_redis().delete(queue_key("unserved"))
+    clear_queue("unserved")
     Job.objects.filter(id=job.id).update(status=JobStatus.RUNNING, attempts=1)
     from django.test import override_settings
 
