@@ -13,7 +13,7 @@
 -- KEYS: 1 request bucket, 2 token bucket, 3 subject leases (zset), 4 subject day counter,
 --       5 subject waiters (zset by arrival), 6 their expiry (zset),
 --       7 model in-flight leases (zset), 8 model waiters (zset by tier/fair tag), 9 their expiry,
---       10 model meta (hash: vt, u:<user>, d), 11 ticket (hash)
+--       10 model meta (hash: vt, u:<user>, n arrivals, d job duration), 11 ticket (hash)
 -- ARGV: 1 ticket, 2 rpm, 3 tpm, 4 burst (minutes), 5 cost, 6 max concurrent, 7 daily budget,
 --       8 lease ms, 9 capacity, 10 queue cap, 11 tier, 12 fairness key, 13 waiter ms,
 --       14 wait left ms, 15 day counter ttl s
@@ -89,7 +89,13 @@ if state ~= 'r' then
       redis.call('DEL', K_T)
       return result(-1, wait, 0, blocked)
     end
-    redis.call('ZADD', K_SQ, 'NX', now, ticket)
+    if not redis.call('ZSCORE', K_SQ, ticket) then
+      -- Arrival order, strictly increasing even within one millisecond.
+      local arrival = now
+      local last = redis.call('ZRANGE', K_SQ, -1, -1, 'WITHSCORES')
+      if #last == 2 and tonumber(last[2]) >= arrival then arrival = tonumber(last[2]) + 1 end
+      redis.call('ZADD', K_SQ, arrival, ticket)
+    end
     redis.call('PEXPIRE', K_SQ, waiter_ms)
     zadd_expiring(K_SX, now + waiter_ms, ticket)
     redis.call('HSET', K_T, 's', 'w')
@@ -111,7 +117,11 @@ if score then
 else
   local last = tonumber(redis.call('HGET', K_META, 'u:' .. fair) or '0') or 0
   tag = math.max(vt, last) + 1
-  score = (9 - tier) * 1e12 + tag
+  -- Tier first, then the fair tag, then arrival (mod 1000) among equal tags. Integers below
+  -- 1e14, so exact as doubles and as Lua's %.14g strings: tags restart whenever the room
+  -- empties (below), so they stay far below 1e9.
+  local arrival = redis.call('HINCRBY', K_META, 'n', 1) % 1000
+  score = (9 - tier) * 1e12 + tag * 1000 + arrival
   rank = redis.call('ZCOUNT', K_MQ, '-inf', '(' .. score)
 end
 local free = 1e9
@@ -122,7 +132,14 @@ if rank < free then
   redis.call('ZREM', K_MX, ticket)
   zadd_expiring(K_INF, now + lease_ms, ticket)
   zadd_expiring(K_CONC, now + lease_ms, ticket)
-  if tag - 1 > vt then redis.call('HSET', K_META, 'vt', tag - 1) end
+  if redis.call('ZCARD', K_MQ) == 0 then
+    -- Nobody waits: no contention to be fair about, so virtual time starts over.
+    local d = redis.call('HGET', K_META, 'd')
+    redis.call('DEL', K_META)
+    if d then redis.call('HSET', K_META, 'd', d) end
+  elseif tag - 1 > vt then
+    redis.call('HSET', K_META, 'vt', tag - 1)
+  end
   redis.call('PEXPIRE', K_META, 86400000)
   redis.call('DEL', K_T)
   return result(1, 0, 0, 0)
