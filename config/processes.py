@@ -104,6 +104,22 @@ def worker_argv(
     ]  # fmt: skip
 
 
+def embeddings_worker_argv(
+    *, concurrency: int = 2, hostname: str | None = None, loglevel: str = "WARNING"
+) -> list[str]:
+    """The worker of the embeddings queue (knowledge-base ingestion, query embeddings). Run it
+    with SLUICE_WORKER_ROLE=embeddings, so that it loads the sentence model, not the LLM."""
+    return [
+        sys.executable, "-m", "celery", "-A", "config", "worker",
+        "-P", "threads", "-c", str(concurrency), "--prefetch-multiplier", "1",
+        "-Q", EMBEDDINGS_QUEUE, "-n", hostname or "embeddings@%h",
+        "--without-gossip", "--without-mingle", "-l", loglevel,
+    ]  # fmt: skip
+
+
+EMBEDDINGS_QUEUE = "sluice.embeddings"
+
+
 def default_concurrency(max_batch_size: int) -> int:
     return max_batch_size + max(2, max_batch_size // 4)
 
@@ -122,6 +138,15 @@ def worker_process(
         model=model, concurrency=concurrency or default_concurrency(max_batch_size), hostname=f"{name}@%h"
     )
     return ServerProcess(name, argv, env, log_dir)
+
+
+def embeddings_worker_process(env: dict[str, str], *, name: str, log_dir: Path) -> ServerProcess:
+    return ServerProcess(
+        name,
+        embeddings_worker_argv(hostname=f"{name}@%h"),
+        {**env, "SLUICE_WORKER_ROLE": "embeddings", "SLUICE_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"},
+        log_dir,
+    )
 
 
 def wait_until(

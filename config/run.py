@@ -26,7 +26,7 @@ from types import FrameType
 
 from config import env
 from config.embedded import EmbeddedPostgres, EmbeddedValkey
-from config.processes import default_concurrency, worker_argv
+from config.processes import default_concurrency, embeddings_worker_argv, worker_argv
 
 logger = logging.getLogger("sluice.run")
 PY = sys.executable
@@ -165,6 +165,12 @@ class Supervisor:
             Child(
                 "worker", worker_argv(model=model_name, concurrency=default_concurrency(batch)), worker_env
             ),
+            # Knowledge-base ingestion and query embeddings (all-MiniLM-L6-v2), one thread.
+            Child(
+                "embeddings",
+                embeddings_worker_argv(),
+                {**child_env, "SLUICE_WORKER_ROLE": "embeddings", "OMP_NUM_THREADS": "1"},
+            ),
         ]
         for child in self.children:
             child.start()
@@ -234,7 +240,7 @@ Ctrl-C stops everything.""",
     def shutdown(self) -> None:
         self.stopping = True
         for child in self.children:  # web first, then the worker (which finishes its batch)
-            child.stop(timeout=30 if child.name == "worker" else 10)
+            child.stop(timeout=30 if child.name in ("worker", "embeddings") else 10)
         self.stop_services()
 
 

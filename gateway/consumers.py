@@ -156,7 +156,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         def prepare() -> tuple[PreparedRequest, Admission]:
             serializer = JobCreateSerializer(data=data)
             serializer.is_valid(raise_exception=True)
-            prepared = job_prepare(dict(serializer.validated_data))
+            prepared = job_prepare(dict(serializer.validated_data), user=self.user)
             return prepared, admit(
                 user=self.user, api_key=self.api_key, model=prepared.model, cost=prepared.cost
             )
@@ -272,6 +272,10 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
                             "completion_tokens": int(entry.fields.get("n", 0)),
                         }
                     )
+                elif entry.kind == "cite":
+                    await self.send_json(
+                        {"type": "citations", "job_id": job_id, "id": entry.id, "citations": entry.citations}
+                    )
                 elif entry.kind == "end":
                     completed = True
                     message: dict[str, Any] = {
@@ -282,6 +286,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
                         "finish_reason": entry.fields.get("f") or None,
                         "usage": entry.usage,
                         "error": entry.fields.get("e") or None,
+                        "cache_hit": entry.cache_hit,
                     }
                     if "x_full" in entry.fields:
                         message["text"] = entry.fields["x_full"]

@@ -99,3 +99,20 @@ class AnyJSONField(serializers.Field):
 
     def to_representation(self, value: Any) -> Any:
         return value
+
+
+class RagOptionsSerializer(serializers.Serializer):
+    """Retrieval options of a request that names knowledge bases."""
+
+    top_k = StrictIntegerField(required=False, min_value=1, max_value=20)
+    min_score = StrictFloatField(required=False, min_value=-1.0, max_value=1.0)
+
+
+class ContextFieldsMixin(serializers.Serializer):
+    """Sluice's chat extensions: continue a session, retrieve from knowledge bases."""
+
+    session_id = StrictCharField(required=False, allow_null=True, max_length=64)
+    knowledge_base_ids = serializers.ListField(
+        child=StrictCharField(max_length=64), required=False, allow_empty=True, max_length=10
+    )
+    rag = RagOptionsSerializer(required=False, allow_null=True)

@@ -31,6 +31,7 @@ class PreparedRequest:
     input: dict[str, Any]
     params: JobParams
     prompt_tokens: int
+    session_id: str | None = None
 
     @property
     def cost(self) -> int:
@@ -49,6 +50,44 @@ def admit_prepared(request: Request, prepared: PreparedRequest) -> Admission:
     return admission
 
 
+@dataclass(frozen=True)
+class ChatContext:
+    """A chat request's session and knowledge bases, checked against the caller."""
+
+    session_id: str | None = None
+    knowledge_base_ids: tuple[str, ...] = ()
+    rag: dict[str, Any] | None = None
+
+
+def resolve_chat_context(*, user: User, data: dict[str, Any]) -> ChatContext:
+    """404 for a session or knowledge base that does not exist or is not the caller's to use
+    (the same answer either way: existence is not disclosed)."""
+    from inference.chat.selectors import session_get_for_user
+    from inference.rag.selectors import knowledge_bases_resolve
+
+    session_id = data.get("session_id")
+    if session_id is not None and session_get_for_user(user=user, session_id=session_id) is None:
+        raise ApiError(
+            f"No session with id '{session_id}'.",
+            status_code=status.HTTP_404_NOT_FOUND,
+            code="session_not_found",
+            param="session_id",
+        )
+    kb_ids = tuple(data.get("knowledge_base_ids") or ())
+    if kb_ids:
+        found, missing = knowledge_bases_resolve(user=user, kb_ids=kb_ids)
+        if missing:
+            raise ApiError(
+                f"No knowledge base with id '{missing[0]}'.",
+                status_code=status.HTTP_404_NOT_FOUND,
+                code="knowledge_base_not_found",
+                param="knowledge_base_ids",
+            )
+        kb_ids = tuple(str(kb.id) for kb in found)
+    rag = dict(data["rag"]) if data.get("rag") else None
+    return ChatContext(session_id=str(session_id) if session_id else None, knowledge_base_ids=kb_ids, rag=rag)
+
+
 def create_admitted_job(
     *, user: User, api_key: ApiKey | None, prepared: PreparedRequest, source: str, admission: Admission
 ) -> Job:
@@ -63,6 +102,7 @@ def create_admitted_job(
         prompt_tokens=prepared.prompt_tokens,
         priority=admission.tier,
         admission=admission.grant,
+        session_id=prepared.session_id,
     )
 
 
@@ -173,6 +213,7 @@ def prepare_chat(
     stop: Sequence[str] = (),
     ignore_eos: bool = False,
     error_status: int = status.HTTP_400_BAD_REQUEST,
+    context: ChatContext | None = None,
 ) -> PreparedRequest:
     normalized = normalize_messages(messages)
     if not any(m["content"].strip() for m in normalized):
@@ -210,12 +251,18 @@ def prepare_chat(
         error_status=error_status,
         ignore_eos=ignore_eos,
     )
+    job_input: dict[str, Any] = {"messages": normalized}
+    if context is not None and context.knowledge_base_ids:
+        job_input["knowledge_base_ids"] = list(context.knowledge_base_ids)
+        if context.rag:
+            job_input["rag"] = context.rag
     return PreparedRequest(
         model=model,
         kind=JobKind.CHAT,
-        input={"messages": normalized},
+        input=job_input,
         params=params,
         prompt_tokens=len(prompt_ids),
+        session_id=context.session_id if context is not None else None,
     )
 
 
@@ -328,7 +375,18 @@ def openai_chat_response(job: Job) -> dict[str, Any]:
             }
         ],
         "usage": usage_or_zero(job),
+        **sluice_extras(job),
     }
+
+
+def sluice_extras(job: Job) -> dict[str, Any]:
+    """Fields Sluice adds to OpenAI bodies (clients ignore fields they do not know)."""
+    extras: dict[str, Any] = {"cache_hit": job.cache_hit}
+    if job.citations:
+        extras["citations"] = job.citations
+    if job.session_id:
+        extras["session_id"] = str(job.session_id)
+    return extras
 
 
 def openai_completion_response(job: Job) -> dict[str, Any]:
@@ -347,6 +405,7 @@ def openai_completion_response(job: Job) -> dict[str, Any]:
             }
         ],
         "usage": usage_or_zero(job),
+        **sluice_extras(job),
     }
 
 
@@ -366,6 +425,9 @@ def job_representation(job: Job) -> dict[str, Any]:
         "usage": job.usage,
         "error": job.error or None,
         "attempts": job.attempts,
+        "session_id": str(job.session_id) if job.session_id else None,
+        "citations": job.citations,
+        "cache_hit": job.cache_hit,
         "created_at": iso(job.queued_at),
         "started_at": iso(job.started_at),
         "first_token_at": iso(job.first_token_at),

@@ -294,10 +294,12 @@ class RateLimiter:
     # -- job end -------------------------------------------------------------------------
 
     def release(self, grant: dict[str, Any], *, used_tokens: int, duration_s: float = 0.0) -> bool:
-        """Free an admitted job's leases and refund the tokens it reserved but did not use."""
+        """Free an admitted job's leases; refund the tokens it reserved but did not use, or
+        charge those it used beyond its reservation (history and retrieval are added in the
+        worker, after admission)."""
         s = subject_keys(str(grant["subject"]), int(grant["day"]))
         m = model_keys(str(grant["model"]))
-        unused = max(0, int(grant["reserved_tokens"]) - max(0, used_tokens))
+        unused = int(grant["reserved_tokens"]) - max(0, used_tokens)  # < 0: charged
         return bool(
             self._release(
                 keys=[s["tok"], s["conc"], s["day"], m["inflight"], m["meta"]],

@@ -59,6 +59,15 @@ class Entry:
         raw = self.fields.get("u", "")
         return json.loads(raw) if raw else None
 
+    @property
+    def citations(self) -> list[dict[str, Any]]:
+        raw = self.fields.get("c", "")
+        return json.loads(raw) if raw else []
+
+    @property
+    def cache_hit(self) -> bool:
+        return self.fields.get("ch") == "1"
+
 
 def _end_from_job(job: Job) -> Entry:
     return Entry(
@@ -70,6 +79,7 @@ def _end_from_job(job: Job) -> Entry:
             "u": json.dumps(job.usage) if job.usage else "",
             "e": job.error,
             "x_full": job.output_text,
+            **({"ch": "1"} if job.cache_hit else {}),
         },
     )
 
@@ -281,7 +291,7 @@ def openai_chat_stream(
 ) -> AsyncIterator[bytes]:
     timing = _Timing(model, started)
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
         return sse(
             {
                 "id": response_id,
@@ -290,6 +300,7 @@ def openai_chat_stream(
                 "model": model,
                 "system_fingerprint": None,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+                **extra,
             }
         )
 
@@ -298,6 +309,9 @@ def openai_chat_stream(
         async for entry in iter_entries(job_id):
             if entry is None:
                 yield KEEPALIVE
+            elif entry.kind == "cite":
+                # Sources before the tokens, as an extra field (as Perplexity's API does).
+                yield chunk({}, citations=entry.citations)
             elif entry.kind == "tok" and entry.text:
                 timing.token()
                 yield chunk({"content": entry.text})
@@ -307,7 +321,9 @@ def openai_chat_stream(
                 if entry.fields.get("s") == "failed":
                     yield sse(_error_chunk(entry))
                 else:
-                    yield chunk({}, openai_finish_reason(entry.fields.get("f", "")))
+                    yield chunk(
+                        {}, openai_finish_reason(entry.fields.get("f", "")), cache_hit=entry.cache_hit
+                    )
                     if include_usage:
                         yield sse(
                             {
@@ -331,7 +347,7 @@ def openai_completion_stream(
 ) -> AsyncIterator[bytes]:
     timing = _Timing(model, started)
 
-    def chunk(text: str, finish_reason: str | None = None) -> bytes:
+    def chunk(text: str, finish_reason: str | None = None, **extra: Any) -> bytes:
         return sse(
             {
                 "id": response_id,
@@ -340,6 +356,7 @@ def openai_completion_stream(
                 "model": model,
                 "system_fingerprint": None,
                 "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}],
+                **extra,
             }
         )
 
@@ -356,7 +373,9 @@ def openai_completion_stream(
                 if entry.fields.get("s") == "failed":
                     yield sse(_error_chunk(entry))
                 else:
-                    yield chunk("", openai_finish_reason(entry.fields.get("f", "")))
+                    yield chunk(
+                        "", openai_finish_reason(entry.fields.get("f", "")), cache_hit=entry.cache_hit
+                    )
                     if include_usage:
                         yield sse(
                             {
@@ -475,10 +494,13 @@ def native_job_stream(*, job_id: str, after: str) -> AsyncIterator[bytes]:
                     "finish_reason": entry.fields.get("f") or None,
                     "usage": entry.usage,
                     "error": entry.fields.get("e") or None,
+                    "cache_hit": entry.cache_hit,
                 }
                 if "x_full" in entry.fields:
                     data["text"] = entry.fields["x_full"]
                 yield sse(data, event="end", id=entry.id if entry.id != "0-0" else None)
+            elif entry.kind == "cite":
+                yield sse({"citations": entry.citations}, event="citations", id=entry.id)
             elif entry.kind == "start":
                 yield sse({"attempt": int(entry.fields.get("a", 1))}, event="started", id=entry.id)
             elif entry.kind == "queued":

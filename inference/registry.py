@@ -33,6 +33,11 @@ class ServedModel:
         return queue_for(self.name)
 
     @property
+    def cache_name(self) -> str:
+        """Identifies the weights in result-cache keys: a new model at the same name misses."""
+        return f"{self.name}@{self.path}"
+
+    @property
     def info(self) -> ModelInfo:
         return model_info(self.name, self.path)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,12 +20,18 @@ from gateway.models import ApiKey
 from gateway.ratelimit import MAX_TIER
 from gateway.services import admission_release
 from inference.batching import FinishReason, SamplingParams, SequenceRequest
+from inference.cache import cache_key, is_deterministic, replay_deltas, result_cache_get, result_cache_put
+from inference.chat.prompting import ContextPassage, assemble, profile_text
+from inference.chat.selectors import profile_attributes, session_history
+from inference.chat.services import session_record_turn
 from inference.engine import SequenceResult
-from inference.models import Job, JobKind, JobStatus
+from inference.models import CachedResult, Job, JobKind, JobStatus
 from inference.prompts import ChatTemplateError, ModelFilesError
+from inference.rag.selectors import Hit, chunks_search
+from inference.rag.services import local_embedder
 from inference.registry import ServedModel, queue_for, resolve_model
 from inference.store import get_streams
-from inference.streams import Progress, end_fields
+from inference.streams import Progress, citation_fields, end_fields
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +85,60 @@ class JobParams:
         )
 
 
-def job_prompt_ids(*, job: Job, model: ServedModel) -> list[int]:
+@dataclass
+class PromptPlan:
+    """What a job's model input turned out to be (DESIGN.md §1 step 5)."""
+
+    prompt_ids: list[int]
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    knowledge_base_ids: list[str] = field(default_factory=list)
+    cache_key: str | None = None
+
+
+def job_prompt(*, job: Job, model: ServedModel) -> PromptPlan:
+    """The prompt a job runs. Completions: the raw prompt. Chat: the profile and the chunks
+    retrieved from the named knowledge bases in the system message, the session's history,
+    the request's messages — trimmed to the context window minus ``max_tokens``."""
     info = model.info
-    if job.kind == JobKind.CHAT:
-        return info.chat_prompt_ids(job.input["messages"])
-    return info.completion_prompt_ids(job.input["prompt"])
+    if job.kind != JobKind.CHAT:
+        plan = PromptPlan(prompt_ids=info.completion_prompt_ids(job.input["prompt"]))
+    else:
+        plan = _chat_prompt(job=job, model=model)
+    if is_deterministic(job.params):
+        plan.cache_key = cache_key(model=model.cache_name, prompt_ids=plan.prompt_ids, params=job.params)
+    return plan
+
+
+def _chat_prompt(*, job: Job, model: ServedModel) -> PromptPlan:
+    info = model.info
+    new_messages: list[dict[str, str]] = job.input["messages"]
+    kb_ids = [str(i) for i in job.input.get("knowledge_base_ids") or []]
+    history = session_history(session_id=job.session_id) if job.session_id else []
+    hits: list[Hit] = []
+    if kb_ids:
+        query = next((m["content"] for m in reversed(new_messages) if m["role"] == "user"), "")
+        if query.strip():
+            rag = job.input.get("rag") or {}
+            vector = local_embedder().embed([query])[0]
+            hits = chunks_search(
+                kb_ids=kb_ids,
+                embedding=vector,
+                top_k=int(rag.get("top_k") or settings.SLUICE_RAG_TOP_K),
+                min_score=float(rag.get("min_score", settings.SLUICE_RAG_MIN_SCORE)),
+            )
+    budget = info.context_length - int(job.params["max_tokens"])
+    assembled = assemble(
+        new_messages=new_messages,
+        history=history,
+        profile=profile_text(profile_attributes(user_id=job.user_id)),
+        passages=[ContextPassage(document=hit.document, text=hit.text) for hit in hits],
+        fits=lambda messages: len(info.chat_prompt_ids(messages)) <= budget,
+    )
+    return PromptPlan(
+        prompt_ids=info.chat_prompt_ids(assembled.messages),
+        citations=[hit.citation() for hit in hits[: assembled.passages_used]],
+        knowledge_base_ids=kb_ids,
+    )
 
 
 def job_create(
@@ -98,6 +153,7 @@ def job_create(
     prompt_tokens: int | None = None,
     priority: int = 0,
     admission: dict[str, Any] | None = None,
+    session_id: uuid.UUID | str | None = None,
 ) -> Job:
     """Persist a job and queue it once the row is committed (never before: a worker could
     otherwise pick up a job id that does not exist yet).
@@ -119,6 +175,7 @@ def job_create(
                 prompt_tokens=prompt_tokens,
                 priority=priority,
                 admission=admission or {},
+                session_id=session_id,
                 deadline_at=now + timedelta(seconds=settings.SLUICE_JOB_TIMEOUT_S),
             )
             # The stream exists before anyone can read it; a Redis failure rolls the row back.
@@ -254,8 +311,8 @@ def _run_claimed(*, job: Job, token: str, runtime: Any) -> None:
         )
         return
     try:
-        prompt_ids = job_prompt_ids(job=job, model=model)
-    except (ChatTemplateError, ModelFilesError, KeyError, TypeError) as exc:
+        plan = job_prompt(job=job, model=model)
+    except (ChatTemplateError, ModelFilesError, KeyError, TypeError, ValueError) as exc:
         _finish_without_run(
             job=job, token=token, status=JobStatus.FAILED, reason="error", error=f"bad input: {exc}"
         )
@@ -263,6 +320,19 @@ def _run_claimed(*, job: Job, token: str, runtime: Any) -> None:
     if not streams.append(job_id, {"t": "start", "a": str(attempt)}, lease_token=token):
         return
     progress = streams.progress(job_id) if attempt > 1 else Progress()
+    cached = None
+    if plan.cache_key and not progress.token_ids:
+        cached = result_cache_get(user_id=job.user_id, key=plan.cache_key)
+        if cached is not None:
+            plan.citations = list(cached.citations)
+    if plan.citations and not progress.cited:
+        # Before any token: clients show the sources first.
+        Job.objects.filter(id=job.id).update(citations=plan.citations)
+        streams.append(job_id, citation_fields(plan.citations), lease_token=token)
+    if cached is not None:
+        _finish_from_cache(job=job, token=token, entry=cached, model=model)
+        return
+    prompt_ids = plan.prompt_ids
     params = JobParams.from_dict(job.params)
     remaining = (job.deadline_at - now).total_seconds() if job.deadline_at else settings.SLUICE_JOB_TIMEOUT_S
     request = SequenceRequest(
@@ -288,7 +358,59 @@ def _run_claimed(*, job: Job, token: str, runtime: Any) -> None:
             return
     result = handle.result
     assert result is not None
-    job_finish(job=job, attempt=attempt, token=token, result=result, progress=progress)
+    job_finish(job=job, attempt=attempt, token=token, result=result, progress=progress, plan=plan)
+
+
+def _finish_from_cache(*, job: Job, token: str, entry: CachedResult, model: ServedModel) -> None:
+    """A deterministic request seen before: answer with the stored result, no generation."""
+    now = timezone.now()
+    usage = {
+        "prompt_tokens": entry.prompt_tokens,
+        "completion_tokens": entry.completion_tokens,
+        "total_tokens": entry.prompt_tokens + entry.completion_tokens,
+    }
+    updated = Job.objects.filter(id=job.id, attempts=job.attempts, status=JobStatus.RUNNING).update(
+        status=JobStatus.SUCCEEDED,
+        output_text=entry.output_text,
+        finish_reason=entry.finish_reason,
+        prompt_tokens=entry.prompt_tokens,
+        completion_tokens=entry.completion_tokens,
+        cache_hit=True,
+        first_token_at=now,
+        finished_at=now,
+    )
+    if not updated:
+        return
+    streams = get_streams()
+    # Token by token, as the original streamed, in one round trip per 256 tokens.
+    deltas = replay_deltas(output_text=entry.output_text, token_ids=entry.token_ids, decode=model.info.decode)
+    items: list[tuple[str, str, dict[str, str] | None]] = []
+    for position, (token_id, text) in enumerate(deltas):
+        logprob = entry.logprobs[position] if position < len(entry.logprobs) else 0.0
+        fields = {"t": "tok", "x": text, "i": "", "lp": "", "n": str(position + 1)}
+        if token_id >= 0:
+            fields.update(i=str(token_id), lp=f"{logprob:.5g}")
+        items.append((str(job.id), token, fields))
+    for start in range(0, len(items), 256):
+        streams.publish(items[start : start + 256])
+    streams.finish(
+        str(job.id),
+        end_fields(
+            status=JobStatus.SUCCEEDED, finish_reason=entry.finish_reason, usage=usage, cache_hit=True
+        ),
+        lease_token=token,
+    )
+    job.status, job.output_text = JobStatus.SUCCEEDED, entry.output_text
+    session_record_turn(job=job, messages=_recorded_messages(job), reply=entry.output_text)
+    # Nothing was generated: everything reserved beyond the prompt comes back.
+    _release_admission(job, used_tokens=entry.prompt_tokens, ran=True)
+
+
+def _recorded_messages(job: Job) -> list[dict[str, str]]:
+    """The request's own turns, as the session keeps them (system prompts are per request)."""
+    if job.kind != JobKind.CHAT:
+        return []
+    return [m for m in job.input.get("messages", []) if m.get("role") in ("user", "assistant")]
 
 
 def _finish_without_run(*, job: Job, token: str, status: str, reason: str, error: str = "") -> None:
@@ -320,8 +442,17 @@ def _outcome(result: SequenceResult) -> tuple[str, str]:
     return JobStatus.FAILED, "error"
 
 
-def job_finish(*, job: Job, attempt: int, token: str, result: SequenceResult, progress: Progress) -> bool:
-    """Write the final state (only if this attempt still owns the job), then end the stream."""
+def job_finish(
+    *,
+    job: Job,
+    attempt: int,
+    token: str,
+    result: SequenceResult,
+    progress: Progress,
+    plan: PromptPlan | None = None,
+) -> bool:
+    """Write the final state (only if this attempt still owns the job), then end the stream;
+    a successful turn goes into its session and, if deterministic, into the result cache."""
     if result.finish_reason in (FinishReason.LEASE_LOST, FinishReason.ABORTED):
         return False  # another attempt finishes it
     status, reason = _outcome(result)
@@ -351,6 +482,23 @@ def job_finish(*, job: Job, attempt: int, token: str, result: SequenceResult, pr
         end_fields(status=status, finish_reason=reason, usage=usage, error=result.error or ""),
         lease_token=token,
     )
+    output = progress.text + result.text
+    if status == JobStatus.SUCCEEDED:
+        session_record_turn(job=job, messages=_recorded_messages(job), reply=output)
+        if plan is not None and plan.cache_key:
+            result_cache_put(
+                user_id=job.user_id,
+                key=plan.cache_key,
+                model=job.model,
+                output_text=output,
+                finish_reason=reason,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                knowledge_base_ids=plan.knowledge_base_ids,
+                citations=plan.citations,
+                token_ids=progress.token_ids + result.token_ids,
+                logprobs=progress.logprobs + result.logprobs,
+            )
     _release_admission(job, used_tokens=usage["total_tokens"], ran=True)
     return True
 

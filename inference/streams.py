@@ -102,15 +102,23 @@ def token_fields(event: StepEvent) -> dict[str, str]:
 
 
 def end_fields(
-    *, status: str, finish_reason: str, usage: dict[str, int] | None, error: str = ""
+    *, status: str, finish_reason: str, usage: dict[str, int] | None, error: str = "", cache_hit: bool = False
 ) -> dict[str, str]:
-    return {
+    fields = {
         "t": "end",
         "s": status,
         "f": finish_reason,
         "u": json.dumps(usage) if usage is not None else "",
         "e": error,
     }
+    if cache_hit:
+        fields["ch"] = "1"
+    return fields
+
+
+def citation_fields(citations: list[dict[str, Any]]) -> dict[str, str]:
+    """The sources retrieved into the prompt, streamed before the first token."""
+    return {"t": "cite", "c": json.dumps(citations, separators=(",", ":"))}
 
 
 @dataclass
@@ -121,6 +129,7 @@ class Progress:
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
     ended: bool = False
+    cited: bool = False
 
 
 class JobStreams:
@@ -188,6 +197,8 @@ class JobStreams:
                 progress.text += fields.get("x", "")
             elif kind == "end":
                 progress.ended = True
+            elif kind == "cite":
+                progress.cited = True
         return progress
 
     def request_cancel(self, job_id: str) -> None:

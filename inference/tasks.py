@@ -18,3 +18,22 @@ from inference import services
 )
 def run_job(self: Any, job_id: str) -> None:
     services.job_execute(job_id=job_id, worker=self.request.hostname or "")
+
+
+@shared_task(
+    name="inference.ingest_document",
+    acks_late=True,  # a killed embeddings worker re-runs the document (ingestion is idempotent)
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def ingest_document(document_id: str, revision: int) -> None:
+    from inference.rag.services import document_ingest
+
+    document_ingest(document_id=document_id, revision=revision)
+
+
+@shared_task(name="inference.embed_query", ignore_result=True)
+def embed_query(rpc_id: str, text: str) -> None:
+    from inference.rag.services import embed_query_answer
+
+    embed_query_answer(rpc_id=rpc_id, text=text)

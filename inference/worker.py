@@ -24,6 +24,12 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
     import django
 
     django.setup()
+    if settings.SLUICE_WORKER_ROLE == "embeddings":
+        # Knowledge-base ingestion and query embeddings: the sentence model, no LLM engine.
+        from inference.rag.services import local_embedder
+
+        local_embedder().embed(["warm-up"])
+        return
     # The engine thread holds the GIL through the Python parts of every forward pass; task
     # threads (database, Redis) would wait up to the default 5 ms for each hand-over.
     sys.setswitchinterval(settings.SLUICE_WORKER_SWITCH_INTERVAL_S)
@@ -35,6 +41,8 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
 
 @worker_shutdown.connect
 def _stop_engine(**kwargs: Any) -> None:
+    if settings.SLUICE_WORKER_ROLE == "embeddings":
+        return
     from inference.runtime import stop_runtime
 
     stop_runtime()

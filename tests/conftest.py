@@ -15,7 +15,14 @@ import pytest
 from django.conf import settings
 
 from config.env import BASE_DIR
-from config.processes import ServerProcess, free_port, wait_ready, web_process, worker_process
+from config.processes import (
+    ServerProcess,
+    embeddings_worker_process,
+    free_port,
+    wait_ready,
+    web_process,
+    worker_process,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -75,6 +82,7 @@ class Live:
     worker: ServerProcess
     env: dict[str, str]
     log_dir: Path
+    embeddings: ServerProcess | None = None
 
 
 def child_env(database_url: str, model_dir: Path, **extra: str) -> dict[str, str]:
@@ -123,9 +131,10 @@ def live(
     port = free_port()
     web = web_process(env, port, log_dir).start()
     worker = worker_process(env, model=TEST_MODEL_NAME, name="live-worker", log_dir=log_dir).start()
+    embeddings = embeddings_worker_process(env, name="live-embeddings", log_dir=log_dir).start()
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base_url, [web, worker])
+        wait_ready(base_url, [web, worker, embeddings])
         yield Live(
             base_url=base_url,
             ws_url=f"ws://127.0.0.1:{port}",
@@ -133,10 +142,12 @@ def live(
             worker=worker,
             env=env,
             log_dir=log_dir,
+            embeddings=embeddings,
         )
     finally:
         web.stop()
         worker.stop()
+        embeddings.stop()
 
 
 @dataclass

@@ -188,6 +188,22 @@ SLUICE_STREAM_TTL_S = env.get_int("SLUICE_STREAM_TTL_S", 24 * 3600)
 SLUICE_WORKER_PRELOAD = env.get_bool("SLUICE_WORKER_PRELOAD", True)
 SLUICE_METRICS_FLUSH_S = env.get_float("SLUICE_METRICS_FLUSH_S", 5.0)
 SLUICE_WORKER_SWITCH_INTERVAL_S = env.get_float("SLUICE_WORKER_SWITCH_INTERVAL_S", 0.0005)
+# --- Knowledge bases, sessions, result cache ---
+SLUICE_WORKER_ROLE = env.get_str("SLUICE_WORKER_ROLE", "model")  # model | embeddings
+SLUICE_EMBEDDING_MODEL_PATH = str(env.embedding_model_path())
+SLUICE_EMBEDDING_THREADS = env.get_int("SLUICE_EMBEDDING_THREADS", 1)
+SLUICE_EMBEDDING_QUEUE = "sluice.embeddings"
+SLUICE_EMBEDDING_RPC_TIMEOUT_S = env.get_float("SLUICE_EMBEDDING_RPC_TIMEOUT_S", 10.0)
+SLUICE_CHUNK_TOKENS = env.get_int("SLUICE_CHUNK_TOKENS", 200)  # all-MiniLM-L6-v2 reads 256 at most
+SLUICE_CHUNK_OVERLAP = env.get_int("SLUICE_CHUNK_OVERLAP", 40)
+SLUICE_RAG_TOP_K = env.get_int("SLUICE_RAG_TOP_K", 4)
+SLUICE_RAG_MIN_SCORE = env.get_float("SLUICE_RAG_MIN_SCORE", 0.25)  # cosine similarity
+SLUICE_HNSW_EF_SEARCH = env.get_int("SLUICE_HNSW_EF_SEARCH", 64)
+SLUICE_MAX_UPLOAD_BYTES = env.get_int("SLUICE_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
+SLUICE_RESULT_CACHE = env.get_bool("SLUICE_RESULT_CACHE", True)
+SLUICE_RESULT_CACHE_TTL_S = env.get_int("SLUICE_RESULT_CACHE_TTL_S", 7 * 24 * 3600)
+DATA_UPLOAD_MAX_MEMORY_SIZE = SLUICE_MAX_UPLOAD_BYTES + 1024 * 1024
+
 # --- Admission (gateway/ratelimit.py) ---
 SLUICE_POLICY_CACHE_S = env.get_float("SLUICE_POLICY_CACHE_S", 2.0)  # admin edits apply within this
 SLUICE_WAITER_TTL_S = env.get_float("SLUICE_WAITER_TTL_S", 5.0)  # a waiter that stops polling leaves

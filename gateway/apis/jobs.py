@@ -15,6 +15,7 @@ from gateway.apis.openai import ChatMessageSerializer
 from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError
 from gateway.fields import (
+    ContextFieldsMixin,
     StopField,
     StrictBooleanField,
     StrictCharField,
@@ -28,6 +29,7 @@ from gateway.protocol import (
     job_representation,
     prepare_chat,
     prepare_completion,
+    resolve_chat_context,
     resolve_or_404,
 )
 from gateway.streaming import native_job_stream, sse_response
@@ -36,8 +38,9 @@ from inference.selectors import job_get_for_user, job_list_for_user
 from inference.services import job_cancel
 
 
-class JobCreateSerializer(serializers.Serializer):
-    """Either ``messages`` (chat) or ``prompt`` (raw completion)."""
+class JobCreateSerializer(ContextFieldsMixin, serializers.Serializer):
+    """Either ``messages`` (chat; may continue a session and retrieve from knowledge bases) or
+    ``prompt`` (raw completion)."""
 
     model = StrictCharField(required=False, max_length=200)
     messages: serializers.ListSerializer[Any] = serializers.ListSerializer(
@@ -55,6 +58,10 @@ class JobCreateSerializer(serializers.Serializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if ("messages" in attrs) == ("prompt" in attrs):
             raise serializers.ValidationError("Give exactly one of 'messages' or 'prompt'.")
+        if "prompt" in attrs and (attrs.get("session_id") or attrs.get("knowledge_base_ids")):
+            raise serializers.ValidationError(
+                {"prompt": "session_id and knowledge_base_ids need 'messages' (a chat), not 'prompt'."}
+            )
         if attrs.get("top_p") is not None and attrs["top_p"] <= 0:
             raise serializers.ValidationError({"top_p": "Must be greater than 0."})
         max_tokens = attrs.get("max_tokens")
@@ -65,7 +72,7 @@ class JobCreateSerializer(serializers.Serializer):
         return attrs
 
 
-def job_prepare(data: dict[str, Any]) -> PreparedRequest:
+def job_prepare(data: dict[str, Any], *, user: Any) -> PreparedRequest:
     """Validated native/WebSocket request -> a prepared job (shared by REST and WebSocket)."""
     model = resolve_or_404(data.get("model"))
     common: dict[str, Any] = {
@@ -79,7 +86,9 @@ def job_prepare(data: dict[str, Any]) -> PreparedRequest:
         "ignore_eos": bool(data.get("ignore_eos")),
     }
     if "messages" in data:
-        return prepare_chat(messages=data["messages"], **common)
+        return prepare_chat(
+            messages=data["messages"], context=resolve_chat_context(user=user, data=data), **common
+        )
     return prepare_completion(
         prompt=data["prompt"], default_max_tokens=settings.SLUICE_DEFAULT_MAX_TOKENS, **common
     )
@@ -103,7 +112,7 @@ class JobCreateApi(GatewayApiView):
             raise ApiError("The request body must be a JSON object.", code="invalid_json")
         serializer = JobCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        prepared = job_prepare(dict(serializer.validated_data))
+        prepared = job_prepare(dict(serializer.validated_data), user=request_user(request))
         admission = admit_prepared(request, prepared)
         # An asynchronous API still waits here, within the policy's max queue wait: the job
         # row only exists once admitted.

@@ -16,6 +16,7 @@ from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError
 from gateway.fields import (
     AnyJSONField,
+    ContextFieldsMixin,
     StopField,
     StrictBooleanField,
     StrictCharField,
@@ -31,6 +32,7 @@ from gateway.protocol import (
     prepare_chat,
     prepare_completion,
     raise_for_failed,
+    resolve_chat_context,
     resolve_or_404,
 )
 from gateway.streaming import (
@@ -142,7 +144,7 @@ class SamplingSerializer(serializers.Serializer):
         return value
 
 
-class ChatCompletionSerializer(SamplingSerializer):
+class ChatCompletionSerializer(ContextFieldsMixin, SamplingSerializer):
     messages: serializers.ListSerializer[Any] = serializers.ListSerializer(
         child=ChatMessageSerializer(), allow_empty=False, max_length=1000
     )
@@ -247,8 +249,10 @@ class ChatCompletionCreateApi(GatewayApiView):
         max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
         _check_max_tokens(max_tokens, "max_tokens")
         model = resolve_or_404(data["model"])
+        context = resolve_chat_context(user=request_user(request), data=data)
         prepared = prepare_chat(
             model=model,
+            context=context,
             messages=data["messages"],
             max_tokens=max_tokens,
             temperature=_temperature(data),

@@ -52,6 +52,13 @@ class Job(models.Model):
     priority = models.SmallIntegerField(default=0)
     # What admission reserved for this job (leases, tokens): released when the job ends.
     admission = models.JSONField(default=dict, blank=True)
+    # The conversation this turn continues (its history is loaded by the worker).
+    session = models.ForeignKey(
+        "inference.ChatSession", on_delete=models.SET_NULL, null=True, blank=True, related_name="jobs"
+    )
+    # Chunks retrieved into the prompt: [{document_id, document, chunk_id, chunk_index, score}].
+    citations = models.JSONField(default=list, blank=True)
+    cache_hit = models.BooleanField(default=False)
     queued_at = models.DateTimeField(auto_now_add=True, db_index=True)
     published_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -1,0 +1,280 @@
+"""Knowledge-base writes: bases, uploads (re-upload replaces), ingestion, query embeddings.
+
+Ingestion runs in a Celery task on the embeddings queue (`inference.ingest_document`): extract
+text, chunk it by embedding tokens with overlap, embed in batches, and show progress on the
+document (status, chunks done/total). Any failure ends as a failed document with a readable
+error; the worker goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.db import transaction
+from django.db.models import F
+from tokenizers import Tokenizer
+
+from inference.cache import result_cache_invalidate
+from inference.models import Chunk, Document, DocumentStatus, KnowledgeBase
+from inference.rag.chunking import chunk_text
+from inference.rag.extract import ExtractionError, content_type_for, extract_text
+from inference.store import get_redis
+
+logger = logging.getLogger(__name__)
+
+EMBED_BATCH = 32
+
+
+class EmbeddingUnavailable(Exception):
+    """No embeddings worker answered in time."""
+
+
+# -- knowledge bases -----------------------------------------------------------------------
+
+
+def knowledge_base_create(
+    *,
+    owner: User,
+    name: str,
+    description: str = "",
+    visibility: str = "private",
+    shared_users: Sequence[User] = (),
+    shared_groups: Sequence[Group] = (),
+) -> KnowledgeBase:
+    with transaction.atomic():
+        kb = KnowledgeBase.objects.create(
+            owner=owner, name=name, description=description, visibility=visibility
+        )
+        kb.shared_with_users.set(shared_users)
+        kb.shared_with_groups.set(shared_groups)
+    return kb
+
+
+def knowledge_base_update(
+    *,
+    kb: KnowledgeBase,
+    name: str | None = None,
+    description: str | None = None,
+    visibility: str | None = None,
+    shared_users: Sequence[User] | None = None,
+    shared_groups: Sequence[Group] | None = None,
+) -> KnowledgeBase:
+    with transaction.atomic():
+        for field, value in (("name", name), ("description", description), ("visibility", visibility)):
+            if value is not None:
+                setattr(kb, field, value)
+        kb.save()
+        if shared_users is not None:
+            kb.shared_with_users.set(shared_users)
+        if shared_groups is not None:
+            kb.shared_with_groups.set(shared_groups)
+    return kb
+
+
+def knowledge_base_changed(*, kb_id: Any) -> None:
+    """Content changed: bump the version and drop cached answers that used it."""
+    KnowledgeBase.objects.filter(id=kb_id).update(version=F("version") + 1)
+    result_cache_invalidate(knowledge_base_id=str(kb_id))
+
+
+def knowledge_base_delete(*, kb: KnowledgeBase) -> None:
+    kb_id = kb.id
+    kb.delete()  # documents and chunks cascade
+    result_cache_invalidate(knowledge_base_id=str(kb_id))
+
+
+# -- documents -------------------------------------------------------------------------------
+
+
+def document_upload(*, kb: KnowledgeBase, name: str, raw: bytes, content_type: str | None) -> Document:
+    """Store an upload and queue its ingestion. A document with the same name is replaced:
+    its chunks go at once, the new content is ingested in their place."""
+    resolved = content_type_for(name, content_type)  # ExtractionError: unsupported type
+    digest = hashlib.sha256(raw).hexdigest()
+    with transaction.atomic():
+        document = Document.objects.select_for_update().filter(knowledge_base=kb, name=name).first()
+        if document is None:
+            document = Document(knowledge_base=kb, name=name)
+        else:
+            document.revision += 1
+            document.chunks.all().delete()
+        document.content_type = resolved
+        document.size_bytes = len(raw)
+        document.sha256 = digest
+        document.raw = raw
+        document.text = ""
+        document.status = DocumentStatus.QUEUED
+        document.chunks_total = document.chunks_done = 0
+        document.error = ""
+        document.save()
+        knowledge_base_changed(kb_id=kb.id)
+        document_id, revision = str(document.id), document.revision
+        transaction.on_commit(lambda: _queue_ingestion(document_id, revision), robust=True)
+    return document
+
+
+def _queue_ingestion(document_id: str, revision: int) -> None:
+    from inference.tasks import ingest_document
+
+    ingest_document.apply_async(
+        args=[document_id, revision], queue=settings.SLUICE_EMBEDDING_QUEUE, priority=5
+    )
+
+
+def document_delete(*, document: Document) -> None:
+    kb_id = document.knowledge_base_id
+    with transaction.atomic():
+        Document.objects.filter(id=document.id).delete()
+        knowledge_base_changed(kb_id=kb_id)
+
+
+class _Stale(Exception):
+    """The document was replaced or deleted while this ingestion ran."""
+
+
+def _lock(document_id: str, revision: int) -> bool:
+    """Lock the document row (inside a transaction) if it is still at this revision."""
+    return bool(
+        list(Document.objects.select_for_update().filter(id=document_id, revision=revision).values_list("id"))
+    )
+
+
+def _fenced_update(document_id: str, revision: int, **fields: Any) -> None:
+    if not Document.objects.filter(id=document_id, revision=revision).update(**fields):
+        raise _Stale
+
+
+def document_ingest(*, document_id: str, revision: int) -> str:
+    """Extract, chunk, embed, store. Returns the final status. Never raises for a bad document."""
+    document = Document.objects.filter(id=document_id).first()
+    if document is None or document.revision != revision:
+        return "stale"
+    if document.status == DocumentStatus.READY:
+        return DocumentStatus.READY  # a redelivered message: nothing to do
+    try:
+        _ingest(document, revision)
+    except _Stale:
+        logger.info("document %s was replaced or deleted during ingestion", document_id)
+        return "stale"
+    except ExtractionError as exc:
+        _fail(document_id, revision, str(exc))
+        return DocumentStatus.FAILED
+    except Exception as exc:
+        logger.exception("ingestion of document %s failed", document_id)
+        _fail(document_id, revision, f"ingestion failed: {exc.__class__.__name__}: {exc}")
+        return DocumentStatus.FAILED
+    return DocumentStatus.READY
+
+
+def _fail(document_id: str, revision: int, error: str) -> None:
+    Document.objects.filter(id=document_id, revision=revision).update(
+        status=DocumentStatus.FAILED, error=error[:2000]
+    )
+
+
+def _ingest(document: Document, revision: int) -> None:
+    document_id = str(document.id)
+    with transaction.atomic():
+        if not _lock(document_id, revision):
+            raise _Stale
+        Chunk.objects.filter(document_id=document_id).delete()  # a crashed earlier attempt's
+        _fenced_update(document_id, revision, status=DocumentStatus.PROCESSING, chunks_done=0, error="")
+    text = extract_text(bytes(document.raw or b""), document.content_type)
+    pieces = chunk_text(
+        text, embedding_offsets, size=settings.SLUICE_CHUNK_TOKENS, overlap=settings.SLUICE_CHUNK_OVERLAP
+    )
+    _fenced_update(document_id, revision, text=text, chunks_total=len(pieces))
+    embedder = local_embedder()
+    for start in range(0, len(pieces), EMBED_BATCH):
+        batch = pieces[start : start + EMBED_BATCH]
+        vectors = embedder.embed([piece.text for piece in batch])
+        with transaction.atomic():
+            # The row lock orders this batch against a concurrent replace or delete.
+            if not _lock(document_id, revision):
+                raise _Stale
+            Chunk.objects.bulk_create(
+                [
+                    Chunk(
+                        document_id=document_id,
+                        knowledge_base_id=document.knowledge_base_id,
+                        index=piece.index,
+                        text=piece.text,
+                        token_count=piece.token_count,
+                        char_start=piece.char_start,
+                        char_end=piece.char_end,
+                        embedding=vector.tolist(),
+                    )
+                    for piece, vector in zip(batch, vectors, strict=True)
+                ]
+            )
+            _fenced_update(document_id, revision, chunks_done=start + len(batch))
+    with transaction.atomic():
+        _fenced_update(document_id, revision, status=DocumentStatus.READY, raw=None)
+        knowledge_base_changed(kb_id=document.knowledge_base_id)
+
+
+# -- embeddings ------------------------------------------------------------------------------
+
+_tokenizer: Tokenizer | None = None
+_tokenizer_lock = threading.Lock()
+
+
+def _embedding_tokenizer() -> Tokenizer:
+    global _tokenizer
+    with _tokenizer_lock:
+        if _tokenizer is None:
+            tokenizer = Tokenizer.from_file(f"{settings.SLUICE_EMBEDDING_MODEL_PATH}/tokenizer.json")
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
+            _tokenizer = tokenizer
+        return _tokenizer
+
+
+def embedding_offsets(text: str) -> list[tuple[int, int]]:
+    """Character spans of the embedding model's tokens (chunks are measured in these)."""
+    encoding = _embedding_tokenizer().encode(text, add_special_tokens=False)
+    return [tuple(span) for span in encoding.offsets]  # type: ignore[misc]
+
+
+def local_embedder() -> Any:
+    """The embedding model in this process (workers only: it imports torch)."""
+    from inference.backends.embeddings import get_embedder
+
+    return get_embedder(settings.SLUICE_EMBEDDING_MODEL_PATH, threads=settings.SLUICE_EMBEDDING_THREADS)
+
+
+def rpc_key(rpc_id: str) -> str:
+    return f"sluice:rpc:{rpc_id}"
+
+
+def embed_query_remote(text: str, *, timeout_s: float | None = None) -> list[float]:
+    """Embed a query on an embeddings worker (web processes do not load torch): a task on the
+    embeddings queue, the answer pushed to a Redis list this call blocks on."""
+    from inference.tasks import embed_query
+
+    timeout = timeout_s if timeout_s is not None else settings.SLUICE_EMBEDDING_RPC_TIMEOUT_S
+    rpc_id = uuid.uuid4().hex
+    embed_query.apply_async(
+        args=[rpc_id, text], queue=settings.SLUICE_EMBEDDING_QUEUE, priority=0, expires=timeout
+    )
+    reply: Any = get_redis().blpop([rpc_key(rpc_id)], timeout=timeout)
+    if reply is None:
+        raise EmbeddingUnavailable(f"no embeddings worker answered within {timeout:.0f}s")
+    return [float(x) for x in json.loads(reply[1])]
+
+
+def embed_query_answer(*, rpc_id: str, text: str) -> None:
+    vector = local_embedder().embed([text])[0]
+    client = get_redis()
+    pipe = client.pipeline()
+    pipe.rpush(rpc_key(rpc_id), json.dumps([round(float(x), 7) for x in vector]))
+    pipe.expire(rpc_key(rpc_id), 60)
+    pipe.execute()
