@@ -12,7 +12,10 @@ Then the admission limiter (bench/ratelimit.py): decisions per second and the la
 
     python -m bench                      # everything (about 15 minutes on 2 CPU cores)
     python -m bench --quick              # demo model, fewer levels (about 3 minutes)
-    python -m bench --only ratelimit     # one part: engine | ratelimit
+    python -m bench --only ratelimit     # one part: engine | ratelimit | rag | dtypes
+
+And retrieval (bench/rag.py): pgvector HNSW vs exact at 10k and 100k chunks, recall@10, ingestion;
+and model-version dtypes (bench/dtypes.py): float32 vs bfloat16 vs int8 tokens/s.
 """
 
 from __future__ import annotations
@@ -203,10 +206,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
-        "--only", default="", help="comma-separated parts to run: engine,ratelimit (default: all)"
+        "--only", default="", help="comma-separated parts to run: engine,ratelimit,rag,dtypes (default: all)"
     )
     args = parser.parse_args()
-    parts = set((args.only or "engine,ratelimit").split(","))
+    parts = set((args.only or "engine,ratelimit,rag,dtypes").split(","))
     names = [n for n in (args.models or ("demo" if args.quick else "demo,llama")).split(",") if n]
     started = time.time()
     stack = Stack(threads=args.threads) if "engine" in parts else None
@@ -234,6 +237,27 @@ def main() -> None:
     finally:
         if stack is not None:
             stack.close()
+    if "rag" in parts:
+        import subprocess
+        import sys
+        import tempfile
+
+        out = Path(tempfile.mkdtemp()) / "rag.json"
+        subprocess.run([sys.executable, "-m", "bench.rag", "--out", str(out)], check=True)
+        rag = json.loads(out.read_text())
+        result["rag"] = rag
+        print(
+            table(rag["retrieval"], list(rag["retrieval"][0]), "retrieval: pgvector HNSW vs exact (top 10)")
+        )
+        print(
+            table(rag["ingestion"], list(rag["ingestion"][0]), "ingestion: extract + chunk + embed + store")
+        )
+    if "dtypes" in parts:
+        from bench import dtypes
+
+        rows = dtypes.measure(threads=args.threads)
+        result["dtypes"] = rows
+        print(table(rows, list(rows[0]), "model-version dtypes: raw decode tokens/s (float32 = 1.0)"))
     if "ratelimit" in parts:
         limiter = ratelimit.measure()
         result["ratelimit"] = limiter

@@ -19,6 +19,7 @@ from gateway.models import ApiKey
 from inference.models import Job, JobKind, JobStatus
 from inference.prompts import ChatTemplateError, ModelFilesError
 from inference.registry import ServedModel, resolve_model
+from inference.routing import route
 from inference.services import EOS, STOP_SEQUENCE, JobParams, job_create
 
 ROLE_ALIASES = {"developer": "system"}
@@ -106,16 +107,27 @@ def create_admitted_job(
     )
 
 
-def resolve_or_404(name: str | None, *, validation_status: int = status.HTTP_404_NOT_FOUND) -> ServedModel:
-    model = resolve_model(name)
-    if model is None:
+def route_or_404(
+    name: str | None, *, user: User, validation_status: int = status.HTTP_404_NOT_FOUND
+) -> ServedModel:
+    """The version of ``name`` that serves this user (canary weights, sticky per user, around
+    open circuit breakers): 404 for an unknown name, 503 when no version can take it."""
+    if resolve_model(name) is None:
         raise ApiError(
             f"The model '{name}' does not exist or you do not have access to it.",
             status_code=validation_status,
             code="model_not_found",
             param="model",
         )
-    return model
+    version = route(name, f"u{user.pk}")
+    if version is None:
+        raise ApiError(
+            f"The model '{name}' is temporarily unavailable (no healthy version). Retry later.",
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            code="model_unavailable",
+            headers={"Retry-After": "5"},
+        )
+    return version
 
 
 def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str]]:

@@ -1,19 +1,40 @@
 """Admin: jobs (read-only; cancel), chat sessions with their messages, profiles, knowledge
-bases with their documents' ingestion status, and the result cache (clear)."""
+bases with their documents' ingestion status, the result cache (clear), and model versions
+(activate, canary, promote, roll back, drain, retire; health, breaker, workers; events)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from unfold.admin import ModelAdmin, TabularInline
 
 from inference.cache import result_cache_clear
-from inference.models import CachedResult, ChatSession, Document, Job, KnowledgeBase, Message, UserProfile
+from inference.models import (
+    CachedResult,
+    ChatSession,
+    Document,
+    Job,
+    KnowledgeBase,
+    Message,
+    ModelVersion,
+    ModelVersionEvent,
+    UserProfile,
+)
 from inference.rag.services import document_upload
+from inference.registry import registry_invalidate
 from inference.services import job_cancel
+from inference.versions import (
+    open_breakers,
+    version_activate,
+    version_drain,
+    version_promote,
+    version_retire,
+    version_rollback,
+    version_stats,
+)
 
 
 @admin.register(Job)
@@ -22,6 +43,7 @@ class JobAdmin(ModelAdmin):
         "id",
         "user",
         "model",
+        "model_version",
         "source",
         "status",
         "finish_reason",
@@ -29,7 +51,7 @@ class JobAdmin(ModelAdmin):
         "queued_at",
         "duration",
     )
-    list_filter = ("status", "model", "source", "finish_reason")
+    list_filter = ("status", "model", "model_version", "source", "finish_reason", "cache_hit")
     search_fields = ("id", "user__username")
     date_hierarchy = "queued_at"
     list_select_related = ("user",)
@@ -174,3 +196,145 @@ class CachedResultAdmin(ModelAdmin):
     def clear_all(self, request: HttpRequest, queryset: QuerySet[CachedResult]) -> None:
         deleted = result_cache_clear()
         self.message_user(request, f"Cleared {deleted} cached result(s).")
+
+
+def _heartbeats() -> list[dict[str, Any]]:
+    from gateway.apis.health import worker_heartbeats
+
+    try:
+        return worker_heartbeats()
+    except Exception:
+        return []
+
+
+class ModelVersionEventInline(TabularInline):
+    model = ModelVersionEvent
+    extra = 0
+    fields = ("created_at", "kind", "reason", "actor")
+    readonly_fields = fields
+    can_delete = False
+    ordering = ("-created_at",)
+    max_num = 0
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(ModelAdmin):
+    list_display = (
+        "__str__",
+        "backend",
+        "status",
+        "traffic_weight",
+        "health",
+        "breaker",
+        "loaded_on",
+        "updated_at",
+    )
+    list_filter = ("served_name", "status", "backend")
+    search_fields = ("served_name", "label", "path", "url")
+    readonly_fields = ("created_at", "updated_at", "health_detail")
+    fieldsets = (
+        (None, {"fields": ("served_name", "label", "status", "traffic_weight", "fallback")}),
+        ("Backend", {"fields": ("backend", "path", "url", "api_key", "dtype")}),
+        (
+            "Limits (0: the settings' defaults)",
+            {"fields": ("max_batch_size", "max_batch_tokens", "context_length")},
+        ),
+        ("Health", {"fields": ("health_detail", "created_at", "updated_at")}),
+    )
+    inlines = [ModelVersionEventInline]
+    actions = ["activate_stable", "start_canary", "promote", "roll_back", "drain", "retire"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        from django import forms
+
+        form = super().get_form(request, obj, change=change, **kwargs)
+        # The upstream token is written, never shown back.
+        form.base_fields["api_key"].widget = forms.PasswordInput(render_value=True)
+        return form
+
+    def save_model(self, request: HttpRequest, obj: ModelVersion, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        registry_invalidate()
+
+    def _key(self, obj: ModelVersion) -> str:
+        return f"{obj.served_name}@{obj.label}"
+
+    @admin.display(description="health (window)")
+    def health(self, obj: ModelVersion) -> str:
+        stats = version_stats(self._key(obj))
+        if not stats.samples:
+            return "-"
+        ttft = f", TTFT p99 {stats.ttft_p99_ms:.0f} ms" if stats.ttft_p99_ms is not None else ""
+        return f"{stats.samples} jobs, {stats.error_rate:.0%} errors{ttft}"
+
+    @admin.display(description="health")
+    def health_detail(self, obj: ModelVersion) -> str:
+        return str(version_stats(self._key(obj)).as_dict()) if obj.pk else "-"
+
+    @admin.display(description="breaker")
+    def breaker(self, obj: ModelVersion) -> str:
+        return "OPEN" if open_breakers([self._key(obj)]) else "closed"
+
+    @admin.display(description="loaded on (workers)")
+    def loaded_on(self, obj: ModelVersion) -> str:
+        names = []
+        for beat in _heartbeats():
+            for version in beat.get("versions", []):
+                if version.get("id") == obj.pk:
+                    state = (
+                        f"error: {version['error'][:60]}"
+                        if version.get("error")
+                        else f"{version.get('running', 0)} running"
+                    )
+                    names.append(f"{beat.get('name')} ({state})")
+        return ", ".join(names) or "-"
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[ModelVersion], action: Any, done: str) -> None:
+        actor = getattr(request.user, "username", "admin")
+        count = 0
+        for version in queryset:
+            try:
+                action(version=version, actor=actor)
+                count += 1
+            except ValueError as exc:
+                self.message_user(request, f"{version}: {exc}", level=messages.ERROR)
+        self.message_user(request, f"{done}: {count} version(s).")
+
+    @admin.action(description="Activate as stable (hot switch: workers load it)")
+    def activate_stable(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._each(request, queryset, lambda **kw: version_activate(status="stable", **kw), "Activated")
+
+    @admin.action(description="Start as canary (with its traffic weight)")
+    def start_canary(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._each(request, queryset, lambda **kw: version_activate(status="canary", **kw), "Canary started")
+
+    @admin.action(description="Promote to stable (retires the current stable)")
+    def promote(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._each(request, queryset, version_promote, "Promoted")
+
+    @admin.action(description="Roll back")
+    def roll_back(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._each(request, queryset, version_rollback, "Rolled back")
+
+    @admin.action(description="Drain (no new traffic; running jobs finish)")
+    def drain(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._each(request, queryset, version_drain, "Drained")
+
+    @admin.action(description="Retire (workers unload it once idle)")
+    def retire(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._each(request, queryset, version_retire, "Retired")
+
+
+@admin.register(ModelVersionEvent)
+class ModelVersionEventAdmin(ModelAdmin):
+    list_display = ("created_at", "version", "kind", "reason", "actor")
+    list_filter = ("kind", "version__served_name")
+    search_fields = ("reason", "version__label", "version__served_name")
+    readonly_fields = [f.name for f in ModelVersionEvent._meta.fields]
+    list_select_related = ("version",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

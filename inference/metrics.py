@@ -161,9 +161,15 @@ class FleetCollector:
                 found[name][model] = {
                     (k.decode() if isinstance(k, bytes) else str(k)): float(v) for k, v in raw.items()
                 }
+
+        def labels(series_model: str) -> list[str]:
+            # Engines observe per version ("name@label"): labels model and version.
+            model, _, version = series_model.partition("@")
+            return [model, version or "default"]
+
         for name, (kind, doc, buckets) in _SERIES.items():
             if kind == "histogram":
-                histogram = HistogramMetricFamily(name, doc, labels=["model"])
+                histogram = HistogramMetricFamily(name, doc, labels=["model", "version"])
                 for model, fields in found.get(name, {}).items():
                     cumulative: list[tuple[str, float]] = []
                     running = 0.0
@@ -171,27 +177,35 @@ class FleetCollector:
                         running += fields.get(f"b:{bound}", 0.0)
                         cumulative.append((str(float(bound)), running))
                     cumulative.append(("+Inf", running + fields.get("b:+Inf", 0.0)))
-                    histogram.add_metric([model], cumulative, fields.get("sum", 0.0))
+                    histogram.add_metric(labels(model), cumulative, fields.get("sum", 0.0))
                 yield histogram
             else:
                 labelled = name == "sluice_requests_total"
                 counter = CounterMetricFamily(
-                    name.removesuffix("_total"), doc, labels=["model", "status"] if labelled else ["model"]
+                    name.removesuffix("_total"),
+                    doc,
+                    labels=["model", "version", "status"] if labelled else ["model", "version"],
                 )
                 for model, fields in found.get(name, {}).items():
                     for field, value in fields.items():
                         label = field.removeprefix("v:")
-                        counter.add_metric([model, label] if labelled else [model], value)
+                        counter.add_metric([*labels(model), label] if labelled else labels(model), value)
                 yield counter
 
     def _gauges(self, client: redis.Redis) -> Iterator[Metric]:
-        from inference.registry import queue_for, served_models
+        from gateway.ratelimit import RateLimiter
+        from inference.registry import all_versions
 
         waiting = GaugeMetricFamily(
-            "sluice_jobs_in_queue", "Jobs waiting: in the model's queue and in engines", labels=["model"]
+            "sluice_jobs_in_queue", "Jobs waiting: in the model's queues and in engines", labels=["model"]
         )
         running = GaugeMetricFamily(
             "sluice_engine_running_sequences", "Sequences in engine batches", labels=["model"]
+        )
+        admission = GaugeMetricFamily(
+            "sluice_admission_waiting",
+            "Requests waiting in a model's admission waiting room",
+            labels=["model"],
         )
         engines: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for raw_key in client.scan_iter(match="sluice:worker:*", count=500):
@@ -199,21 +213,19 @@ class FleetCollector:
             if not raw:
                 continue
             beat = json.loads(raw)
-            for model in beat.get("models", []):
-                engines[model][0] += int(beat.get("running", 0))
-                engines[model][1] += int(beat.get("waiting", 0))
-        admission = GaugeMetricFamily(
-            "sluice_admission_waiting",
-            "Requests waiting in a model's admission waiting room",
-            labels=["model"],
-        )
-        from gateway.ratelimit import RateLimiter
-
+            for version in beat.get("versions", []):
+                engines[version["name"]][0] += int(version.get("running", 0))
+                engines[version["name"]][1] += int(version.get("waiting", 0))
+        queues: dict[str, set[str]] = defaultdict(set)
+        for version in all_versions():
+            if version.status != "draft":
+                queues[version.name].add(version.queue)
         limiter = RateLimiter(client)
-        for model in {m.name for m in served_models()} | set(engines):
+        for model in set(queues) | set(engines):
             pipe = client.pipeline(transaction=False)
-            for key in celery_queue_keys(queue_for(model)):
-                pipe.llen(key)
+            for queue in queues.get(model, set()):
+                for key in celery_queue_keys(queue):
+                    pipe.llen(key)
             queued = sum(int(n or 0) for n in pipe.execute())
             waiting.add_metric([model], queued + engines[model][1])
             running.add_metric([model], engines[model][0])

@@ -60,6 +60,8 @@ class ModelInfo:
 
     name: str
     path: Path
+    #: An operator's limit (a model version's context_length); 0: the model config's.
+    context_override: int = 0
 
     @cached_property
     def config(self) -> dict[str, Any]:
@@ -81,6 +83,8 @@ class ModelInfo:
 
     @cached_property
     def context_length(self) -> int:
+        if self.context_override > 0:
+            return self.context_override
         config = self.config.get("text_config", self.config)
         for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
             value = config.get(key)
@@ -171,21 +175,21 @@ class ModelInfo:
         return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
 
-_cache: dict[tuple[str, Path, float], ModelInfo] = {}
+_cache: dict[tuple[str, Path, float, int], ModelInfo] = {}
 _cache_lock = threading.Lock()
 
 
-def model_info(name: str, path: str | Path) -> ModelInfo:
+def model_info(name: str, path: str | Path, context_override: int = 0) -> ModelInfo:
     """A cached `ModelInfo`, reloaded when the directory's config.json changes (hot rebuilds)."""
     resolved = Path(path).resolve()
     try:
         stamp = (resolved / "config.json").stat().st_mtime
     except OSError:
         stamp = 0.0
-    key = (name, resolved, stamp)
+    key = (name, resolved, stamp, context_override)
     with _cache_lock:
         info = _cache.get(key)
         if info is None:
-            info = ModelInfo(name=name, path=resolved)
+            info = ModelInfo(name=name, path=resolved, context_override=context_override)
             _cache[key] = info
         return info

@@ -1,68 +1,215 @@
-"""Which models this deployment serves and which queue each one's jobs go to.
+"""Which model versions this deployment serves, under which names, and where their jobs go.
 
-One model, configured by settings (SLUICE_MODEL_NAME / SLUICE_MODEL_PATH). Model versions
-with canaries and hot switching replace this module's source of truth later; callers only
-use `served_models` and `resolve_model`.
+The source of truth is the `ModelVersion` table (admin-edited), cached per process for
+``SLUICE_REGISTRY_CACHE_S``. A served name with no versions in the table but named by
+``SLUICE_MODEL_NAME`` is served from ``SLUICE_MODEL_PATH`` (the "settings version": what a
+fresh `make run` serves before anyone adds a version).
+
+Each version has its own Celery queue; workers consume the queues of the versions they have
+loaded (inference/runtime.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from django.conf import settings
 
 from inference.prompts import ModelInfo, model_info
 
+logger = logging.getLogger(__name__)
+
+SETTINGS_LABEL = "default"
+
 
 def queue_for(model_name: str) -> str:
-    """The Celery queue of a served model's jobs (workers consume the queues of what they serve)."""
+    """The queue of a served name's settings version (and of jobs that predate versions)."""
     return f"sluice.model.{model_name}"
+
+
+def version_queue(version_id: int) -> str:
+    return f"sluice.version.{version_id}"
 
 
 @dataclass(frozen=True)
 class ServedModel:
+    """One version of a served model (a row of ModelVersion, or the settings version)."""
+
     name: str
     path: Path
     #: Admission: jobs in flight before requests wait; in flight + waiting before 503 (0: no limit).
     capacity: int = 0
     queue_cap: int = 0
+    version_id: int | None = None
+    label: str = SETTINGS_LABEL
+    backend: str = "local"
+    url: str = ""
+    api_key: str = field(default="", repr=False)
+    dtype: str = "auto"
+    max_batch_size: int = 0
+    max_batch_tokens: int = 0
+    context_length: int = 0
+    status: str = "stable"
+    weight: int = 100
+    fallback_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        """``name@label``: the version in heartbeats, metrics and logs."""
+        return f"{self.name}@{self.label}"
 
     @property
     def queue(self) -> str:
-        return queue_for(self.name)
+        return queue_for(self.name) if self.version_id is None else version_queue(self.version_id)
 
     @property
     def cache_name(self) -> str:
-        """Identifies the weights in result-cache keys: a new model at the same name misses."""
-        return f"{self.name}@{self.path}"
+        """Identifies the weights in result-cache keys: another version of a name misses."""
+        return f"{self.key}:{self.path}:{self.url}"
 
     @property
     def info(self) -> ModelInfo:
-        return model_info(self.name, self.path)
+        return model_info(self.name, self.path, self.context_length)
+
+    @property
+    def batch_size(self) -> int:
+        return self.max_batch_size or settings.SLUICE_MAX_BATCH_SIZE
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.max_batch_tokens or settings.SLUICE_MAX_BATCH_TOKENS
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("stable", "canary")
 
 
-def served_models() -> list[ServedModel]:
+def settings_version(name: str | None = None) -> ServedModel:
+    return ServedModel(
+        name=name or settings.SLUICE_MODEL_NAME,
+        path=Path(settings.SLUICE_MODEL_PATH),
+        capacity=settings.SLUICE_MODEL_CAPACITY,
+        queue_cap=settings.SLUICE_MODEL_QUEUE_CAP,
+        dtype=settings.SLUICE_DTYPE,
+    )
+
+
+_lock = threading.Lock()
+_cache: tuple[float, list[ServedModel]] | None = None
+
+
+def registry_invalidate() -> None:
+    global _cache
+    with _lock:
+        _cache = None
+
+
+def _load() -> list[ServedModel]:
+    from django.db import DatabaseError
+
+    from inference.models import ModelVersion
+
+    try:
+        rows = list(ModelVersion.objects.all().order_by("id"))
+    except DatabaseError:  # not migrated yet (a management command before `migrate`)
+        logger.debug("model versions unavailable; serving the settings model only", exc_info=True)
+        rows = []
     return [
         ServedModel(
-            name=settings.SLUICE_MODEL_NAME,
-            path=Path(settings.SLUICE_MODEL_PATH),
+            name=row.served_name,
+            path=Path(row.path),
             capacity=settings.SLUICE_MODEL_CAPACITY,
             queue_cap=settings.SLUICE_MODEL_QUEUE_CAP,
+            version_id=row.pk,
+            label=row.label,
+            backend=row.backend,
+            url=row.url,
+            api_key=row.api_key,
+            dtype=row.dtype,
+            max_batch_size=row.max_batch_size,
+            max_batch_tokens=row.max_batch_tokens,
+            context_length=row.context_length,
+            status=row.status,
+            weight=row.traffic_weight,
+            fallback_id=row.fallback_id,
         )
+        for row in rows
     ]
 
 
+def all_versions() -> list[ServedModel]:
+    """Every version in the table (any status) plus the settings version where it applies."""
+    global _cache
+    now = time.monotonic()
+    with _lock:
+        if _cache is not None and _cache[0] > now:
+            return list(_cache[1])
+    versions = _load()
+    if not any(v.name == settings.SLUICE_MODEL_NAME and v.status != "draft" for v in versions):
+        versions.append(settings_version())
+    with _lock:
+        _cache = (now + settings.SLUICE_REGISTRY_CACHE_S, versions)
+    return list(versions)
+
+
+def served_versions(name: str | None = None) -> list[ServedModel]:
+    """Active (stable or canary) versions, of one served name or of all."""
+    return [v for v in all_versions() if v.active and (name is None or v.name == name)]
+
+
+def version_by_id(version_id: int | None, name: str | None = None) -> ServedModel | None:
+    """A version by id, whatever its status (a retired version still finishes its jobs);
+    ``None`` with a name: that name's settings version."""
+    for version in all_versions():
+        if version.version_id == version_id and (version_id is not None or version.name == name):
+            return version
+    if version_id is None and name == settings.SLUICE_MODEL_NAME:
+        return settings_version()
+    if version_id is not None:
+        registry_invalidate()  # a version created a moment ago: look again, once
+        for version in all_versions():
+            if version.version_id == version_id:
+                return version
+    return None
+
+
+def _representative(versions: list[ServedModel]) -> ServedModel:
+    stable = [v for v in versions if v.status == "stable"] or versions
+    return max(stable, key=lambda v: (v.weight, v.version_id or 0))
+
+
+def served_models() -> list[ServedModel]:
+    """One version per served name (its main stable one): for listings and validation."""
+    names: dict[str, list[ServedModel]] = {}
+    for version in served_versions():
+        names.setdefault(version.name, []).append(version)
+    ordered = sorted(names, key=lambda n: (n != settings.SLUICE_MODEL_NAME, n))
+    return [_representative(names[name]) for name in ordered]
+
+
 def default_model() -> ServedModel:
-    return served_models()[0]
+    models = served_models()
+    return models[0] if models else settings_version()
+
+
+def canonical_name(name: str | None) -> str | None:
+    """The served name a request means; TGI-style placeholders mean the default model."""
+    if not name or name in settings.SLUICE_MODEL_ALIASES:
+        return default_model().name
+    return name if any(v.name == name for v in served_versions()) else None
 
 
 def resolve_model(name: str | None) -> ServedModel | None:
-    """The served model a request names; TGI-style placeholders mean the default model."""
-    models = served_models()
-    if not name or name in settings.SLUICE_MODEL_ALIASES:
-        return models[0]
-    for model in models:
-        if model.name == name:
-            return model
-    return None
+    """A served name's main version (no routing: listings, /info, token counting defaults)."""
+    canonical = canonical_name(name)
+    if canonical is None:
+        return None
+    return _representative(served_versions(canonical))
+
+
+def with_capacity(version: ServedModel, capacity: int, queue_cap: int) -> ServedModel:
+    return replace(version, capacity=capacity, queue_cap=queue_cap)

@@ -1,8 +1,13 @@
-"""The worker process's long-lived parts: model backend, engine, heartbeat, reconciler.
+"""The worker process's long-lived parts: loaded model versions (each a backend and an engine),
+their Celery queues, heartbeat, reconciler.
 
-One `WorkerRuntime` per worker process (Celery threads pool: every task thread of the
-process shares it). Created when the worker starts (`inference/worker.py`), or lazily by the
-first job if something runs jobs without the worker signals (a shell, a test).
+One `WorkerRuntime` per worker process (Celery threads pool: every task thread of the process
+shares it). A worker serves the active versions of its served names (``SLUICE_WORKER_MODELS``,
+default ``SLUICE_MODEL_NAME``). A sync loop follows the registry: a newly activated version is
+loaded, warmed up and its queue consumed; a retired one stops being consumed and is unloaded
+once its running jobs have finished (jobs finish on the version they started on). A version
+that fails to load stays "loaded" with its error: its jobs fail fast (which its circuit breaker
+and canary check see) instead of waiting in a queue nobody consumes.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +26,8 @@ from django.conf import settings
 
 from inference.backends.base import ModelBackend
 from inference.engine import Engine
-from inference.metrics import EngineMetrics
-from inference.registry import ServedModel, default_model
+from inference.metrics import EngineMetrics, celery_queue_keys
+from inference.registry import ServedModel, all_versions, queue_for
 from inference.store import get_redis, get_streams
 from inference.streams import RedisTokenSink
 
@@ -36,49 +42,274 @@ def worker_key(name: str) -> str:
 
 
 def load_backend(model: ServedModel) -> ModelBackend:
-    """Build the backend for a served model (the only place that reaches for torch)."""
+    """Build the backend of a version (the only place that reaches for torch)."""
+    info = model.info
+    if model.backend == "tgi":
+        from inference.backends.tgi import TgiBackend
+
+        return TgiBackend(
+            url=model.url,
+            api_key=model.api_key,
+            info=info,
+            max_batch_size=model.batch_size,
+            retries=settings.SLUICE_TGI_RETRIES,
+            backoff_s=settings.SLUICE_TGI_BACKOFF_S,
+            timeout_s=settings.SLUICE_TGI_TIMEOUT_S,
+        )
     from inference.backends.torch_local import TorchCausalLMBackend
 
-    info = model.info
     return TorchCausalLMBackend(
         model.path,
         device=settings.SLUICE_DEVICE,
-        dtype=settings.SLUICE_DTYPE,
+        dtype=model.dtype if model.dtype != "auto" else settings.SLUICE_DTYPE,
         threads=settings.SLUICE_TORCH_THREADS,
-        max_batch_size=settings.SLUICE_MAX_BATCH_SIZE,
+        max_batch_size=model.batch_size,
         eos_token_ids=sorted(info.eos_token_ids),
         vocab_decode=info.decode,
     )
 
 
 @dataclass
-class WorkerRuntime:
+class LoadedVersion:
     model: ServedModel
-    backend: ModelBackend
-    engine: Engine
+    engine: Engine | None
+    backend: ModelBackend | None
+    metrics: EngineMetrics | None
+    error: str = ""
+    loaded_at: float = field(default_factory=time.time)
+    undesired_since: float | None = None  # retired (or deleted) since: unloaded once idle
+
+    def load(self) -> dict[str, int]:
+        return self.engine.load if self.engine is not None else {"running": 0, "waiting": 0, "steps": 0}
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+        if self.metrics is not None:
+            try:
+                self.metrics.flush(get_redis())
+            except Exception:
+                logger.debug("final metrics flush failed", exc_info=True)
+        if self.backend is not None:
+            self.backend.close()
+
+
+def load_version(model: ServedModel) -> LoadedVersion:
+    """Load, warm up and start a version; a failure is kept (its jobs fail fast with it)."""
+    started = time.monotonic()
+    try:
+        backend = load_backend(model)
+        backend.warmup()
+    except Exception as exc:
+        logger.exception("could not load %s", model.key)
+        return LoadedVersion(
+            model=model, engine=None, backend=None, metrics=None, error=f"{type(exc).__name__}: {exc}"
+        )
+    metrics = EngineMetrics(model=model.key)
+    engine = Engine(
+        backend,
+        RedisTokenSink(get_streams()),
+        max_batch_size=model.batch_size,
+        max_batch_tokens=model.batch_tokens,
+        max_prefill_tokens=settings.SLUICE_MAX_PREFILL_TOKENS,
+        observer=metrics,
+        name=f"engine-{model.key}",
+    ).start()
+    logger.info("loaded %s on %s in %.1fs", model.key, backend.description, time.monotonic() - started)
+    return LoadedVersion(model=model, engine=engine, backend=backend, metrics=metrics)
+
+
+@dataclass
+class WorkerRuntime:
     name: str
-    metrics: EngineMetrics | None = None
+    served_names: frozenset[str]
+    versions: dict[str, LoadedVersion] = field(default_factory=dict)
+    consumed: set[str] = field(default_factory=set)  # queues this worker takes messages from
+    ready: bool = False  # the Celery consumer runs: queues can be added and cancelled
     started_at: float = field(default_factory=time.time)
+    _inflight: Counter[str] = field(default_factory=Counter)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _load_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
+    # -- versions ------------------------------------------------------------------------------
+
+    def desired(self) -> list[ServedModel]:
+        return [v for v in all_versions() if v.active and v.name in self.served_names]
+
+    def ensure(self, model: ServedModel) -> LoadedVersion:
+        """The loaded version for a job (loading it now if the sync loop has not yet). Loading
+        holds only that version's lock: jobs of other versions go on meanwhile."""
+        loaded = self.versions.get(model.key)
+        if loaded is not None:
+            return loaded
+        with self._lock:
+            version_lock = self._load_locks.setdefault(model.key, threading.Lock())
+        with version_lock:
+            loaded = self.versions.get(model.key)
+            if loaded is None:
+                loaded = load_version(model)
+                with self._lock:
+                    self.versions[model.key] = loaded
+                self._event_loaded(loaded)
+            return loaded
+
+    def _event_loaded(self, loaded: LoadedVersion) -> None:
+        from inference.models import EventKind
+        from inference.versions import version_event
+
+        try:
+            if loaded.error:
+                version_event(loaded.model.version_id, EventKind.LOAD_FAILED, loaded.error, actor=self.name)
+            else:
+                description = loaded.backend.description if loaded.backend else ""
+                version_event(
+                    loaded.model.version_id,
+                    EventKind.LOADED,
+                    f"loaded on {self.name} ({description})",
+                    actor=self.name,
+                )
+        except Exception:
+            logger.debug("could not record the load event", exc_info=True)
+
+    def job_started(self, key: str) -> None:
+        with self._lock:
+            self._inflight[key] += 1
+
+    def job_done(self, key: str) -> None:
+        with self._lock:
+            self._inflight[key] -= 1
+
+    def sync(self) -> None:
+        """Follow the registry: load what became active, unload what retired and is idle."""
+        desired = {v.key: v for v in self.desired()}
+        for key, model in desired.items():
+            if key not in self.versions:
+                self.ensure(model)
+            else:
+                # Weight or status changed: keep the engine, refresh what we report.
+                self.versions[key].model = model
+                self.versions[key].undesired_since = None
+            self._consume(model.queue)
+        now = time.monotonic()
+        # Web processes may route to a retired version until their registry cache expires.
+        grace = settings.SLUICE_REGISTRY_CACHE_S + 3.0
+        for key, loaded in list(self.versions.items()):
+            if key in desired:
+                continue
+            if loaded.undesired_since is None:
+                loaded.undesired_since = now
+            if now - loaded.undesired_since < grace or self._busy(loaded):
+                continue  # jobs finish on the version they started on: keep consuming its queue
+            self._cancel(loaded.model.queue)
+            if self._busy(loaded):  # a message slipped in meanwhile: take it after all
+                self._consume(loaded.model.queue)
+                continue
+            with self._lock:
+                if self._inflight[key] > 0:
+                    continue
+                del self.versions[key]
+            loaded.stop()
+            logger.info("unloaded %s", key)
+            try:
+                from inference.models import EventKind
+                from inference.versions import version_event
+
+                version_event(
+                    loaded.model.version_id, EventKind.UNLOADED, f"unloaded from {self.name}", actor=self.name
+                )
+            except Exception:
+                logger.debug("could not record the unload event", exc_info=True)
+
+    def _busy(self, loaded: LoadedVersion) -> bool:
+        load = loaded.load()
+        key = loaded.model.key
+        return bool(
+            self._inflight[key] > 0 or load["running"] or load["waiting"] or self._queued(loaded.model.queue)
+        )
+
+    def _queued(self, queue: str) -> int:
+        client = get_redis()
+        return sum(int(client.llen(key) or 0) for key in celery_queue_keys(queue))
+
+    def _consume(self, queue: str) -> None:
+        if queue in self.consumed or not self.ready:
+            return
+        from config.celery import app
+
+        app.control.add_consumer(queue, destination=[self.name], reply=True, timeout=5)
+        self.consumed.add(queue)
+
+    def _cancel(self, queue: str) -> None:
+        # The served name's settings queue stays: it is the worker's -Q (and where jobs from
+        # before versions wait).
+        if queue not in self.consumed or not self.ready or queue in {queue_for(n) for n in self.served_names}:
+            return
+        from config.celery import app
+
+        app.control.cancel_consumer(queue, destination=[self.name], reply=True, timeout=5)
+        self.consumed.discard(queue)
+
+    def on_consumer_ready(self, consumer: Any) -> None:
+        """Celery's consumer is up (worker_ready): take the queues of the loaded versions."""
+        self.consumed.update(q.name for q in consumer.task_consumer.queues)
+        with self._lock:
+            queues = [loaded.model.queue for loaded in self.versions.values()]
+        for queue in queues:
+            if queue not in self.consumed:
+                consumer.add_task_queue(queue)
+                self.consumed.add(queue)
+        self.ready = True
+
+    # -- background ----------------------------------------------------------------------------
+
     def start_background(self) -> None:
-        for target, label in ((self._heartbeat_loop, "heartbeat"), (self._reconcile_loop, "reconciler")):
+        for target, label in (
+            (self._heartbeat_loop, "heartbeat"),
+            (self._reconcile_loop, "reconciler"),
+            (self._sync_loop, "sync"),
+        ):
             thread = threading.Thread(target=target, name=f"sluice-{label}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def heartbeat_payload(self) -> dict[str, Any]:
-        load = self.engine.load
+        with self._lock:
+            loaded = list(self.versions.values())
+        versions: list[dict[str, Any]] = []
+        running = waiting = steps = 0
+        for version in loaded:
+            load = version.load()
+            running, waiting, steps = (
+                running + load["running"],
+                waiting + load["waiting"],
+                steps + load["steps"],
+            )
+            versions.append(
+                {
+                    "key": version.model.key,
+                    "id": version.model.version_id,
+                    "name": version.model.name,
+                    "label": version.model.label,
+                    "status": version.model.status,
+                    "backend": version.backend.description if version.backend else "",
+                    "error": version.error,
+                    "running": load["running"],
+                    "waiting": load["waiting"],
+                    "max_batch_size": version.model.batch_size,
+                }
+            )
         return {
             "name": self.name,
             "pid": os.getpid(),
-            "models": [self.model.name],
-            "backend": self.backend.description,
-            "max_batch_size": self.engine.scheduler.max_batch_size,
-            "running": load["running"],
-            "waiting": load["waiting"],
-            "steps": load["steps"],
+            "models": sorted({str(v["name"]) for v in versions if not v["error"]}),
+            "versions": versions,
+            "backend": ", ".join(sorted({str(v["backend"]) for v in versions if v["backend"]})),
+            "max_batch_size": max((int(v["max_batch_size"]) for v in versions), default=0),
+            "running": running,
+            "waiting": waiting,
+            "steps": steps,
             "started_at": self.started_at,
             "ts": time.time(),
         }
@@ -89,14 +320,28 @@ class WorkerRuntime:
         while not self._stop.is_set():
             try:
                 client.set(worker_key(self.name), json.dumps(self.heartbeat_payload()), ex=HEARTBEAT_TTL_S)
-                if self.metrics is not None:
-                    self.metrics.flush(client)
+                with self._lock:
+                    metrics = [v.metrics for v in self.versions.values() if v.metrics is not None]
+                for series in metrics:
+                    series.flush(client)
             except Exception:
                 logger.warning("heartbeat failed", exc_info=True)
             self._stop.wait(interval)
 
+    def _sync_loop(self) -> None:
+        from django.db import close_old_connections
+
+        while not self._stop.wait(settings.SLUICE_WORKER_SYNC_S):
+            try:
+                self.sync()
+            except Exception:
+                logger.warning("version sync failed", exc_info=True)
+            finally:
+                close_old_connections()
+
     def _reconcile_loop(self) -> None:
         from inference.services import jobs_reconcile
+        from inference.versions import versions_health_check
 
         client = get_redis()
         interval = settings.SLUICE_RECONCILE_INTERVAL_S
@@ -105,6 +350,7 @@ class WorkerRuntime:
                 # One reconciler at a time across the fleet.
                 if client.set("sluice:reconciler", self.name, nx=True, px=int(interval * 1000 * 2)):
                     jobs_reconcile()
+                    versions_health_check()
             except Exception:
                 logger.warning("reconciler pass failed", exc_info=True)
             finally:
@@ -114,21 +360,22 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stop.set()
-        self.engine.stop()
-        if self.metrics is not None:
-            try:
-                self.metrics.flush(get_redis())
-            except Exception:
-                logger.debug("final metrics flush failed", exc_info=True)
+        with self._lock:
+            loaded, self.versions = list(self.versions.values()), {}
+        for version in loaded:
+            version.stop()
         try:
             get_redis().delete(worker_key(self.name))
         except Exception:
             logger.debug("could not remove worker heartbeat", exc_info=True)
-        self.backend.close()
 
 
 _runtime: WorkerRuntime | None = None
 _runtime_lock = threading.Lock()
+
+
+def served_names() -> frozenset[str]:
+    return frozenset(settings.SLUICE_WORKER_MODELS or [settings.SLUICE_MODEL_NAME])
 
 
 def start_runtime(name: str | None = None) -> WorkerRuntime:
@@ -136,32 +383,16 @@ def start_runtime(name: str | None = None) -> WorkerRuntime:
     with _runtime_lock:
         if _runtime is not None:
             return _runtime
-        model = default_model()
         started = time.monotonic()
-        backend = load_backend(model)
-        backend.warmup()
-        metrics = EngineMetrics(model=model.name)
-        engine = Engine(
-            backend,
-            RedisTokenSink(get_streams()),
-            max_batch_size=settings.SLUICE_MAX_BATCH_SIZE,
-            max_batch_tokens=settings.SLUICE_MAX_BATCH_TOKENS,
-            max_prefill_tokens=settings.SLUICE_MAX_PREFILL_TOKENS,
-            observer=metrics,
-            name=f"engine-{model.name}",
-        ).start()
         runtime = WorkerRuntime(
-            model=model,
-            backend=backend,
-            engine=engine,
-            name=name or f"{socket.gethostname()}:{os.getpid()}",
-            metrics=metrics,
+            name=name or f"{socket.gethostname()}:{os.getpid()}", served_names=served_names()
         )
+        for model in runtime.desired():
+            runtime.ensure(model)
         runtime.start_background()
         logger.info(
-            "worker runtime ready: %s on %s in %.1fs",
-            model.name,
-            backend.description,
+            "worker runtime ready: %s in %.1fs",
+            ", ".join(runtime.versions) or "(nothing active)",
             time.monotonic() - started,
         )
         _runtime = runtime

@@ -29,9 +29,10 @@ from inference.models import CachedResult, Job, JobKind, JobStatus
 from inference.prompts import ChatTemplateError, ModelFilesError
 from inference.rag.selectors import Hit, chunks_search
 from inference.rag.services import local_embedder
-from inference.registry import ServedModel, queue_for, resolve_model
+from inference.registry import ServedModel, queue_for, version_by_id, version_queue
 from inference.store import get_streams
 from inference.streams import Progress, citation_fields, end_fields
+from inference.versions import version_record_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ def job_create(
                 priority=priority,
                 admission=admission or {},
                 session_id=session_id,
+                model_version_id=model.version_id,
                 deadline_at=now + timedelta(seconds=settings.SLUICE_JOB_TIMEOUT_S),
             )
             # The stream exists before anyone can read it; a Redis failure rolls the row back.
@@ -251,6 +253,10 @@ def job_execute(*, job_id: str, worker: str) -> None:
     if job.is_terminal:
         return
     runtime = get_runtime()
+    # Load its version before taking the lease: loading can take longer than a lease lives.
+    model = version_by_id(job.model_version_id, job.model)
+    if model is not None and model.name in runtime.served_names:
+        runtime.ensure(model)
     streams = get_streams()
     lease_ttl = settings.SLUICE_JOB_LEASE_S
     token = uuid.uuid4().hex
@@ -300,16 +306,39 @@ def _run_claimed(*, job: Job, token: str, runtime: Any) -> None:
             job=job, token=token, status=JobStatus.FAILED, reason="deadline", error="deadline exceeded"
         )
         return
-    model = resolve_model(job.model)
-    if model is None or model.name != runtime.model.name:
+    model = version_by_id(job.model_version_id, job.model)
+    if model is None or model.name not in runtime.served_names:
         _finish_without_run(
             job=job,
             token=token,
             status=JobStatus.FAILED,
             reason="error",
-            error=f"model {job.model!r} is not served here",
+            error=f"model {job.model!r} (version {job.model_version_id}) is not served here",
         )
         return
+    loaded = runtime.ensure(model)
+    if loaded.engine is None:
+        _finish_without_run(
+            job=job,
+            token=token,
+            status=JobStatus.FAILED,
+            reason="error",
+            error=f"model version {model.key} could not be loaded: {loaded.error}",
+            version=model,
+        )
+        return
+    runtime.job_started(model.key)
+    try:
+        _run_on(job=job, token=token, model=model, engine=loaded.engine)
+    finally:
+        runtime.job_done(model.key)
+
+
+def _run_on(*, job: Job, token: str, model: ServedModel, engine: Any) -> None:
+    streams = get_streams()
+    job_id = str(job.id)
+    attempt = job.attempts
+    now = timezone.now()
     try:
         plan = job_prompt(job=job, model=model)
     except (ChatTemplateError, ModelFilesError, KeyError, TypeError, ValueError) as exc:
@@ -345,7 +374,7 @@ def _run_claimed(*, job: Job, token: str, runtime: Any) -> None:
         priority=job.priority,
         meta={"lease": token},
     )
-    handle = runtime.engine.submit(request)
+    handle = engine.submit(request)
     # Give the database connection back to the pool while the engine works: a worker holds
     # max_batch_size tasks at once, far more than it needs connections.
     connection.close()
@@ -353,12 +382,24 @@ def _run_claimed(*, job: Job, token: str, runtime: Any) -> None:
     while not handle.wait(lease_ttl / 3):
         if not streams.lease_renew(job_id, token, lease_ttl):
             logger.warning("job %s: lease lost; another worker owns it now", job_id)
-            runtime.engine.cancel(job_id, FinishReason.LEASE_LOST)
+            engine.cancel(job_id, FinishReason.LEASE_LOST)
             handle.wait()
             return
     result = handle.result
     assert result is not None
-    job_finish(job=job, attempt=attempt, token=token, result=result, progress=progress, plan=plan)
+    if job_finish(job=job, attempt=attempt, token=token, result=result, progress=progress, plan=plan):
+        _record_outcome(model, result)
+
+
+def _record_outcome(model: ServedModel, result: SequenceResult) -> None:
+    """The version's health (circuit breaker, canary check) sees every finished generation."""
+    if result.finish_reason in (FinishReason.CANCELLED, FinishReason.LEASE_LOST, FinishReason.ABORTED):
+        return
+    ok = result.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+    ttft = None
+    if result.first_token_at is not None:
+        ttft = max(0.0, result.first_token_at - result.submitted_at)
+    version_record_outcome(version=model, ok=ok, ttft_s=ttft)
 
 
 def _finish_from_cache(*, job: Job, token: str, entry: CachedResult, model: ServedModel) -> None:
@@ -413,7 +454,9 @@ def _recorded_messages(job: Job) -> list[dict[str, str]]:
     return [m for m in job.input.get("messages", []) if m.get("role") in ("user", "assistant")]
 
 
-def _finish_without_run(*, job: Job, token: str, status: str, reason: str, error: str = "") -> None:
+def _finish_without_run(
+    *, job: Job, token: str, status: str, reason: str, error: str = "", version: ServedModel | None = None
+) -> None:
     now = timezone.now()
     updated = Job.objects.filter(id=job.id, attempts=job.attempts, status=JobStatus.RUNNING).update(
         status=status, finish_reason=reason, error=error, finished_at=now
@@ -427,6 +470,8 @@ def _finish_without_run(*, job: Job, token: str, status: str, reason: str, error
         # A first attempt generated nothing; a later one may have streamed tokens before.
         reserved = int(job.admission.get("reserved_tokens", 0)) if job.admission else 0
         _release_admission(job, used_tokens=0 if job.attempts <= 1 else reserved, ran=False)
+        if version is not None and status == JobStatus.FAILED:
+            version_record_outcome(version=version, ok=False)
 
 
 def _outcome(result: SequenceResult) -> tuple[str, str]:
@@ -520,6 +565,10 @@ def job_fail(*, job_id: uuid.UUID | str, error: str, reason: str = "error") -> b
     return bool(updated)
 
 
+def _job_queue(model_name: str, version_id: int | None) -> str:
+    return queue_for(model_name) if version_id is None else version_queue(version_id)
+
+
 def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     """Find jobs nobody will run and make sure somebody does (or fail them).
 
@@ -535,10 +584,10 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     grace = timedelta(seconds=10)
     # Any worker reconciles for the whole fleet: queues follow from the job's model name, not
     # from what this worker serves.
-    for job_id, model_name, priority in Job.objects.filter(
+    for job_id, model_name, version_id, priority in Job.objects.filter(
         status=JobStatus.QUEUED, published_at__isnull=True, queued_at__lt=now - grace
-    ).values_list("id", "model", "priority")[:200]:
-        job_publish(job_id=job_id, queue=queue_for(model_name), priority=priority)
+    ).values_list("id", "model", "model_version_id", "priority")[:200]:
+        job_publish(job_id=job_id, queue=_job_queue(model_name, version_id), priority=priority)
         counts["published"] += 1
     for job_id in Job.objects.filter(
         status__in=[JobStatus.QUEUED, JobStatus.RUNNING], deadline_at__lt=now - grace
@@ -546,10 +595,12 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
         if not streams.lease_holders([str(job_id)]).get(str(job_id)):
             counts["failed"] += job_fail(job_id=job_id, error="deadline exceeded", reason="deadline")
     running = list(
-        Job.objects.filter(status=JobStatus.RUNNING).values_list("id", "model", "attempts", "priority")[:1000]
+        Job.objects.filter(status=JobStatus.RUNNING).values_list(
+            "id", "model", "model_version_id", "attempts", "priority"
+        )[:1000]
     )
-    holders = streams.lease_holders([str(job_id) for job_id, _, _, _ in running])
-    for job_id, model_name, attempts, priority in running:
+    holders = streams.lease_holders([str(job_id) for job_id, *_ in running])
+    for job_id, model_name, version_id, attempts, priority in running:
         if holders.get(str(job_id)):
             continue
         if attempts >= settings.SLUICE_MAX_ATTEMPTS:
@@ -557,6 +608,6 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
             continue
         if streams.mark_requeued(str(job_id), ttl_s=settings.SLUICE_JOB_TIMEOUT_S):
             logger.warning("job %s lost its worker; re-sending it", job_id)
-            job_publish(job_id=job_id, queue=queue_for(model_name), priority=priority)
+            job_publish(job_id=job_id, queue=_job_queue(model_name, version_id), priority=priority)
             counts["requeued"] += 1
     return counts

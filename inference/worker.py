@@ -1,4 +1,5 @@
-"""Celery worker lifecycle: load the model before consuming, stop the engine after the pool.
+"""Celery worker lifecycle: load the model versions before consuming, take their queues when
+the consumer is up, stop the engines after the pool.
 
 Imported by ``config/celery.py``, so the handlers are connected before Celery sends its
 signals. Nothing here imports models at import time (Django may not be set up yet).
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_init, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,15 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
 
     hostname = getattr(sender, "hostname", None)
     start_runtime(name=hostname)
+
+
+@worker_ready.connect
+def _consume_versions(sender: Any = None, **kwargs: Any) -> None:
+    if settings.SLUICE_WORKER_ROLE == "embeddings" or not settings.SLUICE_WORKER_PRELOAD:
+        return
+    from inference.runtime import get_runtime
+
+    get_runtime().on_consumer_ready(sender)
 
 
 @worker_shutdown.connect

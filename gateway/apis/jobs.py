@@ -30,7 +30,7 @@ from gateway.protocol import (
     prepare_chat,
     prepare_completion,
     resolve_chat_context,
-    resolve_or_404,
+    route_or_404,
 )
 from gateway.streaming import native_job_stream, sse_response
 from inference.models import Job
@@ -74,7 +74,7 @@ class JobCreateSerializer(ContextFieldsMixin, serializers.Serializer):
 
 def job_prepare(data: dict[str, Any], *, user: Any) -> PreparedRequest:
     """Validated native/WebSocket request -> a prepared job (shared by REST and WebSocket)."""
-    model = resolve_or_404(data.get("model"))
+    model = route_or_404(data.get("model"), user=user)
     common: dict[str, Any] = {
         "model": model,
         "max_tokens": data.get("max_tokens"),

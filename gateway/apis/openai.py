@@ -33,7 +33,7 @@ from gateway.protocol import (
     prepare_completion,
     raise_for_failed,
     resolve_chat_context,
-    resolve_or_404,
+    route_or_404,
 )
 from gateway.streaming import (
     admitted_stream,
@@ -248,7 +248,7 @@ class ChatCompletionCreateApi(GatewayApiView):
         data = _validated(ChatCompletionSerializer, request)
         max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
         _check_max_tokens(max_tokens, "max_tokens")
-        model = resolve_or_404(data["model"])
+        model = route_or_404(data["model"], user=request_user(request))
         context = resolve_chat_context(user=request_user(request), data=data)
         prepared = prepare_chat(
             model=model,
@@ -295,7 +295,7 @@ class CompletionCreateApi(GatewayApiView):
         started = time.perf_counter()
         data = _validated(CompletionSerializer, request)
         _check_max_tokens(data.get("max_tokens"), "max_tokens")
-        model = resolve_or_404(data["model"])
+        model = route_or_404(data["model"], user=request_user(request))
         prepared = prepare_completion(
             model=model,
             prompt=data["prompt"],

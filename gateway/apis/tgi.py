@@ -33,7 +33,7 @@ from gateway.protocol import (
     create_admitted_job,
     prepare_completion,
     raise_for_failed,
-    resolve_or_404,
+    route_or_404,
     tgi_finish_reason,
 )
 from gateway.streaming import Entry, admitted_stream, observe_completed, sse_response, tgi_refused, tgi_stream
@@ -169,7 +169,9 @@ def _run(request: Request, data: dict[str, Any], *, stream: bool) -> Any:
             param="parameters.max_new_tokens",
         )
     temperature, top_p, top_k = _sampling(parameters)
-    model = resolve_or_404(None, validation_status=status.HTTP_422_UNPROCESSABLE_ENTITY)
+    model = route_or_404(
+        None, user=request_user(request), validation_status=status.HTTP_422_UNPROCESSABLE_ENTITY
+    )
     prepared = prepare_completion(
         model=model,
         prompt=data["inputs"],

@@ -30,6 +30,10 @@ class ModelBackend(ABC):
     - `step` to decode one more token for every sequence currently held;
     - `remove` to drop sequences that finished, were cancelled or failed.
 
+    A remote backend (a TGI server) cannot produce tokens on the engine's clock: its `add`
+    and `step` return only the sequences that have a new token (a sequence missing from the
+    result simply has none yet); the engine treats both kinds the same.
+
     Errors that concern one sequence only (bad token ids, a sampling failure) must be
     returned for that sequence, not raised, so that the rest of the batch goes on. An
     exception raised from `step` fails every sequence in the batch.

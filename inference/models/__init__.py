@@ -11,21 +11,37 @@ from inference.models.knowledge import (
     KnowledgeBase,
     Visibility,
 )
+from inference.models.versions import (
+    ACTIVE_STATUSES,
+    Backend,
+    Dtype,
+    EventKind,
+    ModelVersion,
+    ModelVersionEvent,
+    VersionStatus,
+)
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "EMBEDDING_DIMENSIONS",
     "TERMINAL_STATUSES",
+    "Backend",
     "CachedResult",
     "ChatSession",
     "Chunk",
     "Document",
     "DocumentStatus",
+    "Dtype",
+    "EventKind",
     "Job",
     "JobKind",
     "JobStatus",
     "KnowledgeBase",
     "Message",
     "MessageRole",
+    "ModelVersion",
+    "ModelVersionEvent",
     "UserProfile",
+    "VersionStatus",
     "Visibility",
 ]

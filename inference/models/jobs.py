@@ -59,6 +59,10 @@ class Job(models.Model):
     # Chunks retrieved into the prompt: [{document_id, document, chunk_id, chunk_index, score}].
     citations = models.JSONField(default=list, blank=True)
     cache_hit = models.BooleanField(default=False)
+    # The version that served it (null: the settings-configured model, SLUICE_MODEL_PATH).
+    model_version = models.ForeignKey(
+        "inference.ModelVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="jobs"
+    )
     queued_at = models.DateTimeField(auto_now_add=True, db_index=True)
     published_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -1,0 +1,108 @@
+"""Model versions: what is served under a name, by which backend, with how much traffic."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator
+from django.db import models
+
+
+class Backend(models.TextChoices):
+    LOCAL = "local", "local torch model directory"
+    TGI = "tgi", "remote text-generation-inference server"
+
+
+class VersionStatus(models.TextChoices):
+    DRAFT = "draft"  # configured, not served
+    CANARY = "canary"  # served to its traffic weight's share of users
+    STABLE = "stable"  # served
+    RETIRED = "retired"  # no new traffic; workers finish its jobs, then unload it
+
+
+ACTIVE_STATUSES = (VersionStatus.CANARY, VersionStatus.STABLE)
+
+
+class Dtype(models.TextChoices):
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+    INT8 = "int8", "int8 (dynamic quantization, CPU)"
+
+
+class ModelVersion(models.Model):
+    served_name = models.CharField(max_length=200, help_text="what clients put in `model`")
+    label = models.CharField(max_length=64, help_text="e.g. v1, 2026-11-22, llama-3b-int8")
+    backend = models.CharField(max_length=8, choices=Backend.choices, default=Backend.LOCAL)
+    path = models.CharField(
+        max_length=500,
+        help_text="local: the HF model directory. tgi: a directory with the model's tokenizer and chat "
+        "template (prompts are counted and rendered here)",
+    )
+    # Only ever taken from here (an operator's setting), never from a request: no SSRF.
+    url = models.URLField(max_length=500, blank=True, help_text="tgi: the server's base URL")
+    api_key = models.CharField(max_length=500, blank=True, help_text="tgi: bearer token for the server")
+    dtype = models.CharField(max_length=16, choices=Dtype.choices, default=Dtype.AUTO)
+    max_batch_size = models.PositiveIntegerField(default=0, help_text="0: SLUICE_MAX_BATCH_SIZE")
+    max_batch_tokens = models.PositiveIntegerField(default=0, help_text="0: SLUICE_MAX_BATCH_TOKENS")
+    context_length = models.PositiveIntegerField(default=0, help_text="0: from the model's config")
+    status = models.CharField(max_length=16, choices=VersionStatus.choices, default=VersionStatus.DRAFT)
+    traffic_weight = models.PositiveIntegerField(
+        default=100,
+        validators=[MaxValueValidator(10_000)],
+        help_text="share of the name's traffic (relative)",
+    )
+    fallback = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="fallback_for",
+        help_text="takes this version's traffic while its circuit breaker is open (must be active)",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["served_name", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["served_name", "label"], name="version_name_label_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.served_name}@{self.label}"
+
+    def clean(self) -> None:
+        if self.backend == Backend.TGI and not self.url:
+            raise ValidationError({"url": "A TGI version needs the server's URL."})
+        if self.fallback_id is not None and self.fallback_id == self.pk:
+            raise ValidationError({"fallback": "A version cannot be its own fallback."})
+
+
+class EventKind(models.TextChoices):
+    ACTIVATED = "activated"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"  # automatic (canary worse than stable) or by an admin
+    DRAINED = "drained"
+    RETIRED = "retired"
+    BREAKER_OPEN = "breaker_open"
+    LOAD_FAILED = "load_failed"
+    LOADED = "loaded"
+    UNLOADED = "unloaded"
+
+
+class ModelVersionEvent(models.Model):
+    """Why a version's traffic changed (admin-visible history)."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=32, choices=EventKind.choices)
+    reason = models.TextField()
+    data = models.JSONField(default=dict, blank=True)
+    actor = models.CharField(max_length=200, blank=True, help_text="an admin user, a worker, or 'auto'")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.version} {self.kind}"
