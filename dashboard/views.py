@@ -20,7 +20,7 @@ def overview(request: HttpRequest) -> HttpResponse:
     now = time.time()
     for beat in workers:
         beat["age"] = round(now - float(beat.get("ts", now)), 1)
-    recent = Job.objects.select_related("user").order_by("-queued_at")[:25]
+    recent = Job.objects.select_related("user", "model_version").order_by("-queued_at")[:25]
     return render(
         request,
         "dashboard/overview.html",

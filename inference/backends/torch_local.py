@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,11 @@ class TorchCausalLMBackend(ModelBackend):
                 raise ValueError("int8 dynamic quantization runs on the CPU only")
             # Linear weights to int8, activations quantized on the fly: about twice the speed of
             # float32 at small batches on CPU (DESIGN.md §2); bfloat16 wins at large ones.
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            with warnings.catch_warnings():
+                # torch marks its eager-mode quantization deprecated in favour of torchao, which
+                # is not a dependency here; it works in the pinned torch 2.13.
+                warnings.simplefilter("ignore", UserWarning)
+                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         self.model: Any = model.to(self.device).eval()
         text_config = config.get_text_config(decoder=True)
         self.vocab_size = int(text_config.vocab_size)

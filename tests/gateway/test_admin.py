@@ -69,3 +69,70 @@ def test_dashboard_requires_staff(client: Client) -> None:
     response = client.get("/dashboard/")
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+def test_operator_pages_render(staff: Client, demo_model_dir: object) -> None:
+    from gateway.models import RateLimitPolicy
+    from inference.chat.services import profile_update, session_create
+    from inference.models import ModelVersion
+    from inference.rag.services import knowledge_base_create
+
+    owner = User.objects.create(username="frank")
+    RateLimitPolicy.objects.create(name="gold", requests_per_minute=1000, priority=5)
+    session_create(user=owner, title="a chat")
+    profile_update(user=owner, language="Dutch")
+    knowledge_base_create(owner=owner, name="handbook")
+    version = ModelVersion.objects.create(served_name="svc", label="v1", path=str(demo_model_dir))
+    for url in (
+        "/admin/gateway/ratelimitpolicy/",
+        "/admin/inference/chatsession/",
+        "/admin/inference/userprofile/",
+        "/admin/inference/knowledgebase/",
+        "/admin/inference/document/",
+        "/admin/inference/cachedresult/",
+        "/admin/inference/modelversion/",
+        f"/admin/inference/modelversion/{version.pk}/change/",
+        "/admin/inference/modelversionevent/",
+        f"/admin/auth/user/{owner.pk}/change/",
+    ):
+        response = staff.get(url)
+        assert response.status_code == 200, url
+    assert b"gold" in staff.get("/admin/gateway/ratelimitpolicy/").content
+
+
+def test_policy_edit_and_version_actions_from_the_admin(staff: Client, demo_model_dir: object) -> None:
+    from gateway.models import RateLimitPolicy
+    from inference.models import ModelVersion, ModelVersionEvent
+
+    policy = RateLimitPolicy.objects.create(name="silver", requests_per_minute=100)
+    response = staff.post(
+        f"/admin/gateway/ratelimitpolicy/{policy.pk}/change/",
+        {
+            "name": "silver",
+            "description": "",
+            "priority": 2,
+            "requests_per_minute": 250,
+            "tokens_per_minute": 1000,
+            "burst": 1.0,
+            "max_concurrent": 4,
+            "daily_token_budget": 0,
+            "max_queue_wait_s": 5,
+        },
+    )
+    assert response.status_code == 302, response.content[:2000]
+    policy.refresh_from_db()
+    assert (policy.requests_per_minute, policy.priority) == (250, 2)
+    stable = ModelVersion.objects.create(
+        served_name="svc", label="v1", path=str(demo_model_dir), status="stable"
+    )
+    canary = ModelVersion.objects.create(
+        served_name="svc", label="v2", path=str(demo_model_dir), status="canary", traffic_weight=10
+    )
+    staff.post("/admin/inference/modelversion/", {"action": "promote", "_selected_action": [canary.pk]})
+    stable.refresh_from_db()
+    canary.refresh_from_db()
+    assert (stable.status, canary.status) == ("retired", "stable")
+    assert ModelVersionEvent.objects.filter(version=canary, kind="promoted", actor="root").exists()
+    staff.post("/admin/inference/modelversion/", {"action": "drain", "_selected_action": [canary.pk]})
+    canary.refresh_from_db()
+    assert canary.traffic_weight == 0
