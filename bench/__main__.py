@@ -201,7 +201,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="demo model only, fewer levels")
     parser.add_argument(
-        "--models", default="", help="comma-separated: demo,llama (default: both; --quick: demo)"
+        "--models",
+        default="",
+        help="comma-separated: demo,llama,llama-1b (default: demo,llama, + llama-1b on CUDA)",
     )
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -210,10 +212,18 @@ def main() -> None:
     )
     args = parser.parse_args()
     parts = set((args.only or "engine,ratelimit,rag,dtypes").split(","))
-    names = [n for n in (args.models or ("demo" if args.quick else "demo,llama")).split(",") if n]
+    import torch
+
+    # On a GPU the realistic model is larger: a ~1B Llama (bfloat16) joins the run.
+    default = "demo" if args.quick else ("demo,llama,llama-1b" if torch.cuda.is_available() else "demo,llama")
+    names = [n for n in (args.models or default).split(",") if n]
     started = time.time()
     stack = Stack(threads=args.threads) if "engine" in parts else None
-    models: dict[str, Callable[[], BenchModel]] = {"demo": demo_model, "llama": llama_110m}
+    models: dict[str, Callable[[], BenchModel]] = {
+        "demo": demo_model,
+        "llama": llama_110m,
+        "llama-1b": lambda: llama_110m(layers=16, hidden=2048, heads=16),
+    }
     result: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {

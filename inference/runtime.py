@@ -2,8 +2,8 @@
 their Celery queues, heartbeat, reconciler.
 
 One `WorkerRuntime` per worker process (Celery threads pool: every task thread of the process
-shares it). A worker serves the active versions of its served names (``SLUICE_WORKER_MODELS``,
-default ``SLUICE_MODEL_NAME``). A sync loop follows the registry: a newly activated version is
+shares it). A worker serves the active versions of its served names (``SLUICE_WORKER_MODELS``;
+by default all of them). A sync loop follows the registry: a newly activated version is
 loaded, warmed up and its queue consumed; a retired one stops being consumed and is unloaded
 once its running jobs have finished (jobs finish on the version they started on). A version
 that fails to load stays "loaded" with its error: its jobs fail fast (which its circuit breaker
@@ -135,8 +135,11 @@ class WorkerRuntime:
 
     # -- versions ------------------------------------------------------------------------------
 
+    def serves(self, name: str) -> bool:
+        return "*" in self.served_names or name in self.served_names
+
     def desired(self) -> list[ServedModel]:
-        return [v for v in all_versions() if v.active and v.name in self.served_names]
+        return [v for v in all_versions() if v.active and self.serves(v.name)]
 
     def ensure(self, model: ServedModel) -> LoadedVersion:
         """The loaded version for a job (loading it now if the sync loop has not yet). Loading
@@ -244,7 +247,7 @@ class WorkerRuntime:
     def _cancel(self, queue: str) -> None:
         # The served name's settings queue stays: it is the worker's -Q (and where jobs from
         # before versions wait).
-        if queue not in self.consumed or not self.ready or queue in {queue_for(n) for n in self.served_names}:
+        if queue not in self.consumed or not self.ready or queue == queue_for(settings.SLUICE_MODEL_NAME):
             return
         from config.celery import app
 
@@ -375,7 +378,8 @@ _runtime_lock = threading.Lock()
 
 
 def served_names() -> frozenset[str]:
-    return frozenset(settings.SLUICE_WORKER_MODELS or [settings.SLUICE_MODEL_NAME])
+    """``*`` (the default): every served name; a fleet split by model lists its names."""
+    return frozenset(settings.SLUICE_WORKER_MODELS or ["*"])
 
 
 def start_runtime(name: str | None = None) -> WorkerRuntime:

@@ -255,7 +255,7 @@ def job_execute(*, job_id: str, worker: str) -> None:
     runtime = get_runtime()
     # Load its version before taking the lease: loading can take longer than a lease lives.
     model = version_by_id(job.model_version_id, job.model)
-    if model is not None and model.name in runtime.served_names:
+    if model is not None and runtime.serves(model.name):
         runtime.ensure(model)
     streams = get_streams()
     lease_ttl = settings.SLUICE_JOB_LEASE_S
@@ -307,7 +307,7 @@ def _run_claimed(*, job: Job, token: str, runtime: Any) -> None:
         )
         return
     model = version_by_id(job.model_version_id, job.model)
-    if model is None or model.name not in runtime.served_names:
+    if model is None or not runtime.serves(model.name):
         _finish_without_run(
             job=job,
             token=token,

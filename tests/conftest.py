@@ -94,6 +94,8 @@ def child_env(database_url: str, model_dir: Path, **extra: str) -> dict[str, str
             "SLUICE_TEST_REDIS_URL": settings.REDIS_URL,
             "SLUICE_MODEL_PATH": str(model_dir),
             "SLUICE_MODEL_NAME": TEST_MODEL_NAME,
+            # Workers of the suite serve only what their test gives them (not every name).
+            "SLUICE_WORKER_MODELS": TEST_MODEL_NAME,
             "SLUICE_TORCH_THREADS": "1",
             "OMP_NUM_THREADS": "1",
             "SLUICE_MAX_BATCH_SIZE": "8",

@@ -206,7 +206,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = SLUICE_MAX_UPLOAD_BYTES + 1024 * 1024
 
 # --- Model versions (inference/registry.py, inference/versions.py) ---
 SLUICE_REGISTRY_CACHE_S = env.get_float("SLUICE_REGISTRY_CACHE_S", 2.0)
-# Served names this worker serves (all their active versions): comma-separated.
+# Served names this worker serves (all their active versions): comma-separated; empty or "*": all.
 SLUICE_WORKER_MODELS = env.get_list("SLUICE_WORKER_MODELS", [])
 SLUICE_WORKER_SYNC_S = env.get_float("SLUICE_WORKER_SYNC_S", 2.0)  # how soon workers see version changes
 SLUICE_VERSION_WINDOW_S = env.get_float("SLUICE_VERSION_WINDOW_S", 300.0)  # health's sliding window

@@ -66,7 +66,7 @@ def test_sigkill_with_a_full_batch(
     test_database_url: str, demo_model_dir: Path, api_user: ApiUser, tmp_path: Path
 ) -> None:
     model = ServedModel(name=MODEL, path=demo_model_dir)
-    env = child_env(test_database_url, demo_model_dir, SLUICE_MODEL_NAME=MODEL)
+    env = child_env(test_database_url, demo_model_dir, SLUICE_MODEL_NAME=MODEL, SLUICE_WORKER_MODELS=MODEL)
     first = worker_process(
         env, model=MODEL, name="doomed", log_dir=tmp_path, concurrency=len(PROMPTS)
     ).start()

@@ -42,7 +42,13 @@ def test_higher_tiers_leave_the_queue_first(
         )
         for i, tier in enumerate(tiers)
     ]
-    env = child_env(test_database_url, demo_model_dir, SLUICE_MODEL_NAME=MODEL, SLUICE_MAX_BATCH_SIZE="1")
+    env = child_env(
+        test_database_url,
+        demo_model_dir,
+        SLUICE_MODEL_NAME=MODEL,
+        SLUICE_WORKER_MODELS=MODEL,
+        SLUICE_MAX_BATCH_SIZE="1",
+    )
     worker = worker_process(env, model=MODEL, name="prio-worker", log_dir=tmp_path, concurrency=1).start()
     try:
         wait_until(
