@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -115,6 +116,23 @@ def test_run_with_embedded_servers(demo_model_dir: Path, tmp_path: Path) -> None
         events = curl_chat(run)
         assert events[-1] == "data: [DONE]"
         assert any('"content":"' in e and '"content":""' not in e for e in events)
+
+        # The embeddings worker `make run` starts: a knowledge base is ingested and searched.
+        auth = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{run.port}", headers=auth, timeout=30) as api:
+            kb = api.post("/api/v1/knowledge-bases", json={"name": "notes"}).json()["id"]
+            doc = api.post(
+                f"/api/v1/knowledge-bases/{kb}/documents",
+                json={"name": "a.txt", "text": "Otters hold hands."},
+            ).json()["id"]
+            deadline = time.monotonic() + 60
+            while api.get(f"/api/v1/knowledge-bases/{kb}/documents/{doc}").json()["status"] != "ready":
+                assert time.monotonic() < deadline, "the document was not ingested"
+                time.sleep(0.2)
+            hits = api.post(
+                "/api/v1/knowledge-bases/search", json={"query": "otters", "knowledge_base_ids": [kb]}
+            ).json()["data"]
+            assert hits and hits[0]["text"] == "Otters hold hands."
 
         password = run.banner("Admin").split("admin / ")[1]
         with httpx.Client(base_url=f"http://127.0.0.1:{run.port}") as browser:

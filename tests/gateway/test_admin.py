@@ -136,3 +136,20 @@ def test_policy_edit_and_version_actions_from_the_admin(staff: Client, demo_mode
     staff.post("/admin/inference/modelversion/", {"action": "drain", "_selected_action": [canary.pk]})
     canary.refresh_from_db()
     assert canary.traffic_weight == 0
+
+
+def test_result_cache_can_be_cleared_from_the_admin(staff: Client) -> None:
+    from inference.cache import result_cache_put
+    from inference.models import CachedResult
+
+    owner = User.objects.create(username="gina")
+    for key in ("k1", "k2"):
+        result_cache_put(
+            user_id=owner.pk, key=key, model="m", output_text="x", finish_reason="eos", prompt_tokens=1,
+            completion_tokens=1, knowledge_base_ids=[], citations=[],
+        )  # fmt: skip
+    assert staff.get("/admin/inference/cachedresult/").status_code == 200
+    first = CachedResult.objects.first()
+    assert first is not None
+    staff.post("/admin/inference/cachedresult/", {"action": "clear_all", "_selected_action": [first.pk]})
+    assert not CachedResult.objects.exists()
