@@ -203,6 +203,16 @@ def _params(
     )
 
 
+def _check_text(text: str, error_status: int, param: str) -> None:
+    if "\x00" in text:
+        raise ApiError(
+            "The text contains a NUL character (\\u0000), which is not allowed.",
+            status_code=error_status,
+            code="invalid_value",
+            param=param,
+        )
+
+
 def _check_size(chars: int, error_status: int, param: str) -> None:
     if chars > settings.SLUICE_MAX_PROMPT_CHARS:
         raise ApiError(
@@ -236,6 +246,8 @@ def prepare_chat(
             param="messages",
         )
     _check_size(sum(len(m["content"]) for m in normalized), error_status, "messages")
+    for index, message in enumerate(normalized):
+        _check_text(message["content"], error_status, f"messages[{index}].content")
     try:
         prompt_ids = model.info.chat_prompt_ids(normalized)
     except ChatTemplateError as exc:
@@ -299,6 +311,7 @@ def prepare_completion(
             "The prompt is empty.", status_code=error_status, code="empty_prompt", param=prompt_param
         )
     _check_size(len(prompt), error_status, prompt_param)
+    _check_text(prompt, error_status, prompt_param)
     try:
         prompt_ids = model.info.completion_prompt_ids(prompt)
     except ModelFilesError as exc:

@@ -32,6 +32,7 @@ from inference.rag.services import local_embedder
 from inference.registry import ServedModel, queue_for, version_by_id, version_queue
 from inference.store import get_streams
 from inference.streams import Progress, citation_fields, end_fields
+from inference.textutil import pg_safe
 from inference.versions import version_record_outcome
 
 logger = logging.getLogger(__name__)
@@ -459,7 +460,7 @@ def _finish_without_run(
 ) -> None:
     now = timezone.now()
     updated = Job.objects.filter(id=job.id, attempts=job.attempts, status=JobStatus.RUNNING).update(
-        status=status, finish_reason=reason, error=error, finished_at=now
+        status=status, finish_reason=reason, error=pg_safe(error), finished_at=now
     )
     if updated:
         get_streams().finish(
@@ -510,11 +511,11 @@ def job_finish(
     first_token_at = _wall(result.first_token_at, now_wall=now_wall, now_mono=now_mono)
     updated = Job.objects.filter(id=job.id, attempts=attempt, status=JobStatus.RUNNING).update(
         status=status,
-        output_text=progress.text + result.text,
+        output_text=pg_safe(progress.text + result.text),
         finish_reason=reason,
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
-        error=result.error or "",
+        error=pg_safe(result.error or ""),
         first_token_at=Coalesce(F("first_token_at"), first_token_at)
         if first_token_at
         else F("first_token_at"),
@@ -527,7 +528,7 @@ def job_finish(
         end_fields(status=status, finish_reason=reason, usage=usage, error=result.error or ""),
         lease_token=token,
     )
-    output = progress.text + result.text
+    output = pg_safe(progress.text + result.text)
     if status == JobStatus.SUCCEEDED:
         session_record_turn(job=job, messages=_recorded_messages(job), reply=output)
         if plan is not None and plan.cache_key:

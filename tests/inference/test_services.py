@@ -129,3 +129,24 @@ def test_reconciler_serves_the_whole_fleet(model: ServedModel) -> None:
     with override_settings(SLUICE_MODEL_NAME="something-else"):
         assert jobs_reconcile()["requeued"] == 1
     assert queued_job_ids("unserved") == [str(job.id)]
+
+
+def test_generated_nul_bytes_are_stored_safely(model: ServedModel) -> None:
+    """A byte-level model can generate a NUL; Postgres text cannot hold one. The row keeps
+    U+FFFD in its place (the stream, which clients read, keeps the exact text)."""
+    from inference.batching import FinishReason
+    from inference.engine import SequenceResult
+    from inference.services import job_finish
+    from inference.streams import Progress
+
+    user = User.objects.create(username="nul")
+    job = create(model, user)
+    Job.objects.filter(id=job.id).update(status=JobStatus.RUNNING, attempts=1)
+    job.refresh_from_db()
+    result = SequenceResult(
+        key=str(job.id), finish_reason=FinishReason.LENGTH, text="a\x00b", token_ids=[1, 2, 3],
+        logprobs=[0.0] * 3, prompt_tokens=2, completion_tokens=3,
+    )  # fmt: skip
+    assert job_finish(job=job, attempt=1, token="", result=result, progress=Progress()) is True
+    stored = Job.objects.get(id=job.id)
+    assert stored.status == JobStatus.SUCCEEDED and stored.output_text == "a\ufffdb"
