@@ -207,15 +207,28 @@ def _temperature(data: dict[str, Any]) -> float:
 def _respond(
     request: Request,
     prepared: PreparedRequest,
+    data: dict[str, Any],
     *,
     source: str,
-    stream: bool,
-    stream_for: Any,
+    id_prefix: str,
+    streamer: Any,
     body_for: Any,
     started: float,
 ) -> Any:
     """Admit, create the job, answer: a stream (that may first wait in a queue, showing its
     position) or one JSON body (after waiting, if the policy allows it)."""
+    include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+
+    def stream_for(job: Job) -> Any:
+        return streamer(
+            job_id=str(job.id),
+            response_id=f"{id_prefix}-{job.id.hex}",
+            model=job.model,
+            created=int(job.queued_at.timestamp()),
+            include_usage=include_usage,
+            started=started,
+        )
+
     admission = admit_prepared(request, prepared)
     user, api_key = request_user(request), request_api_key(request)
 
@@ -224,7 +237,7 @@ def _respond(
             user=user, api_key=api_key, prepared=prepared, source=source, admission=admission
         )
 
-    if stream:
+    if data["stream"]:
         if admission.admitted:
             return sse_response(stream_for(create()))
         return sse_response(
@@ -262,24 +275,13 @@ class ChatCompletionCreateApi(GatewayApiView):
             stop=data.get("stop") or (),
             ignore_eos=data["ignore_eos"],
         )
-        options = data.get("stream_options") or {}
-
-        def stream_for(job: Job) -> Any:
-            return openai_chat_stream(
-                job_id=str(job.id),
-                response_id=f"chatcmpl-{job.id.hex}",
-                model=job.model,
-                created=int(job.queued_at.timestamp()),
-                include_usage=bool(options.get("include_usage")),
-                started=started,
-            )
-
         return _respond(
             request,
             prepared,
+            data,
             source="openai.chat",
-            stream=data["stream"],
-            stream_for=stream_for,
+            id_prefix="chatcmpl",
+            streamer=openai_chat_stream,
             body_for=openai_chat_response,
             started=started,
         )
@@ -308,24 +310,13 @@ class CompletionCreateApi(GatewayApiView):
             stop=data.get("stop") or (),
             ignore_eos=data["ignore_eos"],
         )
-        options = data.get("stream_options") or {}
-
-        def stream_for(job: Job) -> Any:
-            return openai_completion_stream(
-                job_id=str(job.id),
-                response_id=f"cmpl-{job.id.hex}",
-                model=job.model,
-                created=int(job.queued_at.timestamp()),
-                include_usage=bool(options.get("include_usage")),
-                started=started,
-            )
-
         return _respond(
             request,
             prepared,
+            data,
             source="openai.completions",
-            stream=data["stream"],
-            stream_for=stream_for,
+            id_prefix="cmpl",
+            streamer=openai_completion_stream,
             body_for=openai_completion_response,
             started=started,
         )
