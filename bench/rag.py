@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.ratelimit import percentile
 from config import env
 from config.embedded import EmbeddedPostgres
 
@@ -73,11 +74,6 @@ def embeddings(texts: list[str], label: str) -> np.ndarray:
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors)
     return vectors
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def _vector_text(vector: np.ndarray) -> str:

@@ -104,6 +104,10 @@ def worker_argv(
     ]  # fmt: skip
 
 
+# The same name as settings.SLUICE_EMBEDDING_QUEUE (this module runs before Django is set up).
+EMBEDDINGS_QUEUE = "sluice.embeddings"
+
+
 def embeddings_worker_argv(
     *, concurrency: int = 2, hostname: str | None = None, loglevel: str = "WARNING"
 ) -> list[str]:
@@ -115,9 +119,6 @@ def embeddings_worker_argv(
         "-Q", EMBEDDINGS_QUEUE, "-n", hostname or "embeddings@%h",
         "--without-gossip", "--without-mingle", "-l", loglevel,
     ]  # fmt: skip
-
-
-EMBEDDINGS_QUEUE = "sluice.embeddings"
 
 
 def default_concurrency(max_batch_size: int) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
@@ -209,7 +209,3 @@ def resolve_model(name: str | None) -> ServedModel | None:
     if canonical is None:
         return None
     return _representative(served_versions(canonical))
-
-
-def with_capacity(version: ServedModel, capacity: int, queue_cap: int) -> ServedModel:
-    return replace(version, capacity=capacity, queue_cap=queue_cap)

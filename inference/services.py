@@ -278,12 +278,12 @@ def job_execute(*, job_id: str, worker: str) -> None:
         job.status, job.attempts, job.started_at = JobStatus.RUNNING, job.attempts + 1, job.started_at or now
         job.worker = worker[:200]
         streams.clear_requeued(job_id)
-        _run_claimed(job=job, token=token, runtime=runtime)
+        _run_claimed(job=job, token=token, runtime=runtime, model=model)
     finally:
         streams.lease_release(job_id, token)
 
 
-def _run_claimed(*, job: Job, token: str, runtime: Any) -> None:
+def _run_claimed(*, job: Job, token: str, runtime: Any, model: ServedModel | None) -> None:
     streams = get_streams()
     job_id = str(job.id)
     attempt = job.attempts
@@ -307,7 +307,6 @@ def _run_claimed(*, job: Job, token: str, runtime: Any) -> None:
             job=job, token=token, status=JobStatus.FAILED, reason="deadline", error="deadline exceeded"
         )
         return
-    model = version_by_id(job.model_version_id, job.model)
     if model is None or not runtime.serves(model.name):
         _finish_without_run(
             job=job,

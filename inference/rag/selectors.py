@@ -42,15 +42,10 @@ def knowledge_base_get_for_user(*, user: User, kb_id: Any) -> KnowledgeBase | No
 
 def knowledge_bases_resolve(*, user: User, kb_ids: Sequence[str]) -> tuple[list[KnowledgeBase], list[str]]:
     """(the visible ones, the ids that are missing or not visible)."""
-    found: list[KnowledgeBase] = []
-    missing: list[str] = []
-    for kb_id in dict.fromkeys(str(i) for i in kb_ids):
-        kb = knowledge_base_get_for_user(user=user, kb_id=kb_id)
-        if kb is None:
-            missing.append(kb_id)
-        else:
-            found.append(kb)
-    return found, missing
+    wanted = list(dict.fromkeys(str(i) for i in kb_ids))
+    valid = [kb_id for kb_id in wanted if is_uuid(kb_id)]
+    visible = {str(kb.id): kb for kb in knowledge_bases_visible_to(user).filter(id__in=valid)}
+    return [visible[k] for k in wanted if k in visible], [k for k in wanted if k not in visible]
 
 
 def document_get(*, kb: KnowledgeBase, document_id: Any) -> Document | None:

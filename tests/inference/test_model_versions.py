@@ -243,6 +243,17 @@ def _up(url: str) -> bool:
         return False
 
 
+def submit_long(live: Live, client: ApiUser, *, max_tokens: int) -> dict[str, Any]:
+    """A long generation on the remote version, as a native job."""
+    return dict(
+        httpx.post(
+            f"{live.base_url}/api/v1/jobs",
+            json={"model": REMOTE, "prompt": "Once", "max_tokens": max_tokens, "ignore_eos": True},
+            headers=client.headers,
+        ).json()
+    )
+
+
 def remote_version(url: str, key: str, demo_model_dir: Path, label: str = "tgi") -> ModelVersion:
     return create(label, demo_model_dir, name=REMOTE, backend="tgi", url=url, api_key=key)
 
@@ -266,11 +277,7 @@ def test_tgi_backend_streams_and_cancels(
     # The upstream ran it as a TGI job of its own.
     assert Job.objects.filter(user=upstream_user.user, source="tgi", status=JobStatus.SUCCEEDED).count() == 1
     # Cancel mid-stream: the remote stream closes and the upstream job is cancelled too.
-    submitted = httpx.post(
-        f"{live.base_url}/api/v1/jobs",
-        json={"model": REMOTE, "prompt": "Once", "max_tokens": 200, "ignore_eos": True},
-        headers=client.headers,
-    ).json()
+    submitted = submit_long(live, client, max_tokens=200)
     wait_until(
         lambda: Job.objects.get(id=submitted["id"]).status == JobStatus.RUNNING, timeout=20, what="start"
     )
@@ -307,11 +314,7 @@ def test_tgi_server_going_away_mid_stream_fails_the_job_without_hanging(
     upstream_user, client = make_api_user(), make_api_user()
     version = remote_version(url, upstream_user.key, demo_model_dir, label="flaky")
     loaded(version)
-    submitted = httpx.post(
-        f"{live.base_url}/api/v1/jobs",
-        json={"model": REMOTE, "prompt": "Once", "max_tokens": 480, "ignore_eos": True},
-        headers=client.headers,
-    ).json()
+    submitted = submit_long(live, client, max_tokens=480)
     stream = f"sluice:job:{{{submitted['id']}}}:events"
 
     # Freeze the upstream as soon as the first tokens arrive here, then kill it.
