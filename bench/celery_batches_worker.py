@@ -33,6 +33,7 @@ from django.utils import timezone  # noqa: E402
 from inference.backends.torch_local import TorchCausalLMBackend  # noqa: E402
 from inference.batching import FinishReason, IncrementalDecoder  # noqa: E402
 from inference.engine import SequenceResult  # noqa: E402
+from inference.jobstream import StreamEntry  # noqa: E402
 from inference.models import Job, JobStatus  # noqa: E402
 from inference.registry import default_model  # noqa: E402
 from inference.services import JobParams, job_finish, job_prompt  # noqa: E402
@@ -137,14 +138,10 @@ def static_batch(job_ids: list[str]) -> None:
             outputs[key].append(sampled.token_id)
             delta = decoders[key].push(sampled.token_id)
             texts[key] += delta
-            fields = {
-                "t": "tok",
-                "x": delta,
-                "i": str(sampled.token_id),
-                "lp": "0",
-                "n": str(len(outputs[key])),
-            }
-            items.append((key, token, fields))
+            entry = StreamEntry.token(
+                text=delta, token_ids=[sampled.token_id], logprobs=[0.0], completion_tokens=len(outputs[key])
+            )
+            items.append((key, token, entry))
             if len(outputs[key]) >= params.max_tokens:
                 done.add(key)
                 _finish(

@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from config.embedded import EmbeddedValkey
-from gateway.ratelimit import ADMIT, Capacity, Limits, RateLimiter, Ticket, _ticket_keys
+from inference.admission.ratelimit import ADMIT, Capacity, Limits, RateLimiter, Ticket, _ticket_keys
 
 LIMITS = Limits(
     policy="bench",

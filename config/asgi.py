@@ -13,8 +13,8 @@ from django.core.asgi import get_asgi_application
 # Django must be set up before anything imports models (the consumers do).
 django_asgi_app = get_asgi_application()
 
-from gateway.routing import websocket_urlpatterns  # noqa: E402
-from gateway.ws_auth import WebSocketOriginValidator  # noqa: E402
+from gateway.websocket.origin import WebSocketOriginValidator  # noqa: E402
+from gateway.websocket.routing import websocket_urlpatterns  # noqa: E402
 
 http_app = django_asgi_app
 if settings.SLUICE_SERVE_STATIC:

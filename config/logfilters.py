@@ -11,3 +11,15 @@ class SkipReadinessProbes(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         request = getattr(record, "request", None)
         return getattr(request, "path", "") != "/readyz"
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to every record: the id of the request being served (its
+    ``X-Request-Id``), or ``-`` outside of one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from gateway.middleware import current_request_id
+
+        if not hasattr(record, "request_id"):
+            record.request_id = current_request_id() or "-"
+        return True

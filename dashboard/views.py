@@ -9,8 +9,8 @@ from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from gateway.apis.health import worker_heartbeats
 from inference.models import Job
+from inference.selectors import worker_heartbeats
 
 
 @staff_member_required

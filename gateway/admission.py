@@ -15,7 +15,6 @@ from rest_framework import status
 
 from gateway.errors import ApiError
 from gateway.models import ApiKey
-from gateway.ratelimit import Capacity, Decision, Limits, Outcome, Quota, Ticket
 from gateway.services import (
     admission_abandon,
     admission_attempt,
@@ -23,6 +22,7 @@ from gateway.services import (
     admission_ticket,
     admission_wait,
 )
+from inference.admission.ratelimit import Capacity, Decision, Limits, Outcome, Quota, Ticket
 from inference.registry import ServedModel
 
 HEADERS_ATTR = "_sluice_ratelimit_headers"
@@ -107,8 +107,14 @@ def refusal(decision: Decision, *, cost: int) -> ApiError:
             f"{limits.tokens_per_minute or 'unlimited'} tokens per minute). This request needs {cost} "
             f"tokens. Retry after {headers['Retry-After']}s."
         )
+    tokens_short = decision.remaining_tokens is not None and decision.remaining_tokens < cost
     return ApiError(
-        message, status_code=status.HTTP_429_TOO_MANY_REQUESTS, code="rate_limit_exceeded", headers=headers
+        message,
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        code="rate_limit_exceeded",
+        headers=headers,
+        # OpenAI tells the two apart in `type`; a client backs off differently for each.
+        type="tokens" if tokens_short and not decision.concurrency_blocked else "requests",
     )
 
 
@@ -169,13 +175,24 @@ class Admission:
         admission_abandon(ticket=self.ticket)
 
 
-def admit(*, user: User, api_key: ApiKey | None, model: ServedModel, cost: int) -> Admission:
-    """First attempt: returns an admitted or waiting Admission, raises the refusal."""
+def admit(
+    *,
+    user: User,
+    api_key: ApiKey | None,
+    model: ServedModel | None = None,
+    cost: int,
+    model_name: str | None = None,
+) -> Admission:
+    """First attempt: returns an admitted or waiting Admission, raises the refusal.
+    ``model_name`` without ``model``: a route that is not a generation model (embeddings),
+    limited by the caller's policy only."""
     ticket = admission_ticket(
         user=user,
         api_key=api_key,
-        model=model.name,
-        capacity=Capacity(capacity=model.capacity, queue_cap=model.queue_cap),
+        model=model.name if model is not None else str(model_name),
+        capacity=Capacity(capacity=model.capacity, queue_cap=model.queue_cap)
+        if model is not None
+        else Capacity(),
         cost=cost,
     )
     decision = admission_attempt(ticket=ticket)

@@ -1,5 +1,17 @@
-"""Every error leaves Sluice in OpenAI's envelope:
-``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}``.
+"""Errors in each protocol's own envelope (DESIGN.md §5).
+
+- OpenAI routes (``/v1/...``) and Sluice's own API (``/api/...``):
+  ``{"error": {"message", "type", "param", "code"}}`` with OpenAI's ``type`` values:
+  ``invalid_request_error`` for every 4xx but 429, ``requests`` / ``tokens`` /
+  ``insufficient_quota`` for 429 (as OpenAI tells request and token limits apart),
+  ``server_error`` for 5xx.
+- TGI routes (``/generate``, ``/generate_stream``, ``/``, ``/info``, ``/health``):
+  ``{"error": "<message>", "error_type": ...}`` with TGI's ``error_type`` values
+  (``validation``, ``overloaded``, ``generation``, ``incomplete_generation``), which
+  ``text_generation`` and ``huggingface_hub`` map to their error classes.
+
+Views raise `ApiError` (or DRF's exceptions); each protocol's base view picks its handler.
+URLs nobody routes answer 404 in the envelope of the protocol that owns the prefix.
 """
 
 from __future__ import annotations
@@ -14,36 +26,61 @@ from rest_framework.views import exception_handler
 
 logger = logging.getLogger(__name__)
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    415: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "server_error",
-    503: "overloaded_error",
-}
+
+def openai_type(status_code: int, code: str | None = None) -> str:
+    if status_code == 429:
+        if code in ("daily_budget_exceeded", "insufficient_quota"):
+            return "insufficient_quota"
+        if code == "tokens_limit_exceeded":
+            return "tokens"
+        return "requests"
+    return "invalid_request_error" if status_code < 500 else "server_error"
 
 
 def envelope(
-    message: str, *, status_code: int, code: str | None = None, param: str | None = None
+    message: str,
+    *,
+    status_code: int,
+    code: str | None = None,
+    param: str | None = None,
+    type: str | None = None,
 ) -> dict[str, Any]:
     return {
         "error": {
             "message": message,
-            "type": _TYPES.get(status_code, "invalid_request_error" if status_code < 500 else "server_error"),
+            "type": type or openai_type(status_code, code),
             "param": param,
             "code": code,
         }
     }
 
 
+#: HTTP status -> TGI error_type (what TGI's router answers with that status).
+_TGI_TYPES = {
+    400: "validation",
+    404: "validation",
+    405: "validation",
+    413: "validation",
+    415: "validation",
+    422: "validation",
+    424: "generation",
+    429: "overloaded",
+    500: "generation",
+    503: "overloaded",
+    504: "incomplete_generation",
+}
+
+
+def tgi_envelope(message: str, *, status_code: int, error_type: str | None = None) -> dict[str, Any]:
+    """TGI has no authentication: a 401/403 carries no ``error_type``, so that clients raise
+    their plain HTTP error for it rather than a TGI error class that would mislead."""
+    if error_type is None and status_code in (401, 403):
+        return {"error": message}
+    return {"error": message, "error_type": error_type or _TGI_TYPES.get(status_code, "generation")}
+
+
 class ApiError(exceptions.APIException):
-    """An error with an OpenAI ``code`` and ``param``."""
+    """An error with an OpenAI ``code`` and ``param`` (each protocol renders it its way)."""
 
     def __init__(
         self,
@@ -53,13 +90,29 @@ class ApiError(exceptions.APIException):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        tgi_type: str | None = None,
+        type: str | None = None,
     ) -> None:
         super().__init__(detail=message, code=code)
+        self.openai_type = type
         self.status_code = status_code
         self.message = message
         self.error_code = code
         self.param = param
         self.extra_headers = headers or {}
+        self.tgi_type = tgi_type
+
+    def body(self) -> dict[str, Any]:
+        return envelope(
+            self.message,
+            status_code=self.status_code,
+            code=self.error_code,
+            param=self.param,
+            type=self.openai_type,
+        )
+
+    def tgi_body(self) -> dict[str, Any]:
+        return tgi_envelope(self.message, status_code=self.status_code, error_type=self.tgi_type)
 
 
 def first_error(detail: Any, path: str = "") -> tuple[str, str]:
@@ -80,27 +133,20 @@ def first_error(detail: Any, path: str = "") -> tuple[str, str]:
     return path, str(detail)
 
 
-def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+def as_api_error(exc: Exception, context: dict[str, Any]) -> ApiError:
+    """Any exception a view raised, as an `ApiError` (unexpected ones are logged, and 500)."""
     if isinstance(exc, ApiError):
-        api_response = Response(
-            envelope(exc.message, status_code=exc.status_code, code=exc.error_code, param=exc.param),
-            status=exc.status_code,
-        )
-        for name, value in exc.extra_headers.items():
-            api_response[name] = value
-        return api_response
+        return exc
     handled = exception_handler(exc, context)
     if handled is None:
         logger.exception("unhandled error in %s", context.get("view"))
-        return Response(
-            envelope(
-                "The server had an error while processing your request.",
-                status_code=500,
-                code="internal_error",
-            ),
-            status=500,
+        return ApiError(
+            "The server had an error while processing your request.",
+            status_code=500,
+            code="internal_error",
         )
-    response: Response = handled
+    headers = {k: v for k, v in handled.items() if k.lower() in ("www-authenticate", "retry-after", "allow")}
+    status_code = handled.status_code
     code: str | None = None
     param: str | None = None
     if isinstance(exc, exceptions.ValidationError):
@@ -117,40 +163,87 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
     elif isinstance(exc, exceptions.NotFound):
         message = str(exc.detail)
         code = "not_found"
+    elif isinstance(exc, exceptions.MethodNotAllowed):
+        message = str(exc.detail)
+        code = "method_not_allowed"
+    elif isinstance(exc, exceptions.UnsupportedMediaType):
+        message = str(exc.detail)
+        code = "unsupported_media_type"
+    elif isinstance(exc, exceptions.NotAcceptable):
+        message = str(exc.detail)
+        code = "not_acceptable"
     elif isinstance(exc, exceptions.Throttled):
         message = str(exc.detail)
         code = "rate_limit_exceeded"
+    elif isinstance(exc, exceptions.PermissionDenied):
+        message = str(exc.detail)
+        code = "permission_denied"
     else:
         message = str(getattr(exc, "detail", exc))
-    response.data = envelope(message, status_code=response.status_code, code=code, param=param)
+    return ApiError(message, status_code=status_code, code=code, param=param, headers=headers)
+
+
+def _respond(error: ApiError, body: dict[str, Any]) -> Response:
+    response = Response(body, status=error.status_code)
+    for name, value in error.extra_headers.items():
+        response[name] = value
     return response
 
 
-def _wants_json(request: HttpRequest) -> bool:
-    path = request.path
-    return path.startswith(("/v1/", "/api/", "/generate", "/info", "/health", "/ws/")) or path == "/"
+def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    error = as_api_error(exc, context)
+    return _respond(error, error.body())
+
+
+def tgi_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    error = as_api_error(exc, context)
+    return _respond(error, error.tgi_body())
+
+
+TGI_PATHS = ("/generate", "/generate_stream", "/info", "/health")
+
+
+def is_tgi_path(path: str) -> bool:
+    return path == "/" or any(path == p or path.startswith(p + "/") for p in TGI_PATHS)
+
+
+def api_owned(path: str) -> bool:
+    """Paths whose errors are JSON (the API's), not HTML pages (the admin's, the console's)."""
+    return is_tgi_path(path) or path.startswith(("/v1/", "/api/", "/ws/")) or path in ("/v1", "/api")
+
+
+def json_error(request: HttpRequest, error: ApiError) -> JsonResponse:
+    body = error.tgi_body() if is_tgi_path(request.path) else error.body()
+    response = JsonResponse(body, status=error.status_code)
+    for name, value in error.extra_headers.items():
+        response[name] = value
+    return response
+
+
+def unknown_url(request: HttpRequest, exception: Exception | None = None, **kwargs: Any) -> JsonResponse:
+    return json_error(
+        request,
+        ApiError(f"Unknown URL: {request.method} {request.path}", status_code=404, code="unknown_url"),
+    )
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> Any:
-    if _wants_json(request):
-        return JsonResponse(
-            envelope(f"Unknown URL: {request.method} {request.path}", status_code=404, code="unknown_url"),
-            status=404,
-        )
+    if api_owned(request.path):
+        return unknown_url(request)
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception or Exception("not found"))
 
 
 def server_error(request: HttpRequest) -> Any:
-    if _wants_json(request):
-        return JsonResponse(
-            envelope(
+    if api_owned(request.path):
+        return json_error(
+            request,
+            ApiError(
                 "The server had an error while processing your request.",
                 status_code=500,
                 code="internal_error",
             ),
-            status=500,
         )
     from django.views.defaults import server_error as html_server_error
 

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from gateway.ratelimit import MAX_TIER
+from inference.admission.ratelimit import MAX_TIER
 
 
 class RateLimitPolicy(models.Model):

@@ -9,8 +9,8 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from gateway.models import ApiKey, RateLimitPolicy
-from gateway.ratelimit import Limits
 from gateway.services import hash_key
+from inference.admission.ratelimit import Limits
 
 UNLIMITED = Limits()
 
@@ -27,6 +27,12 @@ def apikey_get_active(*, raw_key: str) -> ApiKey | None:
     if api_key is None or not api_key.is_active or not api_key.user.is_active:
         return None
     return api_key
+
+
+def apikey_still_active(*, api_key_id: int) -> bool:
+    """Whether a key a connection authenticated with earlier may still be used."""
+    api_key = ApiKey.objects.select_related("user").filter(pk=api_key_id, revoked_at__isnull=True).first()
+    return api_key is not None and api_key.is_active and api_key.user.is_active
 
 
 def limits_of(policy: RateLimitPolicy) -> Limits:

@@ -6,12 +6,10 @@ import asyncio
 import hashlib
 import logging
 import secrets
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import redis
 from django.conf import settings
@@ -19,9 +17,10 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from gateway.models import ApiKey, RateLimitPolicy
-from gateway.ratelimit import Capacity, Decision, Outcome, Quota, RateLimiter, Ticket, poll_interval
+from inference.admission.ratelimit import Capacity, Decision, Outcome, Quota, Ticket, poll_interval
+from inference.admission.services import get_limiter
 from inference.metrics import RATELIMIT_DECISIONS
-from inference.store import async_redis, get_redis
+from inference.store import async_redis
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +73,6 @@ def apikey_touch(*, api_key: ApiKey, now: datetime | None = None) -> None:
 
 
 # --- admission ------------------------------------------------------------------------
-
-_limiter: RateLimiter | None = None
-_limiter_lock = threading.Lock()
-
-
-def get_limiter() -> RateLimiter:
-    global _limiter
-    with _limiter_lock:
-        if _limiter is None or _limiter.client is not get_redis():
-            _limiter = RateLimiter(get_redis(), waiter_ttl_s=settings.SLUICE_WAITER_TTL_S)
-        return _limiter
 
 
 def admission_ticket(
@@ -151,18 +139,6 @@ def admission_abandon(*, ticket: Ticket) -> None:
         get_limiter().abandon(ticket)
     except redis.RedisError:
         logger.warning("could not abandon admission ticket %s", ticket.id, exc_info=True)
-
-
-def admission_release(*, grant: dict[str, Any], used_tokens: int, duration_s: float = 0.0) -> bool:
-    """A job ended: free its leases, refund unused tokens. Never raises (the leases expire
-    at the job's deadline anyway)."""
-    if not grant or "lease" not in grant:
-        return False
-    try:
-        return get_limiter().release(grant, used_tokens=used_tokens, duration_s=duration_s)
-    except (redis.RedisError, KeyError, TypeError, ValueError):
-        logger.warning("could not release admission %s", grant.get("lease"), exc_info=True)
-        return False
 
 
 def quota_get(*, user: User, api_key: ApiKey | None) -> Quota:

@@ -199,7 +199,7 @@ class CachedResultAdmin(ModelAdmin):
 
 
 def _heartbeats() -> list[dict[str, Any]]:
-    from gateway.apis.health import worker_heartbeats
+    from inference.selectors import worker_heartbeats
 
     try:
         return worker_heartbeats()

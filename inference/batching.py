@@ -38,6 +38,12 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks, as vLLM's ignore_eos)
+    #: Alternatives reported with each token (OpenAI top_logprobs, TGI top_n_tokens), 0..20.
+    top_logprobs: int = 0
+    #: Report the log-probability of every prompt token (TGI decoder_input_details).
+    prompt_logprobs: bool = False
+    #: Keep a matched stop string in the output (TGI does; OpenAI does not).
+    include_stop: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -201,12 +207,13 @@ class StopMatcher:
     """Finds stop strings in generated text and decides how much text is safe to emit.
 
     Text that could be the beginning of a stop string is held back until it either completes
-    the stop string (then it is dropped, as OpenAI does: the stop string is not returned) or
-    cannot anymore.
+    the stop string (then it is dropped, as OpenAI does: the stop string is not returned, or
+    kept with ``include``, as TGI does) or cannot anymore.
     """
 
-    def __init__(self, stops: Sequence[str]) -> None:
+    def __init__(self, stops: Sequence[str], *, include: bool = False) -> None:
         self.stops = tuple(s for s in stops if s)
+        self.include = include
         self._longest = max((len(s) for s in self.stops), default=0)
         self.text = ""
         self.emitted = 0
@@ -224,12 +231,15 @@ class StopMatcher:
         # Only a window that includes the new text can hold a new match.
         search_from = max(0, self.emitted - self._longest)
         first: int | None = None
+        matched = ""
         for stop in self.stops:
             index = self.text.find(stop, search_from)
             if index != -1 and (first is None or index < first):
-                first = index
+                first, matched = index, stop
         if first is not None:
             self.stopped = True
+            if self.include:
+                first += len(matched)
             self.text = self.text[:first]
             out = self.text[self.emitted :] if first > self.emitted else ""
             self.emitted = len(self.text)

@@ -38,6 +38,10 @@ class StepEvent:
     logprobs: list[float]
     text: str
     completion_tokens: int
+    #: Per token, its alternatives (only when the sequence asked for top_logprobs).
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    #: With the first token, when asked: (prompt token id, log-probability) for the prompt.
+    prompt_logprobs: list[tuple[int, float | None]] | None = None
 
 
 class TokenSink(Protocol):
@@ -114,6 +118,8 @@ class _Active:
     text: str = ""
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[float] = field(default_factory=list)
+    pending_top: list[list[tuple[int, float]]] = field(default_factory=list)
+    pending_prompt: list[tuple[int, float | None]] | None = None
     pending_text: str = ""
     finish: FinishReason | None = None
     error: str | None = None
@@ -244,7 +250,7 @@ class Engine:
             return
         try:
             decoder = IncrementalDecoder(self.backend.decode, [*request.prompt_ids, *request.resume_ids])
-            stops = StopMatcher(request.params.stop)
+            stops = StopMatcher(request.params.stop, include=request.params.include_stop)
             if request.resume_text:
                 stops.text = request.resume_text
                 stops.emitted = len(request.resume_text)
@@ -356,6 +362,10 @@ class Engine:
         act.logprobs.append(sampled.logprob)
         act.pending_ids.append(sampled.token_id)
         act.pending_logprobs.append(sampled.logprob)
+        if act.request.params.top_logprobs:
+            act.pending_top.append(list(sampled.top))
+        if sampled.prompt_logprobs is not None:
+            act.pending_prompt = list(zip(act.request.prompt_ids, sampled.prompt_logprobs, strict=False))
         if sampled.token_id in self.backend.eos_token_ids and not act.request.params.ignore_eos:
             act.finish = FinishReason.STOP
             return
@@ -388,9 +398,12 @@ class Engine:
                         logprobs=act.pending_logprobs,
                         text=act.pending_text,
                         completion_tokens=act.completion_tokens,
+                        top_logprobs=act.pending_top or None,
+                        prompt_logprobs=act.pending_prompt,
                     )
                 )
                 act.pending_ids, act.pending_logprobs, act.pending_text = [], [], ""
+                act.pending_top, act.pending_prompt = [], None
         watch = [
             (act.request.key, act.request.meta)
             for act in (*self._active.values(), *self._waiting.values())

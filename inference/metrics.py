@@ -193,7 +193,7 @@ class FleetCollector:
                 yield counter
 
     def _gauges(self, client: redis.Redis) -> Iterator[Metric]:
-        from gateway.ratelimit import RateLimiter
+        from inference.admission.ratelimit import RateLimiter
         from inference.registry import all_versions
 
         waiting = GaugeMetricFamily(

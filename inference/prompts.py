@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,52 @@ class ModelInfo:
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+
+    @cached_property
+    def _byte_level(self) -> bool:
+        decoder = _read_json(self.path / "tokenizer.json").get("decoder") or {}
+        kinds = {decoder.get("type")} | {d.get("type") for d in decoder.get("decoders", []) or []}
+        return "ByteLevel" in kinds
+
+    def token_text(self, token_id: int) -> str:
+        """One token as text (a byte-level token that is part of a character decodes to U+FFFD,
+        as in vLLM's logprobs); special tokens keep their text."""
+        return str(self.tokenizer.decode([int(token_id)], skip_special_tokens=False))
+
+    def token_bytes(self, token_id: int) -> list[int]:
+        """The UTF-8 bytes a token stands for (OpenAI's ``bytes`` in logprobs): exact for
+        byte-level BPE and SentencePiece byte-fallback tokens, else the text's encoding."""
+        piece = self.tokenizer.id_to_token(int(token_id))
+        if piece is None:
+            return []
+        if self._byte_level:
+            table = _unicode_to_byte()
+            if all(char in table for char in piece):
+                return [table[char] for char in piece]
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            try:
+                return [int(piece[3:5], 16)]
+            except ValueError:
+                pass
+        return list(self.token_text(token_id).encode("utf-8"))
+
+
+@cache
+def _unicode_to_byte() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted: the printable character each byte is shown as."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    codes = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
 
 
 _cache: dict[tuple[str, Path, float, int], ModelInfo] = {}

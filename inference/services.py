@@ -16,22 +16,22 @@ from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from gateway.models import ApiKey
-from gateway.ratelimit import MAX_TIER
-from gateway.services import admission_release
+from inference.admission.ratelimit import MAX_TIER
+from inference.admission.services import admission_release
 from inference.batching import FinishReason, SamplingParams, SequenceRequest
 from inference.cache import cache_key, is_deterministic, replay_deltas, result_cache_get, result_cache_put
 from inference.chat.prompting import ContextPassage, assemble, profile_text
-from inference.chat.selectors import profile_attributes, session_history
+from inference.chat.selectors import profile_attributes, response_history, session_history
 from inference.chat.services import session_record_turn
 from inference.engine import SequenceResult
+from inference.jobstream import StreamEntry
 from inference.models import CachedResult, Job, JobKind, JobStatus
 from inference.prompts import ChatTemplateError, ModelFilesError
 from inference.rag.selectors import Hit, chunks_search
 from inference.rag.services import local_embedder
 from inference.registry import ServedModel, queue_for, version_by_id, version_queue
 from inference.store import get_streams
-from inference.streams import Progress, citation_fields, end_fields
+from inference.streams import Progress
 from inference.textutil import pg_safe
 from inference.versions import version_record_outcome
 
@@ -51,9 +51,17 @@ class JobParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    #: Alternatives per generated token (OpenAI top_logprobs, TGI top_n_tokens).
+    top_logprobs: int = 0
+    #: Log-probabilities of the prompt's tokens (TGI decoder_input_details).
+    prompt_logprobs: bool = False
+    #: Keep a matched stop string in the output (TGI routes).
+    include_stop: bool = False
+    #: Keep only the last ``truncate`` prompt tokens (TGI truncate); None: the whole prompt.
+    truncate: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -62,9 +70,20 @@ class JobParams:
             "stop": list(self.stop),
             "ignore_eos": self.ignore_eos,
         }
+        # Only when set: jobs (and result-cache keys) of plain requests keep their old shape.
+        if self.top_logprobs:
+            data["top_logprobs"] = self.top_logprobs
+        if self.prompt_logprobs:
+            data["prompt_logprobs"] = True
+        if self.include_stop:
+            data["include_stop"] = True
+        if self.truncate is not None:
+            data["truncate"] = self.truncate
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobParams:
+        truncate = data.get("truncate")
         return cls(
             max_tokens=int(data["max_tokens"]),
             temperature=float(data.get("temperature", 1.0)),
@@ -73,9 +92,13 @@ class JobParams:
             seed=data.get("seed"),
             stop=tuple(data.get("stop") or ()),
             ignore_eos=bool(data.get("ignore_eos", False)),
+            top_logprobs=int(data.get("top_logprobs") or 0),
+            prompt_logprobs=bool(data.get("prompt_logprobs", False)),
+            include_stop=bool(data.get("include_stop", False)),
+            truncate=int(truncate) if truncate is not None else None,
         )
 
-    def sampling(self) -> SamplingParams:
+    def sampling(self, *, prompt_logprobs: bool | None = None) -> SamplingParams:
         return SamplingParams(
             max_new_tokens=self.max_tokens,
             temperature=self.temperature,
@@ -84,6 +107,9 @@ class JobParams:
             seed=self.seed,
             stop=self.stop,
             ignore_eos=self.ignore_eos,
+            top_logprobs=self.top_logprobs,
+            prompt_logprobs=self.prompt_logprobs if prompt_logprobs is None else prompt_logprobs,
+            include_stop=self.include_stop,
         )
 
 
@@ -103,7 +129,14 @@ def job_prompt(*, job: Job, model: ServedModel) -> PromptPlan:
     the request's messages — trimmed to the context window minus ``max_tokens``."""
     info = model.info
     if job.kind != JobKind.CHAT:
-        plan = PromptPlan(prompt_ids=info.completion_prompt_ids(job.input["prompt"]))
+        if "prompt_ids" in job.input:  # a client that sent token ids
+            ids = [int(i) for i in job.input["prompt_ids"]]
+        else:
+            ids = info.completion_prompt_ids(job.input["prompt"])
+        truncate = job.params.get("truncate")
+        if truncate:
+            ids = ids[-int(truncate) :]  # TGI's truncate: keep the end of the prompt
+        plan = PromptPlan(prompt_ids=ids)
     else:
         plan = _chat_prompt(job=job, model=model)
     if is_deterministic(job.params):
@@ -114,8 +147,15 @@ def job_prompt(*, job: Job, model: ServedModel) -> PromptPlan:
 def _chat_prompt(*, job: Job, model: ServedModel) -> PromptPlan:
     info = model.info
     new_messages: list[dict[str, str]] = job.input["messages"]
+    if job.input.get("instructions"):  # Responses: instructions lead, and are not history
+        new_messages = [{"role": "system", "content": job.input["instructions"]}, *new_messages]
     kb_ids = [str(i) for i in job.input.get("knowledge_base_ids") or []]
-    history = session_history(session_id=job.session_id) if job.session_id else []
+    if job.session_id:
+        history = session_history(session_id=job.session_id)
+    elif job.previous_id:
+        history = response_history(job_id=job.previous_id)
+    else:
+        history = []
     hits: list[Hit] = []
     if kb_ids:
         query = next((m["content"] for m in reversed(new_messages) if m["role"] == "user"), "")
@@ -146,7 +186,7 @@ def _chat_prompt(*, job: Job, model: ServedModel) -> PromptPlan:
 def job_create(
     *,
     user: User,
-    api_key: ApiKey | None,
+    api_key_id: int | None,
     model: ServedModel,
     kind: str,
     input: dict[str, Any],
@@ -156,19 +196,23 @@ def job_create(
     priority: int = 0,
     admission: dict[str, Any] | None = None,
     session_id: uuid.UUID | str | None = None,
+    request_id: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> Job:
     """Persist a job and queue it once the row is committed (never before: a worker could
     otherwise pick up a job id that does not exist yet).
 
-    ``admission`` is the grant of an admitted request (gateway.ratelimit.Ticket.grant): if
-    the job cannot be created, it is released here; once created, the job releases it when it
-    ends."""
+    ``admission`` is the grant of an admitted request (inference.admission.ratelimit.Ticket.grant):
+    if the job cannot be created, it is released here; once created, the job releases it when
+    it ends. ``extra``: protocol fields of the row (``previous_id``, ``store``, ``background``,
+    ``metadata``)."""
     now = timezone.now()
+    extra = extra or {}
     try:
         with transaction.atomic():
             job = Job.objects.create(
                 user=user,
-                api_key=api_key,
+                api_key_id=api_key_id,
                 model=model.name,
                 kind=kind,
                 input=input,
@@ -180,6 +224,11 @@ def job_create(
                 session_id=session_id,
                 model_version_id=model.version_id,
                 deadline_at=now + timedelta(seconds=settings.SLUICE_JOB_TIMEOUT_S),
+                request_id=request_id[:128],
+                previous_id=extra.get("previous_id"),
+                store=bool(extra.get("store", True)),
+                background=bool(extra.get("background", False)),
+                metadata=extra.get("metadata") or {},
             )
             # The stream exists before anyone can read it; a Redis failure rolls the row back.
             get_streams().open(str(job.id))
@@ -190,6 +239,7 @@ def job_create(
         if admission:
             admission_release(grant=admission, used_tokens=0)
         raise
+    logger.info("job %s created for %s (request %s)", job.id, model.key, request_id or "-")
     return job
 
 
@@ -224,13 +274,20 @@ def job_cancel(*, job: Job) -> Job:
     if updated:
         streams.finish(
             str(job.id),
-            end_fields(status=JobStatus.CANCELLED, finish_reason=FinishReason.CANCELLED.value, usage=None),
+            StreamEntry.end(
+                status=JobStatus.CANCELLED, finish_reason=FinishReason.CANCELLED.value, usage=None
+            ),
         )
         _release_admission(job, used_tokens=0, ran=False)
     else:
         streams.request_cancel(str(job.id))
     job.refresh_from_db()
     return job
+
+
+def job_soft_delete(*, job: Job) -> None:
+    """Hide a job from its owner (Responses DELETE); the row stays for usage and audit."""
+    Job.objects.filter(id=job.id, deleted_at__isnull=True).update(deleted_at=timezone.now())
 
 
 # --- worker side ----------------------------------------------------------------------
@@ -346,7 +403,7 @@ def _run_on(*, job: Job, token: str, model: ServedModel, engine: Any) -> None:
             job=job, token=token, status=JobStatus.FAILED, reason="error", error=f"bad input: {exc}"
         )
         return
-    if not streams.append(job_id, {"t": "start", "a": str(attempt)}, lease_token=token):
+    if not streams.append(job_id, StreamEntry.start(attempt), lease_token=token):
         return
     progress = streams.progress(job_id) if attempt > 1 else Progress()
     cached = None
@@ -357,7 +414,7 @@ def _run_on(*, job: Job, token: str, model: ServedModel, engine: Any) -> None:
     if plan.citations and not progress.cited:
         # Before any token: clients show the sources first.
         Job.objects.filter(id=job.id).update(citations=plan.citations)
-        streams.append(job_id, citation_fields(plan.citations), lease_token=token)
+        streams.append(job_id, StreamEntry.cite(plan.citations), lease_token=token)
     if cached is not None:
         _finish_from_cache(job=job, token=token, entry=cached, model=model)
         return
@@ -367,7 +424,9 @@ def _run_on(*, job: Job, token: str, model: ServedModel, engine: Any) -> None:
     request = SequenceRequest(
         key=job_id,
         prompt_ids=prompt_ids,
-        params=params.sampling(),
+        # A redelivered job whose first attempt already streamed the prompt's log-probabilities
+        # does not compute them again.
+        params=params.sampling(prompt_logprobs=params.prompt_logprobs and not progress.prompt_logprobs_sent),
         resume_ids=progress.token_ids,
         resume_text=progress.text,
         deadline=time.monotonic() + remaining,
@@ -425,18 +484,27 @@ def _finish_from_cache(*, job: Job, token: str, entry: CachedResult, model: Serv
     streams = get_streams()
     # Token by token, as the original streamed, in one round trip per 256 tokens.
     deltas = replay_deltas(output_text=entry.output_text, token_ids=entry.token_ids, decode=model.info.decode)
-    items: list[tuple[str, str, dict[str, str] | None]] = []
+    items: list[tuple[str, str, StreamEntry | None]] = []
     for position, (token_id, text) in enumerate(deltas):
         logprob = entry.logprobs[position] if position < len(entry.logprobs) else 0.0
-        fields = {"t": "tok", "x": text, "i": "", "lp": "", "n": str(position + 1)}
-        if token_id >= 0:
-            fields.update(i=str(token_id), lp=f"{logprob:.5g}")
-        items.append((str(job.id), token, fields))
+        known = token_id >= 0
+        items.append(
+            (
+                str(job.id),
+                token,
+                StreamEntry.token(
+                    text=text,
+                    token_ids=[token_id] if known else [],
+                    logprobs=[logprob] if known else [],
+                    completion_tokens=position + 1,
+                ),
+            )
+        )
     for start in range(0, len(items), 256):
         streams.publish(items[start : start + 256])
     streams.finish(
         str(job.id),
-        end_fields(
+        StreamEntry.end(
             status=JobStatus.SUCCEEDED, finish_reason=entry.finish_reason, usage=usage, cache_hit=True
         ),
         lease_token=token,
@@ -464,7 +532,7 @@ def _finish_without_run(
     if updated:
         get_streams().finish(
             str(job.id),
-            end_fields(status=status, finish_reason=reason, usage=None, error=error),
+            StreamEntry.end(status=status, finish_reason=reason, usage=None, error=error),
             lease_token=token,
         )
         # A first attempt generated nothing; a later one may have streamed tokens before.
@@ -524,7 +592,7 @@ def job_finish(
         return False
     get_streams().finish(
         str(job.id),
-        end_fields(status=status, finish_reason=reason, usage=usage, error=result.error or ""),
+        StreamEntry.end(status=status, finish_reason=reason, usage=usage, error=result.error or ""),
         lease_token=token,
     )
     output = pg_safe(progress.text + result.text)
@@ -556,7 +624,8 @@ def job_fail(*, job_id: uuid.UUID | str, error: str, reason: str = "error") -> b
     )
     if updated:
         get_streams().finish(
-            str(job_id), end_fields(status=JobStatus.FAILED, finish_reason=reason, usage=None, error=error)
+            str(job_id),
+            StreamEntry.end(status=JobStatus.FAILED, finish_reason=reason, usage=None, error=error),
         )
         job = Job.objects.filter(id=job_id).only("id", "admission", "queued_at").first()
         if job is not None and job.admission:

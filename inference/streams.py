@@ -1,8 +1,7 @@
 """Redis keys of a job: its token stream, its worker lease and its cancel flag.
 
 - ``sluice:job:{id}:events`` is a Redis Stream. Entry ids are the resume cursor (SSE
-  ``Last-Event-ID``). Entries: ``queued`` (at acceptance), ``start`` (each attempt), ``tok``
-  (new text and token ids of one engine step), ``end`` (final status, written after the row).
+  ``Last-Event-ID``); the entries' format is `inference.jobstream.StreamEntry`.
 - ``sluice:job:{id}:lease`` names the worker attempt that owns the job; it expires unless
   renewed, so a dead worker's job can be taken over. Appends are fenced by it: a worker that
   lost its lease cannot write into the stream any more.
@@ -14,7 +13,6 @@ written with a TTL. No Django here (the engine's sink runs in the engine thread)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import redis
 
 from inference.engine import StepEvent
+from inference.jobstream import EntryKind, StreamEntry
 
 # Append one entry per sequence (fenced by its lease) and report cancel flags / lost leases,
 # for a whole batch in one round trip. KEYS per sequence: stream, lease, cancel.
@@ -84,43 +83,6 @@ def requeue_key(job_id: str) -> str:
     return f"sluice:job:{{{job_id}}}:requeued"
 
 
-def decode_fields(fields: dict[Any, Any]) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
-        for k, v in fields.items()
-    }
-
-
-def token_fields(event: StepEvent) -> dict[str, str]:
-    return {
-        "t": "tok",
-        "x": event.text,
-        "i": ",".join(str(i) for i in event.token_ids),
-        "lp": ",".join(f"{lp:.5g}" for lp in event.logprobs),
-        "n": str(event.completion_tokens),
-    }
-
-
-def end_fields(
-    *, status: str, finish_reason: str, usage: dict[str, int] | None, error: str = "", cache_hit: bool = False
-) -> dict[str, str]:
-    fields = {
-        "t": "end",
-        "s": status,
-        "f": finish_reason,
-        "u": json.dumps(usage) if usage is not None else "",
-        "e": error,
-    }
-    if cache_hit:
-        fields["ch"] = "1"
-    return fields
-
-
-def citation_fields(citations: list[dict[str, Any]]) -> dict[str, str]:
-    """The sources retrieved into the prompt, streamed before the first token."""
-    return {"t": "cite", "c": json.dumps(citations, separators=(",", ":"))}
-
-
 @dataclass
 class Progress:
     """What earlier attempts of a job already streamed (to resume after a redelivery)."""
@@ -130,6 +92,7 @@ class Progress:
     text: str = ""
     ended: bool = False
     cited: bool = False
+    prompt_logprobs_sent: bool = False
 
 
 class JobStreams:
@@ -150,35 +113,36 @@ class JobStreams:
 
     def open(self, job_id: str) -> str:
         pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(stream_key(job_id), {"t": "queued"})
+        pipe.xadd(stream_key(job_id), StreamEntry.queued().encode())  # type: ignore[arg-type]
         pipe.expire(stream_key(job_id), self.open_ttl_s)
         entry_id, _ = pipe.execute()
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-    def append(self, job_id: str, fields: dict[str, str], *, lease_token: str = "") -> bool:
+    def append(self, job_id: str, entry: StreamEntry, *, lease_token: str = "") -> bool:
         """Append one entry; with a lease token, only while that lease is held."""
-        result = self._run_step([(job_id, lease_token, fields)])
+        result = self._run_step([(job_id, lease_token, entry)])
         return result[0] != 2
 
-    def publish(self, items: Sequence[tuple[str, str, dict[str, str] | None]]) -> list[int]:
-        """Batch append: (job id, lease token, fields or None). Returns 0 ok, 1 cancel, 2 lease lost."""
+    def publish(self, items: Sequence[tuple[str, str, StreamEntry | None]]) -> list[int]:
+        """Batch append: (job id, lease token, entry or None). Returns 0 ok, 1 cancel, 2 lease lost."""
         return self._run_step(items)
 
-    def _run_step(self, items: Sequence[tuple[str, str, dict[str, str] | None]]) -> list[int]:
+    def _run_step(self, items: Sequence[tuple[str, str, StreamEntry | None]]) -> list[int]:
         if not items:
             return []
         keys: list[str] = []
         args: list[Any] = [self.open_ttl_s, len(items)]
-        for job_id, lease_token, fields in items:
+        for job_id, lease_token, entry in items:
+            fields = entry.encode() if entry is not None else {}
             keys += [stream_key(job_id), lease_key(job_id), cancel_key(job_id)]
-            args += [lease_token, len(fields or {})]
-            for name, value in (fields or {}).items():
+            args += [lease_token, len(fields)]
+            for name, value in fields.items():
                 args += [name, value]
         return [int(x) for x in self._step(keys=keys, args=args)]
 
-    def finish(self, job_id: str, fields: dict[str, str], *, lease_token: str = "") -> bool:
+    def finish(self, job_id: str, entry: StreamEntry, *, lease_token: str = "") -> bool:
         """Append the end entry and start the retention clock."""
-        ok = self.append(job_id, fields, lease_token=lease_token)
+        ok = self.append(job_id, entry, lease_token=lease_token)
         if ok:
             self.client.expire(stream_key(job_id), self.stream_ttl_s)
         return ok
@@ -186,18 +150,18 @@ class JobStreams:
     def progress(self, job_id: str) -> Progress:
         progress = Progress()
         entries: Any = self.client.xrange(stream_key(job_id))
-        for _, raw in entries:
-            fields = decode_fields(raw)
-            kind = fields.get("t")
-            if kind == "tok":
-                if fields.get("i"):
-                    progress.token_ids += [int(i) for i in fields["i"].split(",")]
-                if fields.get("lp"):
-                    progress.logprobs += [float(x) for x in fields["lp"].split(",")]
-                progress.text += fields.get("x", "")
-            elif kind == "end":
+        for entry_id, raw in entries:
+            entry = StreamEntry.decode(entry_id, raw)
+            if entry.kind == EntryKind.TOKEN:
+                progress.token_ids += entry.token_ids
+                progress.logprobs += entry.logprobs
+                progress.text += entry.text
+                progress.prompt_logprobs_sent = progress.prompt_logprobs_sent or (
+                    entry.prompt_logprobs is not None
+                )
+            elif entry.kind == EntryKind.END:
                 progress.ended = True
-            elif kind == "cite":
+            elif entry.kind == EntryKind.CITATIONS:
                 progress.cited = True
         return progress
 
@@ -240,10 +204,18 @@ class RedisTokenSink:
     def publish(
         self, events: Sequence[StepEvent], watch: Sequence[tuple[str, dict[str, Any]]]
     ) -> dict[str, str]:
-        items: list[tuple[str, str, dict[str, str] | None]] = []
+        items: list[tuple[str, str, StreamEntry | None]] = []
         seen: set[str] = set()
         for event in events:
-            items.append((event.key, str(event.meta.get("lease", "")), token_fields(event)))
+            entry = StreamEntry.token(
+                text=event.text,
+                token_ids=event.token_ids,
+                logprobs=event.logprobs,
+                completion_tokens=event.completion_tokens,
+                top_logprobs=event.top_logprobs,
+                prompt_logprobs=event.prompt_logprobs,
+            )
+            items.append((event.key, str(event.meta.get("lease", "")), entry))
             seen.add(event.key)
         for key, meta in watch:
             if key not in seen:

@@ -32,8 +32,8 @@ def ingest_document(document_id: str, revision: int) -> None:
     document_ingest(document_id=document_id, revision=revision)
 
 
-@shared_task(name="inference.embed_query", ignore_result=True)
-def embed_query(rpc_id: str, text: str) -> None:
-    from inference.rag.services import embed_query_answer
+@shared_task(name="inference.embed_batch", ignore_result=True)
+def embed_batch(rpc_id: str, inputs: list[Any]) -> None:
+    from inference.rag.services import embed_batch_answer
 
-    embed_query_answer(rpc_id=rpc_id, text=text)
+    embed_batch_answer(rpc_id=rpc_id, inputs=inputs)

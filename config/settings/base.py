@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's assets, served locally (no CDN)
     "django_prometheus",
     "gateway",
     "inference",
@@ -37,6 +38,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "gateway.middleware.RequestIdMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -96,10 +98,18 @@ CACHES = {
     }
 }
 
+
+def channel_layer_hosts(url: str) -> list[dict[str, Any]]:
+    """channels-redis blocks in BZPOPMIN for 5 s per receive; redis-py 8's default socket
+    timeout is also 5 s, so the read raced the timeout and every WebSocket died with a
+    TimeoutError about 5 s after it opened. The layer's reads must outlast its blocking pops."""
+    return [{"address": url, "socket_timeout": 60, "socket_keepalive": True, "health_check_interval": 30}]
+
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "sluice:asgi"},
+        "CONFIG": {"hosts": channel_layer_hosts(REDIS_URL), "prefix": "sluice:asgi"},
     }
 }
 
@@ -131,6 +141,10 @@ REST_FRAMEWORK = {
 }
 
 SPECTACULAR_SETTINGS = {
+    # Swagger UI and Redoc from drf-spectacular-sidecar's static files: /api/docs/ works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "TITLE": "Sluice",
     "DESCRIPTION": "LLM inference gateway: OpenAI- and TGI-compatible APIs plus native async jobs.",
     "VERSION": "0.1.0",
@@ -191,6 +205,8 @@ SLUICE_WORKER_SWITCH_INTERVAL_S = env.get_float("SLUICE_WORKER_SWITCH_INTERVAL_S
 # --- Knowledge bases, sessions, result cache ---
 SLUICE_WORKER_ROLE = env.get_str("SLUICE_WORKER_ROLE", "model")  # model | embeddings
 SLUICE_EMBEDDING_MODEL_PATH = str(env.embedding_model_path())
+# The embedding model's name in /v1/models and /v1/embeddings.
+SLUICE_EMBEDDING_MODEL_NAME = env.get_str("SLUICE_EMBEDDING_MODEL_NAME", "all-MiniLM-L6-v2")
 SLUICE_EMBEDDING_THREADS = env.get_int("SLUICE_EMBEDDING_THREADS", 1)
 SLUICE_EMBEDDING_QUEUE = "sluice.embeddings"  # = config.processes.EMBEDDINGS_QUEUE
 SLUICE_EMBEDDING_RPC_TIMEOUT_S = env.get_float("SLUICE_EMBEDDING_RPC_TIMEOUT_S", 10.0)
@@ -221,7 +237,7 @@ SLUICE_TGI_RETRIES = env.get_int("SLUICE_TGI_RETRIES", 3)
 SLUICE_TGI_BACKOFF_S = env.get_float("SLUICE_TGI_BACKOFF_S", 0.5)
 SLUICE_TGI_TIMEOUT_S = env.get_float("SLUICE_TGI_TIMEOUT_S", 30.0)
 
-# --- Admission (gateway/ratelimit.py) ---
+# --- Admission (inference/admission/ratelimit.py) ---
 SLUICE_POLICY_CACHE_S = env.get_float("SLUICE_POLICY_CACHE_S", 2.0)  # admin edits apply within this
 SLUICE_WAITER_TTL_S = env.get_float("SLUICE_WAITER_TTL_S", 5.0)  # a waiter that stops polling leaves
 # Per served model: jobs in flight before new requests wait in the fair waiting room, and
@@ -235,9 +251,21 @@ LOG_LEVEL = env.get_str("SLUICE_LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s"}},
-    "filters": {"skip_readyz": {"()": "config.logfilters.SkipReadinessProbes"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "stream": sys.stderr, "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d [%(request_id)s]: %(message)s"}
+    },
+    "filters": {
+        "skip_readyz": {"()": "config.logfilters.SkipReadinessProbes"},
+        "request_id": {"()": "config.logfilters.RequestIdFilter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "stream": sys.stderr,
+            "formatter": "plain",
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.request": {"level": "ERROR", "filters": ["skip_readyz"]},

@@ -13,7 +13,7 @@ import dj_database_url
 from config import env
 from config.embedded import test_services
 from config.settings.base import *  # noqa: F403
-from config.settings.base import CACHES, CHANNEL_LAYERS, DATABASES, LOGGING
+from config.settings.base import CACHES, CHANNEL_LAYERS, DATABASES, LOGGING, channel_layer_hosts
 
 TEST_DATABASE_URL, REDIS_URL = test_services()
 
@@ -22,7 +22,10 @@ DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 16, "time
 DATABASES["default"]["TEST"] = {"NAME": env.get_str("SLUICE_TEST_DATABASE_NAME", "test_sluice")}
 CACHES = {"default": {**CACHES["default"], "LOCATION": REDIS_URL}}
 CHANNEL_LAYERS = {
-    "default": {**CHANNEL_LAYERS["default"], "CONFIG": {"hosts": [REDIS_URL], "prefix": "sluice:asgi"}}
+    "default": {
+        **CHANNEL_LAYERS["default"],
+        "CONFIG": {"hosts": channel_layer_hosts(REDIS_URL), "prefix": "sluice:asgi"},
+    }
 }
 CELERY_BROKER_URL = REDIS_URL
 

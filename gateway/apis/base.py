@@ -1,4 +1,12 @@
-"""The base of every authenticated API view: ``x-ratelimit-*`` headers on every response."""
+"""The base of every authenticated API view.
+
+- ``x-ratelimit-*`` headers on every response (OpenAI's names).
+- Errors as JSON even when the client asked for ``text/event-stream`` (negotiation picked
+  the event-stream renderer, which only exists so that EventSource gets past DRF's 406).
+- A streaming response leaves no database connection behind: Django's ASGI handler returns
+  a request's connection only in ``response.close()``, which it skips when the stream raises,
+  and the header lookup here may have opened one after the view closed its own.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +15,16 @@ from typing import Any
 
 import redis
 from django.contrib.auth.models import User
+from django.db import DatabaseError
+from django.http import StreamingHttpResponse
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gateway.admission import HEADERS_ATTR, ratelimit_headers
+from gateway.sse import EventStreamRenderer
+from inference.client import release_connection
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +32,11 @@ logger = logging.getLogger(__name__)
 class GatewayApiView(APIView):
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         # `Any`: DRF's stubs say Response, but streaming views return a StreamingHttpResponse.
+        if isinstance(response, Response) and isinstance(
+            getattr(request, "accepted_renderer", None), EventStreamRenderer
+        ):
+            request.accepted_renderer = JSONRenderer()
+            request.accepted_media_type = JSONRenderer.media_type
         response = super().finalize_response(request, response, *args, **kwargs)
         headers: dict[str, str] | None = getattr(request, HEADERS_ATTR, None)
         # `_user`, not `user`: reading `user` would re-run authentication after it failed.
@@ -28,9 +47,17 @@ class GatewayApiView(APIView):
 
             try:
                 headers = ratelimit_headers(quota_get(user=user, api_key=request_api_key(request)))
-            except redis.RedisError:
+            except (redis.RedisError, DatabaseError):
                 logger.warning("rate-limit state unavailable for headers", exc_info=True)
         for name, value in (headers or {}).items():
             if name not in response:
                 response[name] = value
+        if isinstance(response, StreamingHttpResponse):
+            release_connection()
         return response
+
+
+class StreamingApiView(GatewayApiView):
+    """A route that may answer with a stream: ``Accept: text/event-stream`` is fine."""
+
+    renderer_classes = [JSONRenderer, EventStreamRenderer]

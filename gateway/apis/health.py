@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.db import connection
@@ -12,20 +11,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from inference.registry import served_models
+from inference.selectors import worker_heartbeats
 from inference.store import get_redis
 
 
-def worker_heartbeats() -> list[dict[str, Any]]:
-    client = get_redis()
-    beats = []
-    for key in client.scan_iter(match="sluice:worker:*", count=100):
-        raw = client.get(key)
-        if raw:
-            beats.append(json.loads(raw))
-    return beats
-
-
-class HealthApi(APIView):
+class HealthzApi(APIView):
     permission_classes: list[Any] = []
     authentication_classes: list[Any] = []
 

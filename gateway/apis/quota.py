@@ -9,8 +9,8 @@ from rest_framework.response import Response
 from gateway.admission import HEADERS_ATTR, ratelimit_headers
 from gateway.apis.base import GatewayApiView
 from gateway.auth import request_api_key, request_user
-from gateway.ratelimit import seconds_to_midnight
 from gateway.services import quota_get
+from inference.admission.ratelimit import seconds_to_midnight
 
 
 def _unlimited(value: int) -> int | None:

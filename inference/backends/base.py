@@ -15,10 +15,18 @@ from inference.batching import SamplingParams
 
 @dataclass(frozen=True)
 class Sampled:
-    """One generated token and its log-probability under the model."""
+    """One generated token and its log-probability under the model.
+
+    ``top``: the most likely tokens at this position with their log-probabilities, most likely
+    first (as many as the sequence's ``top_logprobs`` asks for; empty otherwise).
+    ``prompt_logprobs``: on a sequence's first token only, when its ``prompt_logprobs`` is set:
+    the log-probability of every prompt token given the ones before it (None for the first).
+    """
 
     token_id: int
     logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+    prompt_logprobs: tuple[float | None, ...] | None = None
 
 
 class ModelBackend(ABC):

@@ -44,6 +44,30 @@ class Embedder:
             )
         return np.asarray(vectors, dtype=np.float32)
 
+    def embed_ids(self, id_lists: Sequence[Sequence[int]], *, max_tokens: int) -> np.ndarray:
+        """Embeddings of token ids of this model's tokenizer, as given (cut at ``max_tokens``):
+        the model's own modules (transformer, pooling, normalization) on a padded batch."""
+        import torch
+
+        if not id_lists:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        rows = [list(ids)[:max_tokens] for ids in id_lists]
+        width = max(len(row) for row in rows)
+        input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for index, row in enumerate(rows):
+            input_ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[index, : len(row)] = 1
+        features = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "token_type_ids": torch.zeros_like(input_ids),
+        }
+        with self._encode_lock, torch.inference_mode():
+            output = self.model(features)["sentence_embedding"]
+            output = torch.nn.functional.normalize(output.float(), dim=-1)
+        return np.asarray(output.cpu().numpy(), dtype=np.float32)
+
 
 def get_embedder(path: str | Path, *, threads: int = 0) -> Embedder:
     key = str(path)

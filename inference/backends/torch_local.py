@@ -267,6 +267,11 @@ class TorchCausalLMBackend(ModelBackend):
                 todo.append((key, list(ids), param))
         if len(self.keys) + len(todo) > self.max_batch_size:
             raise RuntimeError("batch is full")
+        # A sequence that wants its prompt's log-probabilities needs logits at every position:
+        # it is prefilled alone, so that the others keep computing only the last one.
+        for item in [item for item in todo if item[2].prompt_logprobs]:
+            results.update(self._prefill_chunk([item], all_logits=True))
+        todo = [item for item in todo if not item[2].prompt_logprobs]
         # Similar lengths together waste less padding; chunks bound the prefill's memory.
         todo.sort(key=lambda item: len(item[1]))
         chunk: list[tuple[str, list[int], SamplingParams]] = []
@@ -292,7 +297,7 @@ class TorchCausalLMBackend(ModelBackend):
 
     @torch.inference_mode()
     def _prefill_chunk(
-        self, chunk: list[tuple[str, list[int], SamplingParams]]
+        self, chunk: list[tuple[str, list[int], SamplingParams]], *, all_logits: bool = False
     ) -> dict[str, Sampled | Exception]:
         k = len(chunk)
         lengths = [len(ids) for _, ids, _ in chunk]
@@ -310,14 +315,20 @@ class TorchCausalLMBackend(ModelBackend):
         mask = ((causal & valid) | diagonal)[:, None]
 
         tmp = self._new_cache(rows=k, cols=width)
-        logits = self.model(
+        output_logits = self.model(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device),
             past_key_values=tmp,
             use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1, :]
+            logits_to_keep=0 if all_logits else 1,
+        ).logits
+        logits = output_logits[:, -1, :]
+        prompt_logprobs: list[tuple[float | None, ...] | None] = [None] * k
+        if all_logits:
+            for row in range(k):
+                prompt_logprobs[row] = _prompt_logprobs(output_logits[row], input_ids[row], pads[row])
+            del output_logits
         tmp.t = width
 
         self._make_room(new_rows=k, width=width)
@@ -335,6 +346,8 @@ class TorchCausalLMBackend(ModelBackend):
         results: dict[str, Sampled | Exception] = {}
         for row, (key, _, param) in enumerate(chunk):
             outcome = sampled[row]
+            if not isinstance(outcome, Exception) and prompt_logprobs[row] is not None:
+                outcome = Sampled(outcome.token_id, outcome.logprob, outcome.top, prompt_logprobs[row])
             results[key] = outcome
             if isinstance(outcome, Exception):
                 continue
@@ -458,10 +471,22 @@ class TorchCausalLMBackend(ModelBackend):
                     tokens[row] = outcome
         chosen = tokens.tolist()
         chosen_logprobs = logprobs.gather(1, tokens[:, None])[:, 0].tolist()
+        top: list[tuple[tuple[int, float], ...]] = [()] * len(params)
+        wanted = max((param.top_logprobs for param in params), default=0)
+        if wanted > 0:
+            values, indices = torch.topk(logprobs, min(wanted, logprobs.shape[-1]), dim=-1)
+            values_l, indices_l = values.tolist(), indices.tolist()
+            for row, param in enumerate(params):
+                if param.top_logprobs:
+                    count = param.top_logprobs
+                    top[row] = tuple(
+                        (int(i), float(v))
+                        for i, v in zip(indices_l[row][:count], values_l[row][:count], strict=True)
+                    )
         return [
             failed[row]
             if row in failed
-            else Sampled(token_id=int(chosen[row]), logprob=float(chosen_logprobs[row]))
+            else Sampled(token_id=int(chosen[row]), logprob=float(chosen_logprobs[row]), top=top[row])
             for row in range(len(params))
         ]
 
@@ -499,6 +524,19 @@ class TorchCausalLMBackend(ModelBackend):
         del self.model
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _prompt_logprobs(logits: torch.Tensor, ids: torch.Tensor, pad: int) -> tuple[float | None, ...]:
+    """log p(token i | tokens before it) for a prompt row (left-padded by ``pad``); the first
+    token has none. Computed in slices: a long prompt's full log-softmax would be large."""
+    values: list[float | None] = [None]
+    width = logits.shape[0]
+    for start in range(pad, width - 1, 256):
+        stop = min(width - 1, start + 256)
+        block = torch.log_softmax(logits[start:stop].float(), dim=-1)
+        targets = ids[start + 1 : stop + 1].to(block.device)
+        values += block.gather(1, targets[:, None])[:, 0].tolist()
+    return tuple(values)
 
 
 _TOP_P_WINDOW = 1024  # nucleus search starts in the top 1024 tokens (exact: falls back to a full sort)

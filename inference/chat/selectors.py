@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.db.models import Count, QuerySet
 
-from inference.models import ChatSession, Message, UserProfile
+from inference.models import ChatSession, Job, Message, UserProfile
 from inference.rag.selectors import is_uuid
 
 
@@ -27,6 +27,29 @@ def session_history(*, session_id: Any, limit: int = 1000) -> list[dict[str, str
         Message.objects.filter(session_id=session_id).order_by("-id").values_list("role", "content")[:limit]
     )
     return [{"role": role, "content": content} for role, content in reversed(rows)]
+
+
+MAX_RESPONSE_CHAIN = 100
+
+
+def response_history(*, job_id: Any, limit: int = MAX_RESPONSE_CHAIN) -> list[dict[str, str]]:
+    """The conversation a Responses ``previous_response_id`` continues: each earlier response
+    of the chain, oldest first, as its input messages and its output (instructions are not
+    carried over, as in OpenAI's API). At most ``limit`` responses back."""
+    chain: list[tuple[list[dict[str, str]], str]] = []
+    current = job_id
+    while current is not None and len(chain) < limit:
+        row = Job.objects.filter(id=current).values("input", "output_text", "previous_id").first()
+        if row is None:
+            break
+        messages = row["input"].get("messages", []) if isinstance(row["input"], dict) else []
+        chain.append(([{"role": m["role"], "content": m["content"]} for m in messages], row["output_text"]))
+        current = row["previous_id"]
+    history: list[dict[str, str]] = []
+    for messages, output in reversed(chain):
+        history += messages
+        history.append({"role": "assistant", "content": output})
+    return history
 
 
 def profile_attributes(*, user_id: int) -> dict[str, str]:

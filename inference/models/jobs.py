@@ -70,6 +70,19 @@ class Job(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     deadline_at = models.DateTimeField(null=True, blank=True)
+    # The client's X-Request-Id (or the one the gateway made up): echoed, logged, searchable.
+    request_id = models.CharField(max_length=128, blank=True, db_index=True)
+    # OpenAI `metadata` (Responses): up to 16 string pairs the client attaches.
+    metadata = models.JSONField(default=dict, blank=True)
+    # Responses: the response this one continues (`previous_response_id`); its chain is the history.
+    previous = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="continuations"
+    )
+    # Responses: `store` (retrievable later) and `background` (runs on when the client leaves).
+    store = models.BooleanField(default=True)
+    background = models.BooleanField(default=False)
+    # Responses DELETE: hidden from its owner; the row stays for usage and audit.
+    deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-queued_at"]

@@ -14,6 +14,8 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -255,26 +257,96 @@ def rpc_key(rpc_id: str) -> str:
     return f"sluice:rpc:{rpc_id}"
 
 
-def embed_query_remote(text: str, *, timeout_s: float | None = None) -> list[float]:
-    """Embed a query on an embeddings worker (web processes do not load torch): a task on the
-    embeddings queue, the answer pushed to a Redis list this call blocks on."""
-    from inference.tasks import embed_query
+@dataclass(frozen=True)
+class EmbeddingModelFacts:
+    """What the gateway needs to know of the embedding model, read from its files (no torch)."""
+
+    dimensions: int
+    max_tokens: int
+
+    def count(self, text: str) -> int:
+        """Tokens the model reads for ``text`` (with [CLS]/[SEP], cut at its window)."""
+        encoding = _embedding_tokenizer().encode(text, add_special_tokens=True)
+        return min(len(encoding.ids), self.max_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(_embedding_tokenizer().get_vocab_size())
+
+
+_facts: EmbeddingModelFacts | None = None
+
+
+def embedding_model_facts() -> EmbeddingModelFacts:
+    global _facts
+    if _facts is None:
+        root = Path(settings.SLUICE_EMBEDDING_MODEL_PATH)
+
+        def read(name: str) -> dict[str, Any]:
+            try:
+                data = json.loads((root / name).read_text())
+            except (OSError, ValueError):
+                return {}
+            return data if isinstance(data, dict) else {}
+
+        pooling = read("1_Pooling/config.json")
+        config = read("config.json")
+        dimensions = int(pooling.get("word_embedding_dimension") or config.get("hidden_size") or 0)
+        max_tokens = int(
+            read("sentence_bert_config.json").get("max_seq_length")
+            or config.get("max_position_embeddings")
+            or 512
+        )
+        _facts = EmbeddingModelFacts(dimensions=dimensions, max_tokens=max_tokens)
+    return _facts
+
+
+def embed_remote(
+    inputs: Sequence[str | Sequence[int]], *, timeout_s: float | None = None
+) -> list[list[float]]:
+    """Embed texts (or token ids of the embedding model) on an embeddings worker: one task on
+    the embeddings queue for the batch, the answer pushed to a Redis list this call blocks on."""
+    from inference.tasks import embed_batch
 
     timeout = timeout_s if timeout_s is not None else settings.SLUICE_EMBEDDING_RPC_TIMEOUT_S
     rpc_id = uuid.uuid4().hex
-    embed_query.apply_async(
-        args=[rpc_id, text], queue=settings.SLUICE_EMBEDDING_QUEUE, priority=0, expires=timeout
+    payload = [item if isinstance(item, str) else [int(i) for i in item] for item in inputs]
+    embed_batch.apply_async(
+        args=[rpc_id, payload], queue=settings.SLUICE_EMBEDDING_QUEUE, priority=0, expires=timeout
     )
     reply: Any = get_redis().blpop([rpc_key(rpc_id)], timeout=timeout)
     if reply is None:
         raise EmbeddingUnavailable(f"no embeddings worker answered within {timeout:.0f}s")
-    return [float(x) for x in json.loads(reply[1])]
+    vectors = json.loads(reply[1])
+    if isinstance(vectors, dict):  # the worker could not embed this input
+        raise ValueError(str(vectors.get("error") or "embedding failed"))
+    return [[float(x) for x in vector] for vector in vectors]
 
 
-def embed_query_answer(*, rpc_id: str, text: str) -> None:
-    vector = local_embedder().embed([text])[0]
+def embed_batch_answer(*, rpc_id: str, inputs: list[Any]) -> None:
+    embedder = local_embedder()
+    try:
+        texts = [item for item in inputs if isinstance(item, str)]
+        id_lists = [item for item in inputs if not isinstance(item, str)]
+        by_text = iter(embedder.embed(texts)) if texts else iter(())
+        by_ids = (
+            iter(embedder.embed_ids(id_lists, max_tokens=embedding_model_facts().max_tokens))
+            if id_lists
+            else iter(())
+        )
+        vectors = [next(by_text) if isinstance(item, str) else next(by_ids) for item in inputs]
+        answer: Any = [[round(float(x), 7) for x in vector] for vector in vectors]
+    except Exception as exc:  # a bad input fails this request, not the worker
+        logger.warning("embedding batch %s failed", rpc_id, exc_info=True)
+        answer = {"error": f"{type(exc).__name__}: {exc}"}
     client = get_redis()
     pipe = client.pipeline()
-    pipe.rpush(rpc_key(rpc_id), json.dumps([round(float(x), 7) for x in vector]))
+    pipe.rpush(rpc_key(rpc_id), json.dumps(answer))
     pipe.expire(rpc_key(rpc_id), 60)
     pipe.execute()
+
+
+def embed_query_remote(text: str, *, timeout_s: float | None = None) -> list[float]:
+    """A knowledge-base query's vector, from an embeddings worker (web processes do not load
+    torch)."""
+    return embed_remote([text], timeout_s=timeout_s)[0]

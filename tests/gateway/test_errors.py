@@ -47,11 +47,16 @@ CASES: list[tuple[str, str, Any, int, str | None, str | None]] = [
     ("NUL in prompt", "/v1/completions", {"model": TEST_MODEL_NAME, "prompt": "a\u0000b"}, 400, "invalid_value", "prompt"),
     ("NUL in message", "/v1/chat/completions", chat(messages=[{"role": "user", "content": "x\u0000"}]), 400,
      "invalid_value", "messages[0].content"),
-    ("prompt batch", "/v1/completions", {"model": TEST_MODEL_NAME, "prompt": ["a", "b"]}, 400, "invalid_value", "prompt"),
-    ("tgi bad max_new_tokens", "/generate", {"inputs": "x", "parameters": {"max_new_tokens": -1}}, 422, "validation",
-     "parameters.max_new_tokens"),
-    ("tgi empty inputs", "/generate", {"inputs": " ", "parameters": {}}, 422, "empty_prompt", "inputs"),
-    ("tgi top_p 1", "/generate", {"inputs": "x", "parameters": {"top_p": 1.0}}, 422, "validation", "parameters.top_p"),
+    ("prompt batch too big", "/v1/completions", {"model": TEST_MODEL_NAME, "prompt": ["a"] * 65}, 400, "invalid_value",
+     "prompt"),
+    ("prompt ids outside vocab", "/v1/completions", {"model": TEST_MODEL_NAME, "prompt": [1, 10**9]}, 400,
+     "invalid_value", "prompt"),
+    ("stream_options without stream", "/v1/chat/completions", chat(stream_options={"include_usage": True}), 400,
+     "invalid_value", "stream_options"),
+    ("top_logprobs without logprobs", "/v1/chat/completions", chat(top_logprobs=3), 400, "invalid_value",
+     "top_logprobs"),
+    ("top_logprobs above 20", "/v1/chat/completions", chat(logprobs=True, top_logprobs=21), 400, "invalid_value",
+     "top_logprobs"),
     ("job both inputs", "/api/v1/jobs", {"prompt": "a", "messages": MESSAGES}, 400, "invalid_value", None),
     ("job bad stop", "/api/v1/jobs", {"prompt": "a", "stop": [""]}, 400, "invalid_value", "stop"),
 ]  # fmt: skip
@@ -79,6 +84,34 @@ def test_invalid_requests(
     assert error["code"] == code
     assert error["param"] == param
     assert Job.objects.count() == before  # nothing was queued
+
+
+TGI_CASES: list[tuple[str, str, Any, int, str]] = [
+    # (name, path, body, status, error_type): TGI's envelope, {"error": str, "error_type": str}
+    ("bad max_new_tokens", "/generate", {"inputs": "x", "parameters": {"max_new_tokens": -1}}, 422, "validation"),
+    ("empty inputs", "/generate", {"inputs": " ", "parameters": {}}, 422, "validation"),
+    ("top_p 1", "/generate", {"inputs": "x", "parameters": {"top_p": 1.0}}, 422, "validation"),
+    ("unsupported grammar", "/", {"inputs": "x", "parameters": {"grammar": {"type": "json", "value": {}}}}, 422,
+     "validation"),
+    ("stream bad truncate", "/generate_stream", {"inputs": "x", "parameters": {"truncate": 0}}, 422, "validation"),
+    ("body not an object", "/generate", [1], 422, "validation"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "body", "status", "error_type"), TGI_CASES, ids=[c[0] for c in TGI_CASES]
+)
+def test_invalid_tgi_requests(
+    live: Live, api_user: ApiUser, name: str, path: str, body: Any, status: int, error_type: str
+) -> None:
+    before = Job.objects.count()
+    response = httpx.post(f"{live.base_url}{path}", json=body, headers=api_user.headers, timeout=30)
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert set(payload) == {"error", "error_type"}
+    assert isinstance(payload["error"], str) and payload["error"]
+    assert payload["error_type"] == error_type
+    assert Job.objects.count() == before
 
 
 def test_malformed_json(live: Live, api_user: ApiUser) -> None:

@@ -110,7 +110,7 @@ def test_cancel_a_queued_job_never_runs_it(live: Live, api_user: ApiUser) -> Non
     ghost = ServedModel(name="nobody-serves-this", path=Path("/nonexistent"))
     created = job_create(
         user=api_user.user,
-        api_key=None,
+        api_key_id=None,
         model=ghost,
         kind="completion",
         input={"prompt": "x"},

@@ -101,7 +101,13 @@ def test_seed_makes_sampling_reproducible(client: openai.OpenAI) -> None:
 
 
 def test_models(client: openai.OpenAI) -> None:
-    assert [m.id for m in client.models.list()] == [TEST_MODEL_NAME]
+    from django.conf import settings
+
+    assert [m.id for m in client.models.list()] == [TEST_MODEL_NAME, settings.SLUICE_EMBEDDING_MODEL_NAME]
+    assert client.models.retrieve(TEST_MODEL_NAME).id == TEST_MODEL_NAME
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("no-such-model")
+    assert missing.value.code == "model_not_found"
 
 
 def test_sdk_raises_on_errors(live: Live, client: openai.OpenAI) -> None:

@@ -15,7 +15,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from gateway.ratelimit import (
+from inference.admission.ratelimit import (
     PREFIX,
     Capacity,
     Decision,

@@ -76,7 +76,7 @@ def test_sigkill_with_a_full_batch(
         jobs = [
             job_create(
                 user=api_user.user,
-                api_key=None,
+                api_key_id=None,
                 model=model,
                 kind="completion",
                 input={"prompt": prompt},

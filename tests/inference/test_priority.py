@@ -32,7 +32,7 @@ def test_higher_tiers_leave_the_queue_first(
     jobs = [
         job_create(
             user=user,
-            api_key=None,
+            api_key_id=None,
             model=model,
             kind="completion",
             input={"prompt": f"Job {i}"},

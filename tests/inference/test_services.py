@@ -48,7 +48,7 @@ def queued_job_ids(name: str) -> list[str]:
 
 def create(model: ServedModel, user: User) -> Job:
     return job_create(
-        user=user, api_key=None, model=model, kind="completion", input={"prompt": "x"}, params=JobParams(max_tokens=4),
+        user=user, api_key_id=None, model=model, kind="completion", input={"prompt": "x"}, params=JobParams(max_tokens=4),
         source="jobs",
     )  # fmt: skip
 

@@ -8,9 +8,16 @@ import uuid
 import pytest
 
 from inference.engine import StepEvent
+from inference.jobstream import StreamEntry
 from inference.store import get_redis, get_streams
-from inference.streams import RedisTokenSink, cancel_key, end_fields, lease_key, stream_key
+from inference.streams import RedisTokenSink, cancel_key, lease_key, stream_key
 from tests.support.redis_entries import stream_entries
+
+
+def token(text: str, ids: list[int], logprobs: list[float] | None = None) -> StreamEntry:
+    return StreamEntry.token(
+        text=text, token_ids=ids, logprobs=logprobs or [0.0] * len(ids), completion_tokens=len(ids)
+    )
 
 
 @pytest.fixture
@@ -30,8 +37,8 @@ def test_appends_are_fenced_by_the_lease(job_id: str) -> None:
     streams.open(job_id)
     assert streams.lease_acquire(job_id, "attempt-1", ttl_s=5)
     assert not streams.lease_acquire(job_id, "attempt-2", ttl_s=5)  # held
-    assert streams.append(job_id, {"t": "tok", "x": "a", "i": "1"}, lease_token="attempt-1")
-    assert not streams.append(job_id, {"t": "tok", "x": "b", "i": "2"}, lease_token="attempt-2")
+    assert streams.append(job_id, token("a", [1]), lease_token="attempt-1")
+    assert not streams.append(job_id, token("b", [2]), lease_token="attempt-2")
     assert not streams.lease_renew(job_id, "attempt-2", ttl_s=5)
     assert streams.lease_renew(job_id, "attempt-1", ttl_s=5)
     streams.lease_release(job_id, "attempt-2")  # not the holder: no effect
@@ -52,16 +59,16 @@ def test_progress_rebuilds_what_was_streamed(job_id: str) -> None:
     streams = get_streams()
     streams.open(job_id)
     streams.lease_acquire(job_id, "t", ttl_s=5)
-    streams.append(job_id, {"t": "start", "a": "1"}, lease_token="t")
-    streams.append(job_id, {"t": "tok", "x": "Hel", "i": "5,6", "lp": "-0.5,-1"}, lease_token="t")
-    streams.append(job_id, {"t": "tok", "x": "lo", "i": "7", "lp": "-0.25"}, lease_token="t")
+    streams.append(job_id, StreamEntry.start(1), lease_token="t")
+    streams.append(job_id, token("Hel", [5, 6], [-0.5, -1]), lease_token="t")
+    streams.append(job_id, token("lo", [7], [-0.25]), lease_token="t")
     progress = streams.progress(job_id)
     assert progress.token_ids == [5, 6, 7]
     assert progress.logprobs == [-0.5, -1.0, -0.25]
     assert progress.text == "Hello"
     assert not progress.ended
     assert streams.finish(
-        job_id, end_fields(status="succeeded", finish_reason="eos", usage=None), lease_token="t"
+        job_id, StreamEntry.end(status="succeeded", finish_reason="eos", usage=None), lease_token="t"
     )
     assert streams.progress(job_id).ended
     assert get_redis().ttl(stream_key(job_id)) <= streams.stream_ttl_s
@@ -97,7 +104,7 @@ def test_no_job_key_is_left_without_ttl(job_id: str) -> None:
     client.delete(stream_key(job_id))
     # A stream created by a (fenced) append rather than by open() still gets a TTL.
     streams.lease_acquire(job_id, "t", ttl_s=5)
-    streams.append(job_id, {"t": "tok", "x": "z", "i": "1"}, lease_token="t")
+    streams.append(job_id, token("z", [1]), lease_token="t")
     streams.request_cancel(job_id)
     streams.mark_requeued(job_id, ttl_s=60)
     for key in client.scan_iter(match=f"sluice:job:{{{job_id}}}:*"):

@@ -1,7 +1,8 @@
 """Load from separate processes (multiprocessing, spawn): many threads fire at once, so that
 correctness under concurrency is tested across processes, not just threads of one process.
 
-Only stdlib, redis, httpx and gateway.ratelimit are imported here (no Django in the children).
+Only stdlib, redis, httpx and inference.admission.ratelimit are imported here (no Django in the
+children).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def admit_many(
     """``n`` threads each make one admission attempt at ``start_at``; their outcomes."""
     import redis
 
-    from gateway.ratelimit import Capacity, Limits, RateLimiter, Ticket
+    from inference.admission.ratelimit import Capacity, Limits, RateLimiter, Ticket
 
     limiter = RateLimiter(redis.Redis.from_url(redis_url, max_connections=n + 4))
     policy = Limits(**limits)

@@ -1,7 +1,8 @@
 """Admission control in Redis: token buckets, concurrency leases, daily budgets, a FIFO per
 subject and a fair, tiered waiting room per model — each decision one atomic Lua script.
 
-No Django ORM here (it is driven by `gateway.services`, and benchmarked on its own):
+No Django ORM here (driven by `gateway.services` and released by `inference.admission`;
+benchmarked on its own):
 
 - `Limits`: a policy's numbers, as a snapshot. `Capacity`: a model's in-flight limit and queue cap.
 - `Ticket`: one request on its way in (subject, model, cost in tokens, its deadline to wait).
@@ -10,7 +11,7 @@ No Django ORM here (it is driven by `gateway.services`, and benchmarked on its o
 - `RateLimiter.release`: at job end, free the leases and refund unused tokens (idempotent).
 
 Keys share the hash tag ``{rl}`` so that the multi-key scripts also run on Redis Cluster
-(all admission state lives in one slot). Every key carries a TTL (see gateway/lua/).
+(all admission state lives in one slot). Every key carries a TTL (see lua/).
 """
 
 from __future__ import annotations

@@ -11,9 +11,13 @@ Client -> server (JSON):
 - ``{"type": "ping"}``
 
 Server -> client: ``ready``, ``queue`` (a request waits for its rate limit or a busy model:
-position and ETA), ``job`` (accepted, with its id), ``token``, ``end``, ``error`` (429/503
-refusals carry ``retry_after_s``), ``pong``. Closing the socket cancels the jobs it started
-that are still running, and gives up its waiting requests.
+position and ETA), ``job`` (accepted, with its id), ``token``, ``citations``, ``end``,
+``error`` (429/503 refusals carry ``retry_after_s``), ``pong``. Closing the socket cancels
+the jobs it started that are still running, and gives up its waiting requests.
+
+A socket lives as long as its client keeps it: the server's WebSocket pings (uvicorn's) keep
+idle sockets open through proxies, and nothing here times out. The key is checked again on
+every request and subscription: a key revoked (or expired) since the socket opened closes it.
 """
 
 from __future__ import annotations
@@ -22,20 +26,19 @@ import asyncio
 import logging
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from rest_framework import serializers
 
-from gateway.admission import Admission, admit, queue_event
-from gateway.apis.jobs import JobCreateSerializer, job_prepare
 from gateway.auth import raw_key_from_headers
 from gateway.errors import ApiError, envelope, first_error
-from gateway.protocol import PreparedRequest, create_admitted_job
-from gateway.selectors import apikey_get_active
-from gateway.streaming import _cancel_job, iter_entries
+from gateway.jobs.serializers import JobCreateSerializer, job_prepare
+from gateway.jobs.shaping import event_of
+from gateway.selectors import apikey_get_active, apikey_still_active
+from gateway.submission import Caller, Submission
+from inference.client import db, job_client, valid_cursor
+from inference.jobstream import EntryKind
 from inference.models import Job
 from inference.selectors import job_get_for_user
-from inference.services import job_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         self.owned: set[str] = set()
         self.waiting: dict[str, asyncio.Task[None]] = {}
         headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in self.scope.get("headers", [])}
+        self.request_id = headers.get("x-request-id", "")[:128]
         await self.accept()
         raw_key = raw_key_from_headers(headers.get("authorization"), headers.get("x-api-key"))
         if raw_key and await self._authenticate(raw_key):
@@ -70,11 +74,18 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await self.close(code=CLOSE_UNAUTHENTICATED)
 
     async def _authenticate(self, raw_key: str) -> bool:
-        api_key = await database_sync_to_async(apikey_get_active)(raw_key=raw_key)
+        api_key = await db(apikey_get_active, raw_key=raw_key)
         if api_key is None:
             return False
         self.user, self.api_key = api_key.user, api_key
         return True
+
+    async def _key_still_valid(self) -> bool:
+        """Revocation and expiry apply to open sockets too: checked on every request."""
+        if await db(apikey_still_active, api_key_id=self.api_key.pk):
+            return True
+        await self._reject("This API key has been revoked or has expired.")
+        return False
 
     async def disconnect(self, code: int) -> None:
         timer = getattr(self, "auth_timer", None)
@@ -110,6 +121,8 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         if handler is None:
             await self._error(f"Unknown message type '{kind}'.", code="invalid_message")
             return
+        if kind in ("request", "subscribe") and not await self._key_still_valid():
+            return
         await handler(content)
 
     async def receive(
@@ -117,7 +130,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
     ) -> None:
         try:
             await super().receive(text_data=text_data, bytes_data=bytes_data, **kwargs)
-        except ValueError:  # not JSON
+        except (ValueError, RecursionError):  # not JSON, or nested beyond what json can parse
             await self._error("Messages must be JSON.", code="invalid_json")
 
     async def _error(
@@ -152,17 +165,19 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
     async def _on_request(self, content: dict[str, Any]) -> None:
         request_id = content.get("request_id")
         data = {k: v for k, v in content.items() if k not in ("type", "request_id")}
+        caller = Caller(user=self.user, api_key=self.api_key, request_id=self.request_id)
 
-        def prepare() -> tuple[PreparedRequest, Admission]:
+        def prepare() -> Submission:
             serializer = JobCreateSerializer(data=data)
             serializer.is_valid(raise_exception=True)
-            prepared = job_prepare(dict(serializer.validated_data), user=self.user)
-            return prepared, admit(
-                user=self.user, api_key=self.api_key, model=prepared.model, cost=prepared.cost
+            submission = Submission(
+                caller, job_prepare(dict(serializer.validated_data), user=self.user), source="ws"
             )
+            submission.admit()
+            return submission
 
         try:
-            prepared, admission = await database_sync_to_async(prepare)()
+            submission = await db(prepare)
         except serializers.ValidationError as exc:
             param, detail = first_error(exc.detail)
             await self._error(
@@ -175,35 +190,32 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         except ApiError as exc:
             await self._api_error(exc, request_id)
             return
-        if admission.admitted:
-            await self._start(prepared, admission, request_id)
+        assert submission.admission is not None
+        if submission.admission.admitted:
+            await self._start(submission, request_id)
             return
-        key = str(request_id) if request_id is not None else admission.ticket.id
+        key = str(request_id) if request_id is not None else submission.admission.ticket.id
         previous = self.waiting.get(key)
         if previous is not None:
             previous.cancel()
-        self.waiting[key] = asyncio.ensure_future(self._wait_then_start(prepared, admission, request_id, key))
+        self.waiting[key] = asyncio.ensure_future(self._wait_then_start(submission, request_id, key))
 
-    async def _wait_then_start(
-        self, prepared: PreparedRequest, admission: Admission, request_id: Any, key: str
-    ) -> None:
+    async def _wait_then_start(self, submission: Submission, request_id: Any, key: str) -> None:
         """Runs beside the receive loop, so that cancel and ping still work while waiting."""
         try:
-            async for decision in admission.events():
-                await self.send_json({"type": "queue", "request_id": request_id, **queue_event(decision)})
+            async for event in submission.events():
+                await self.send_json({"type": "queue", "request_id": request_id, **event})
         except ApiError as exc:
             await self._api_error(exc, request_id)
             return
         finally:
             if self.waiting.get(key) is asyncio.current_task():
                 del self.waiting[key]
-        await self._start(prepared, admission, request_id)
+        await self._start(submission, request_id)
 
-    async def _start(self, prepared: PreparedRequest, admission: Admission, request_id: Any) -> None:
+    async def _start(self, submission: Submission, request_id: Any) -> None:
         try:
-            job = await database_sync_to_async(create_admitted_job)(
-                user=self.user, api_key=self.api_key, prepared=prepared, source="ws", admission=admission
-            )
+            job = await submission.create_async()
         except ApiError as exc:
             await self._api_error(exc, request_id)
             return
@@ -216,12 +228,15 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
 
     async def _on_subscribe(self, content: dict[str, Any]) -> None:
         job_id = str(content.get("job_id", ""))
-        job = await database_sync_to_async(job_get_for_user)(user=self.user, job_id=job_id)
+        job = await db(job_get_for_user, user=self.user, job_id=job_id)
         if job is None:
             await self._error(f"No job with id '{job_id}'.", code="not_found", status_code=404)
             return
-        after = content.get("after") or "0-0"
-        self._follow(str(job.id), str(after))
+        after = str(content.get("after") or "0-0")
+        if not valid_cursor(after):
+            await self._error("'after' must be an event id of this job.", code="invalid_value", param="after")
+            return
+        self._follow(str(job.id), after)
 
     async def _on_cancel(self, content: dict[str, Any]) -> None:
         if "job_id" not in content and content.get("request_id") is not None:
@@ -238,11 +253,9 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
 
         def cancel() -> Job | None:
             job = job_get_for_user(user=self.user, job_id=job_id)
-            if job is not None and not job.is_terminal:
-                job = job_cancel(job=job)
-            return job
+            return job_client.cancel(job) if job is not None else None
 
-        job = await database_sync_to_async(cancel)()
+        job = await db(cancel)
         if job is None:
             await self._error(f"No job with id '{job_id}'.", code="not_found", status_code=404)
             return
@@ -258,39 +271,14 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
     async def _stream(self, job_id: str, after: str) -> None:
         completed = False
         try:
-            async for entry in iter_entries(job_id, after=after):
+            async for entry in job_client.follow(job_id, after=after):
                 if entry is None:
                     continue
-                if entry.kind == "tok":
-                    await self.send_json(
-                        {
-                            "type": "token",
-                            "job_id": job_id,
-                            "id": entry.id,
-                            "text": entry.text,
-                            "token_ids": entry.token_ids,
-                            "completion_tokens": int(entry.fields.get("n", 0)),
-                        }
-                    )
-                elif entry.kind == "cite":
-                    await self.send_json(
-                        {"type": "citations", "job_id": job_id, "id": entry.id, "citations": entry.citations}
-                    )
-                elif entry.kind == "end":
-                    completed = True
-                    message: dict[str, Any] = {
-                        "type": "end",
-                        "job_id": job_id,
-                        "id": entry.id,
-                        "status": entry.fields.get("s"),
-                        "finish_reason": entry.fields.get("f") or None,
-                        "usage": entry.usage,
-                        "error": entry.fields.get("e") or None,
-                        "cache_hit": entry.cache_hit,
-                    }
-                    if "x_full" in entry.fields:
-                        message["text"] = entry.fields["x_full"]
-                    await self.send_json(message)
+                event = event_of(entry)
+                if event is None or entry.kind in (EntryKind.QUEUED, EntryKind.START):
+                    continue
+                completed = completed or entry.kind == EntryKind.END
+                await self.send_json({**event, "job_id": job_id, "id": entry.id})
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -302,7 +290,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             self.replaced.discard(task)  # type: ignore[arg-type]
             if not completed and not replaced and job_id in self.owned:
                 # The socket that started this job went away before it finished.
-                await asyncio.shield(_cancel_job(job_id))
+                await asyncio.shield(job_client.abandon(job_id))
             if self.followers.get(job_id) is task:
                 del self.followers[job_id]
                 self.owned.discard(job_id)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from gateway.consumers import JobConsumer
+from gateway.websocket.consumers import JobConsumer
 
 websocket_urlpatterns = [
     path("ws/v1/jobs/", JobConsumer.as_asgi()),

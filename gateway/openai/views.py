@@ -1,0 +1,188 @@
+"""OpenAI-compatible routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models[/{id}]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from gateway.apis.base import GatewayApiView, StreamingApiView
+from gateway.auth import request_user
+from gateway.errors import ApiError, openai_exception_handler
+from gateway.openai import shaping
+from gateway.openai.serializers import ChatCompletionSerializer, CompletionSerializer, check_neutral
+from gateway.prepare import Sampling, prepare_chat, prepare_completion, resolve_chat_context, route_or_404
+from gateway.sse import observe_completed
+from gateway.submission import Caller, Submission, first_token_before_end_s, submit_all
+from inference.registry import ServedModel, served_models
+
+
+class OpenAIView(StreamingApiView):
+    def get_exception_handler(self) -> Any:
+        return openai_exception_handler
+
+
+def validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
+    if not isinstance(request.data, dict):
+        raise ApiError("The request body must be a JSON object.", code="invalid_json")
+    check_neutral(request.data)
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def sampling_of(data: dict[str, Any], *, max_tokens: int | None, top_logprobs: int = 0) -> Sampling:
+    temperature = data.get("temperature")
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=1.0 if temperature is None else float(temperature),
+        top_p=data.get("top_p") or 1.0,
+        top_k=data.get("top_k") or 0,
+        seed=data.get("seed"),
+        stop=data.get("stop") or (),
+        ignore_eos=bool(data.get("ignore_eos")),
+        top_logprobs=top_logprobs,
+    )
+
+
+def _logprobs(model: ServedModel, wanted: bool, top: int) -> shaping.Logprobs | None:
+    if not wanted:
+        return None
+    info = model.info
+    return shaping.Logprobs(info=info, eos=info.eos_token_ids, top=top)
+
+
+class ChatCompletionCreateApi(OpenAIView):
+    @extend_schema(
+        request=ChatCompletionSerializer,
+        responses={200: OpenApiResponse(description="chat.completion, or text/event-stream of chunks")},
+        summary="Create a chat completion (OpenAI-compatible)",
+    )
+    def post(self, request: Request) -> Any:
+        data = validated(ChatCompletionSerializer, request)
+        user = request_user(request)
+        model = route_or_404(data["model"], user=user)
+        top = int(data.get("top_logprobs") or 0)
+        prepared = prepare_chat(
+            model=model,
+            context=resolve_chat_context(user=user, data=data),
+            messages=data["messages"],
+            sampling=sampling_of(
+                data, max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"), top_logprobs=top
+            ),
+        )
+        submission = Submission(Caller.of(request), prepared, source="openai.chat")
+        submission.admit(request)
+        logprobs = _logprobs(model, bool(data.get("logprobs")), top)
+        if data["stream"]:
+            include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+            return submission.stream(
+                lambda job: shaping.chat_stream(
+                    job,
+                    model=model,
+                    include_usage=include_usage,
+                    started=submission.started,
+                    logprobs=logprobs,
+                ),
+                refused=shaping.refused,
+            )
+        job = submission.run()
+        observe_completed(
+            model=job.model,
+            started=submission.started,
+            first_token_s_before_end=first_token_before_end_s(job),
+        )
+        return Response(shaping.chat_body(job, model=model, logprobs=logprobs))
+
+
+class CompletionCreateApi(OpenAIView):
+    @extend_schema(
+        request=CompletionSerializer,
+        responses={200: OpenApiResponse(description="text_completion, or text/event-stream of chunks")},
+        summary="Create a text completion (OpenAI-compatible, legacy)",
+    )
+    def post(self, request: Request) -> Any:
+        data = validated(CompletionSerializer, request)
+        model = route_or_404(data["model"], user=request_user(request))
+        top = data.get("logprobs")
+        sampling = sampling_of(data, max_tokens=data.get("max_tokens"), top_logprobs=int(top or 0))
+        prompts = data["prompt"]
+        caller = Caller.of(request)
+        submissions = [
+            Submission(
+                caller,
+                prepare_completion(
+                    model=model,
+                    prompt=prompt,
+                    sampling=sampling,
+                    default_max_tokens=16,  # OpenAI's default for /v1/completions
+                    prompt_param="prompt" if len(prompts) == 1 else f"prompt[{index}]",
+                ),
+                source="openai.completions",
+            )
+            for index, prompt in enumerate(prompts)
+        ]
+        logprobs = _logprobs(model, top is not None, int(top or 0))
+        started = submissions[0].started
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+
+        def stream_for(*jobs: Any) -> Any:
+            return shaping.completion_stream(
+                jobs, model=model, include_usage=include_usage, started=started, logprobs=logprobs
+            )
+
+        if data["stream"] and len(submissions) == 1:
+            submissions[0].admit(request)
+            return submissions[0].stream(stream_for, refused=shaping.refused)
+        jobs = submit_all(submissions, request=request)
+        if data["stream"]:
+            from gateway.sse import sse_response
+
+            return sse_response(stream_for(*jobs))
+        finished = [submission.finish(job) for submission, job in zip(submissions, jobs, strict=True)]
+        observe_completed(
+            model=finished[0].model,
+            started=started,
+            first_token_s_before_end=first_token_before_end_s(finished[0]),
+        )
+        return Response(shaping.completion_body(finished, model=model, logprobs=logprobs))
+
+
+def _model_object(name: str, owned_by: str = "sluice") -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": owned_by}
+
+
+def _listed() -> list[dict[str, Any]]:
+    models = [_model_object(model.name) for model in served_models()]
+    models.append(_model_object(settings.SLUICE_EMBEDDING_MODEL_NAME))
+    return models
+
+
+class ModelListApi(GatewayApiView):
+    def get_exception_handler(self) -> Any:
+        return openai_exception_handler
+
+    @extend_schema(responses={200: OpenApiResponse(description="list of models")}, summary="List models")
+    def get(self, request: Request) -> Response:
+        return Response({"object": "list", "data": _listed()}, status=status.HTTP_200_OK)
+
+
+class ModelDetailApi(GatewayApiView):
+    def get_exception_handler(self) -> Any:
+        return openai_exception_handler
+
+    @extend_schema(responses={200: OpenApiResponse(description="a model")}, summary="Retrieve a model")
+    def get(self, request: Request, model_id: str) -> Response:
+        for model in _listed():
+            if model["id"] == model_id:
+                return Response(model)
+        raise ApiError(
+            f"The model '{model_id}' does not exist or you do not have access to it.",
+            status_code=status.HTTP_404_NOT_FOUND,
+            code="model_not_found",
+            param="model",
+        )

@@ -1,0 +1,226 @@
+"""One submit path for every protocol: admit → create → stream or wait (DESIGN.md §1 steps 3, 4, 9).
+
+A protocol package parses its request, prepares it (`gateway.prepare`) and hands the
+`PreparedRequest` to a `Submission`, which
+
+- admits it (rate-limit policy, fair waiting room): at once, or after a wait — blocking in a
+  sync view (`run`, `accept`), as SSE comments with the queue position on a stream
+  (`stream`), or as events for a WebSocket (`events`);
+- creates the job through the job client (the row, its stream, the Celery message);
+- answers: the protocol's stream of the job, or the finished job for a JSON body.
+
+No database connection is held while a submission waits for admission or for the job: the
+view's connection goes back to the pool before every wait, and async code takes one only
+for each query (`inference.client.db`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from rest_framework import status
+from rest_framework.request import Request
+
+from gateway.admission import HEADERS_ATTR, Admission, admit, queue_event
+from gateway.errors import ApiError
+from gateway.models import ApiKey
+from gateway.prepare import PreparedRequest
+from gateway.sse import sse_comment, sse_response
+from inference.client import db, job_client, release_connection
+from inference.models import Job, JobStatus
+
+logger = logging.getLogger(__name__)
+
+StreamFor = Callable[[Job], AsyncIterator[bytes]]
+Refused = Callable[[ApiError], list[bytes]]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who submits: the authenticated user, the key they used, the request's id."""
+
+    user: User
+    api_key: ApiKey | None = None
+    request_id: str = ""
+
+    @classmethod
+    def of(cls, request: Request) -> Caller:
+        from gateway.auth import request_api_key, request_user
+
+        return cls(
+            user=request_user(request),
+            api_key=request_api_key(request),
+            request_id=str(getattr(request, "request_id", "") or ""),
+        )
+
+
+@dataclass
+class Submission:
+    caller: Caller
+    prepared: PreparedRequest
+    source: str
+    started: float = field(default_factory=time.perf_counter)
+    admission: Admission | None = None
+
+    # -- admission -------------------------------------------------------------------------
+
+    def admit(self, request: Request | None = None) -> Admission:
+        """The first attempt: admitted or waiting; raises the 429/503 refusal. Its
+        ``x-ratelimit-*`` headers go on ``request``'s response."""
+        self.admission = admit(
+            user=self.caller.user,
+            api_key=self.caller.api_key,
+            model=self.prepared.model,
+            cost=self.prepared.cost,
+        )
+        if request is not None:
+            setattr(request, HEADERS_ATTR, self.admission.headers)
+        return self.admission
+
+    async def admit_async(self) -> Admission:
+        return await db(self.admit)
+
+    def _admission(self) -> Admission:
+        if self.admission is None:
+            raise RuntimeError("submit before admit")
+        return self.admission
+
+    def wait_admitted(self) -> None:
+        """Block until admitted (sync views); raise the refusal. Holds no connection."""
+        admission = self._admission()
+        if not admission.admitted:
+            release_connection()
+            admission.wait()
+
+    async def events(self) -> AsyncIterator[dict[str, object]]:
+        """While waiting: one queue event (position, ETA) per change; raises the refusal."""
+        async for decision in self._admission().events():
+            yield queue_event(decision)
+
+    def abandon(self) -> None:
+        """Give the place (and the reservation) back: the job will not be created."""
+        if self.admission is not None and self.admission.admitted:
+            from inference.admission.services import admission_release
+
+            admission_release(grant=self.admission.grant, used_tokens=0)
+        elif self.admission is not None:
+            self.admission.abandon()
+
+    # -- the job ----------------------------------------------------------------------------
+
+    def create(self) -> Job:
+        admission = self._admission()
+        prepared = self.prepared
+        return job_client.submit(
+            user=self.caller.user,
+            api_key_id=self.caller.api_key.pk if self.caller.api_key is not None else None,
+            model=prepared.model,
+            kind=prepared.kind,
+            input=prepared.input,
+            params=prepared.params,
+            source=self.source,
+            prompt_tokens=prepared.prompt_tokens,
+            priority=admission.tier,
+            admission=admission.grant,
+            session_id=prepared.session_id,
+            request_id=self.caller.request_id,
+            extra=prepared.extra,
+        )
+
+    async def create_async(self) -> Job:
+        return await db(self.create)
+
+    def accept(self) -> Job:
+        """Admitted (waiting if it must), then created: the native jobs API's 202."""
+        self.wait_admitted()
+        return self.create()
+
+    def run(self) -> Job:
+        """Admitted, created and finished: the job for a JSON body (raises if it failed)."""
+        return self.finish(self.accept())
+
+    def finish(self, job: Job) -> Job:
+        """Wait for a created job to end; raise if it failed."""
+        job = job_client.wait_end(job.id, timeout_s=settings.SLUICE_JOB_TIMEOUT_S + 5)
+        raise_for_failed(job)
+        return job
+
+    def stream(self, stream_for: StreamFor, *, refused: Refused) -> object:
+        """The streaming answer: the job's stream at once if admitted, else queue comments
+        while it waits, then the stream (or the refusal, as the protocol's error event)."""
+        admission = self._admission()
+        if admission.admitted:
+            return sse_response(stream_for(self.create()))
+        return sse_response(self._wait_then_stream(stream_for, refused))
+
+    async def _wait_then_stream(self, stream_for: StreamFor, refused: Refused) -> AsyncIterator[bytes]:
+        try:
+            async for event in self.events():
+                yield sse_comment("queue", event)
+        except ApiError as exc:
+            for chunk in refused(exc):
+                yield chunk
+            return
+        job = await self.create_async()
+        async for chunk in stream_for(job):
+            yield chunk
+
+
+def submit_all(submissions: list[Submission], *, request: Request | None = None) -> list[Job]:
+    """The jobs of one request that asks for several (a batch of prompts): every one admitted
+    (waiting if it must), then every one created. A refusal gives back the admissions granted
+    before it, so a batch is all or nothing."""
+    admitted: list[Submission] = []
+    try:
+        for submission in submissions:
+            submission.admit(request)
+            submission.wait_admitted()
+            admitted.append(submission)
+    except BaseException:
+        for submission in admitted:
+            submission.abandon()
+        raise
+    jobs: list[Job] = []
+    try:
+        for submission in submissions:
+            jobs.append(submission.create())
+    except BaseException:
+        for job in jobs:
+            job_client.cancel(job)
+        for submission in submissions[len(jobs) + 1 :]:
+            submission.abandon()
+        raise
+    return jobs
+
+
+def raise_for_failed(job: Job) -> None:
+    """A non-streaming request whose job failed gets an error, not an empty answer."""
+    if job.status == JobStatus.FAILED:
+        if job.finish_reason == "deadline":
+            raise ApiError(
+                "The request did not finish within the server's time limit.",
+                status_code=status.HTTP_504_GATEWAY_TIMEOUT,
+                code="timeout",
+            )
+        raise ApiError(
+            f"The model failed to generate a response: {job.error or 'unknown error'}",
+            status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+            code="generation_failed",
+        )
+    if not job.is_terminal:
+        raise ApiError(
+            "The request did not finish in time; it keeps running as job " + str(job.id),
+            status_code=status.HTTP_504_GATEWAY_TIMEOUT,
+            code="timeout",
+        )
+
+
+def first_token_before_end_s(job: Job) -> float | None:
+    if job.first_token_at is not None and job.finished_at is not None:
+        return (job.finished_at - job.first_token_at).total_seconds()
+    return None

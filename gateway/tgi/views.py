@@ -1,0 +1,217 @@
+"""text-generation-inference compatible routes, so that ``text_generation.Client``,
+``huggingface_hub.InferenceClient(base_url=...)`` and any TGI client work unchanged:
+``POST /generate``, ``POST /generate_stream``, ``POST /`` (TGI's compatibility route: a
+one-element list, or a stream when the body says ``stream``), ``GET /info``, ``GET /health``.
+
+TGI's behaviour where it differs from OpenAI's: invalid parameters are 422, errors are
+``{"error", "error_type"}``, a matched stop sequence stays in ``generated_text``, sampling
+without a seed reports the seed it drew, ``truncate`` keeps the end of the prompt.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from gateway.apis.base import StreamingApiView
+from gateway.auth import request_user
+from gateway.errors import ApiError, tgi_exception_handler
+from gateway.prepare import Sampling, prepare_completion, route_or_404
+from gateway.sse import observe_completed
+from gateway.submission import Caller, Submission, first_token_before_end_s
+from gateway.tgi import shaping
+from gateway.tgi.serializers import (
+    TGI_DEFAULT_MAX_NEW_TOKENS,
+    TgiGenerateSerializer,
+    unprocessable,
+    validated,
+)
+from inference.registry import default_model
+from inference.selectors import worker_heartbeats
+
+
+class TgiView(StreamingApiView):
+    def get_exception_handler(self) -> Any:
+        return tgi_exception_handler
+
+
+def _sampling(parameters: dict[str, Any]) -> Sampling:
+    """TGI samples when asked to, or when any sampling knob is set; otherwise it is greedy.
+    A sampled request without a seed gets one drawn here, so ``details.seed`` can report it."""
+    temperature = parameters.get("temperature")
+    top_p = parameters.get("top_p")
+    top_k = parameters.get("top_k")
+    sample = parameters.get("do_sample") or any(v is not None for v in (temperature, top_p, top_k))
+    common: dict[str, Any] = {
+        "max_tokens": parameters.get("max_new_tokens"),
+        "stop": parameters.get("stop") or (),
+        "top_logprobs": int(parameters.get("top_n_tokens") or 0),
+        "prompt_logprobs": bool(parameters.get("decoder_input_details")),
+        "include_stop": True,
+        "truncate": parameters.get("truncate"),
+    }
+    if not sample:
+        return Sampling(temperature=0.0, seed=None, **common)
+    if temperature is not None and temperature <= 0:
+        raise unprocessable("`temperature` must be strictly positive", param="parameters.temperature")
+    if top_p is not None and not 0 < top_p < 1:
+        raise unprocessable("`top_p` must be > 0.0 and < 1.0", param="parameters.top_p")
+    seed = parameters.get("seed")
+    return Sampling(
+        temperature=1.0 if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p,
+        top_k=top_k or 0,
+        seed=seed if seed is not None else random.getrandbits(63),
+        **common,
+    )
+
+
+def _run(request: Request, data: dict[str, Any], *, stream: bool, as_list: bool = False) -> Any:
+    parameters = data.get("parameters") or {}
+    sampling = _sampling(parameters)
+    model = route_or_404(
+        None, user=request_user(request), validation_status=status.HTTP_422_UNPROCESSABLE_ENTITY
+    )
+    prepared = prepare_completion(
+        model=model,
+        prompt=data["inputs"],
+        sampling=sampling,
+        default_max_tokens=TGI_DEFAULT_MAX_NEW_TOKENS,
+        max_tokens_param="parameters.max_new_tokens",
+        prompt_param="inputs",
+        error_status=status.HTTP_422_UNPROCESSABLE_ENTITY,
+    )
+    options = shaping.TgiOptions(
+        info=model.info,
+        seed=prepared.params.seed if prepared.params.temperature > 0 else None,
+        prefix=data["inputs"] if parameters.get("return_full_text") else "",
+        top_n_tokens=prepared.params.top_logprobs,
+        prefill=prepared.params.prompt_logprobs,
+        input_length=prepared.prompt_tokens,
+    )
+    submission = Submission(Caller.of(request), prepared, source="tgi")
+    submission.admit(request)
+    if stream:
+        return submission.stream(
+            lambda job: shaping.generate_stream(job, options=options, started=submission.started),
+            refused=shaping.refused,
+        )
+    job = submission.run()
+    observe_completed(
+        model=job.model, started=submission.started, first_token_s_before_end=first_token_before_end_s(job)
+    )
+    body = shaping.generate_body(job, options=options, details=bool(parameters.get("details")))
+    return Response([body] if as_list else body)
+
+
+_RESPONSES = {200: OpenApiResponse(description="TGI response")}
+
+
+class TgiGenerateApi(TgiView):
+    @extend_schema(request=TgiGenerateSerializer, responses=_RESPONSES, summary="Generate (TGI-compatible)")
+    def post(self, request: Request) -> Any:
+        return _run(request, validated(request), stream=False)
+
+
+class TgiGenerateStreamApi(TgiView):
+    @extend_schema(
+        request=TgiGenerateSerializer,
+        responses=_RESPONSES,
+        summary="Generate as a token stream (TGI-compatible)",
+    )
+    def post(self, request: Request) -> Any:
+        return _run(request, validated(request), stream=True)
+
+
+class TgiCompatGenerateApi(TgiView):
+    """``POST /``: TGI's compatibility route; the body's ``stream`` picks the answer's form.
+    As in TGI, a non-streaming answer is a one-element list (what ``text_generation`` reads)."""
+
+    @extend_schema(
+        request=TgiGenerateSerializer,
+        responses=_RESPONSES,
+        summary="Generate, streaming if the body says so (TGI-compatible)",
+    )
+    def post(self, request: Request) -> Any:
+        data = validated(request)
+        return _run(request, data, stream=bool(data.get("stream")), as_list=True)
+
+
+class TgiInfoApi(APIView):
+    permission_classes: list[Any] = []
+    authentication_classes: list[Any] = []
+
+    def get_exception_handler(self) -> Any:
+        return tgi_exception_handler
+
+    @extend_schema(
+        responses={200: OpenApiResponse(description="TGI server info")},
+        summary="Server info (TGI-compatible)",
+    )
+    def get(self, request: Request) -> Response:
+        model = default_model()
+        context = model.info.context_length
+        version = settings.SPECTACULAR_SETTINGS["VERSION"]
+        return Response(
+            {
+                # TGI 3's Info schema, then the names older clients read.
+                "model_id": model.name,
+                "model_sha": None,
+                "model_pipeline_tag": "text-generation",
+                "model_dtype": model.dtype,
+                "model_device_type": settings.SLUICE_DEVICE,
+                "max_concurrent_requests": model.capacity or 0,
+                "max_best_of": 1,
+                "max_stop_sequences": 4,
+                "max_input_tokens": context - 1,
+                "max_total_tokens": context,
+                "validation_workers": 1,
+                "max_client_batch_size": 1,
+                "router": "sluice",
+                "version": version,
+                "sha": None,
+                "docker_label": None,
+                "max_input_length": context - 1,
+                "max_batch_total_tokens": model.batch_tokens,
+                "max_waiting_tokens": 0,
+                "max_batch_size": model.batch_size,
+                "waiting_served_ratio": 0.0,
+            }
+        )
+
+
+class HealthApi(APIView):
+    """``GET /health`` as TGI and vLLM serve it: 200 when the default model has a worker (an
+    empty body), 503 otherwise. ``/healthz`` stays the process's own liveness."""
+
+    permission_classes: list[Any] = []
+    authentication_classes: list[Any] = []
+
+    def get_exception_handler(self) -> Any:
+        return tgi_exception_handler
+
+    @extend_schema(
+        responses={200: OpenApiResponse(description="a worker serves the model"), 503: OpenApiResponse()},
+        summary="Health (TGI- and vLLM-compatible)",
+    )
+    def get(self, request: Request) -> Response:
+        name = default_model().name
+        try:
+            served = any(name in beat.get("models", []) for beat in worker_heartbeats())
+        except Exception:
+            served = False
+        if not served:
+            raise ApiError(
+                f"No worker serves '{name}' right now.",
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                code="model_unavailable",
+                tgi_type="overloaded",
+            )
+        return Response(None, status=status.HTTP_200_OK)
