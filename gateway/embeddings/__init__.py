@@ -1,0 +1,1 @@
+"""OpenAI Embeddings API on the embeddings worker."""

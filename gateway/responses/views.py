@@ -36,6 +36,8 @@ from inference.client import job_client
 from inference.models import Job, JobStatus
 from inference.selectors import response_get_for_user
 
+CANCEL_WAIT_S = 5.0
+
 
 class ResponsesView(StreamingApiView):
     def get_exception_handler(self) -> Any:
@@ -208,6 +210,10 @@ class ResponseCancelApi(ResponsesView):
     )
     def post(self, request: Request, response_id: str) -> Response:
         job = job_client.cancel(_get_or_404(request, response_id))
+        if not job.is_terminal:
+            # A running job stops at the engine's next step: answer with its final state, as
+            # OpenAI does, unless that takes unusually long (then it says in_progress).
+            job = job_client.wait_end(job.id, timeout_s=CANCEL_WAIT_S)
         return Response(shaping.response_object(job))
 
 

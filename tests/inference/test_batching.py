@@ -104,6 +104,25 @@ class TestStopMatcher:
         matcher = StopMatcher(["world", "lo w"])
         assert matcher.feed("hello world") == "hel"
 
+    def test_include_keeps_the_stop_string(self) -> None:
+        """TGI's behaviour: the text up to and including the stop sequence."""
+        matcher = StopMatcher(["END"], include=True)
+        out = matcher.feed("abc E") + matcher.feed("N") + matcher.feed("D and more")
+        assert out == "abc END"
+        assert matcher.stopped and matcher.text == "abc END"
+
+    @given(
+        text=st.text(alphabet="abc\n", max_size=40),
+        stop=st.text(alphabet="abc\n", min_size=1, max_size=4),
+        cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=8),
+    )
+    def test_included_stop_whatever_the_chunking(self, text: str, stop: str, cuts: list[int]) -> None:
+        points = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+        matcher = StopMatcher([stop], include=True)
+        out = "".join(matcher.feed(text[a:b]) for a, b in itertools.pairwise(points)) + matcher.flush()
+        index = text.find(stop)
+        assert out == (text if index == -1 else text[: index + len(stop)])
+
     @given(
         text=st.text(alphabet="abc\n", max_size=40),
         stop=st.text(alphabet="abc\n", min_size=1, max_size=4),

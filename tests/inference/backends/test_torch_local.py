@@ -191,3 +191,45 @@ def test_sampler_reports_invalid_rows() -> None:
     params = [SamplingParams(temperature=1.0), SamplingParams(temperature=1.0)]
     good, bad = _sample_rows(logits, [0, 1], params, generators)
     assert isinstance(good, int) and isinstance(bad, ValueError)
+
+
+def test_top_logprobs_are_the_models_best_alternatives(backend: TorchCausalLMBackend) -> None:
+    ids = [5, 17, 99, 3, 250]
+    wanted = SamplingParams(max_new_tokens=4, temperature=0.0, top_logprobs=5)
+    first = backend.add(["top"], [ids], [wanted])["top"]
+    backend.remove(["top"])
+    assert not isinstance(first, Exception)
+    with torch.inference_mode():
+        logits = backend.model(torch.tensor([ids])).logits[0, -1].float()
+    expected = torch.topk(torch.log_softmax(logits, dim=-1), 5)
+    assert [i for i, _ in first.top] == expected.indices.tolist()
+    assert all(abs(lp - e) < 1e-4 for (_, lp), e in zip(first.top, expected.values.tolist(), strict=True))
+    assert first.top[0][0] == first.token_id  # greedy
+    plain = backend.add(["plain"], [ids], [GREEDY])["plain"]
+    backend.remove(["plain"])
+    assert not isinstance(plain, Exception) and plain.top == ()
+
+
+def test_prompt_logprobs_match_a_full_forward_pass(backend: TorchCausalLMBackend) -> None:
+    """decoder_input_details: each prompt token's log-probability given the ones before it,
+    while other sequences in the same add() keep their usual (last-position) prefill."""
+    ids = [7, 300, 12, 45, 901, 2, 64]
+    other = [9, 8, 7]
+    results = backend.add(
+        ["details", "other"],
+        [ids, other],
+        [SamplingParams(max_new_tokens=2, temperature=0.0, prompt_logprobs=True), GREEDY],
+    )
+    backend.remove(["details", "other"])
+    details, plain = results["details"], results["other"]
+    assert not isinstance(details, Exception) and not isinstance(plain, Exception)
+    assert plain.prompt_logprobs is None
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(backend.model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    expected = [None] + [logprobs[i, ids[i + 1]].item() for i in range(len(ids) - 1)]
+    assert details.prompt_logprobs is not None and details.prompt_logprobs[0] is None
+    assert all(
+        abs(got - want) < 1e-4  # type: ignore[operator]
+        for got, want in zip(details.prompt_logprobs[1:], expected[1:], strict=True)
+    )
+    assert details.token_id == int(logprobs[-1].argmax())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -180,3 +181,139 @@ def test_concurrent_streams_are_isolated(live: Live, make_api_user: object) -> N
         job = Job.objects.get(id=job_id)
         assert job.user == users[index].user
         assert job.output_text == text
+
+
+def test_completions_take_a_batch_of_prompts_and_token_ids(
+    client: openai.OpenAI, demo_model_dir: Path
+) -> None:
+    prompts = ["The river", "A queue", "Once upon"]
+    batch = client.completions.create(model=TEST_MODEL_NAME, prompt=prompts, max_tokens=6, temperature=0)
+    assert [choice.index for choice in batch.choices] == [0, 1, 2]
+    singles = [
+        client.completions.create(model=TEST_MODEL_NAME, prompt=p, max_tokens=6, temperature=0)
+        for p in prompts
+    ]
+    assert [c.text for c in batch.choices] == [s.choices[0].text for s in singles]
+    assert batch.usage is not None
+    assert batch.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles if s.usage)
+    assert batch.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles if s.usage)
+    # Streamed: chunks of the prompts interleave, each names its prompt by index.
+    texts = ["", "", ""]
+    usage = []
+    for chunk in client.completions.create(
+        model=TEST_MODEL_NAME,
+        prompt=prompts,
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+        if chunk.usage:
+            usage.append(chunk.usage)
+    assert texts == [c.text for c in batch.choices]
+    assert len(usage) == 1 and usage[0].completion_tokens == batch.usage.completion_tokens
+    # Token ids of the model's tokenizer are a prompt too (one list, or a list of lists).
+    from inference.prompts import model_info
+
+    ids = model_info(TEST_MODEL_NAME, demo_model_dir).completion_prompt_ids("The river")
+    by_ids = client.completions.create(model=TEST_MODEL_NAME, prompt=ids, max_tokens=6, temperature=0)
+    assert by_ids.choices[0].text == singles[0].choices[0].text
+    two = client.completions.create(model=TEST_MODEL_NAME, prompt=[ids, ids], max_tokens=6, temperature=0)
+    assert [c.text for c in two.choices] == [singles[0].choices[0].text] * 2
+
+
+def test_chat_logprobs_from_the_engine(client: openai.OpenAI) -> None:
+    response = client.chat.completions.create(
+        model=TEST_MODEL_NAME, messages=QUESTION, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3
+    )
+    choice = response.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    content = choice.logprobs.content
+    assert len(content) == response.usage.completion_tokens  # type: ignore[union-attr]
+    assert b"".join(bytes(t.bytes or []) for t in content).decode() == choice.message.content
+    for token in content:
+        assert token.logprob <= 0
+        assert len(token.top_logprobs) == 3
+        assert [t.logprob for t in token.top_logprobs] == sorted(
+            (t.logprob for t in token.top_logprobs), reverse=True
+        )
+        # Greedy: the chosen token is the most likely one.
+        assert token.top_logprobs[0].token == token.token
+        assert abs(token.top_logprobs[0].logprob - token.logprob) < 1e-3
+    streamed = []
+    for chunk in client.chat.completions.create(
+        model=TEST_MODEL_NAME,
+        messages=QUESTION,
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+        stream=True,
+    ):
+        if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+            streamed += chunk.choices[0].logprobs.content
+    assert [(t.token, round(t.logprob, 3)) for t in streamed] == [
+        (t.token, round(t.logprob, 3)) for t in content
+    ]
+    plain = client.chat.completions.create(
+        model=TEST_MODEL_NAME, messages=QUESTION, max_tokens=4, temperature=0
+    )
+    assert plain.choices[0].logprobs is None
+
+
+def test_completion_logprobs(client: openai.OpenAI) -> None:
+    response = client.completions.create(
+        model=TEST_MODEL_NAME, prompt="The river", max_tokens=6, temperature=0, logprobs=2
+    )
+    logprobs = response.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens and logprobs.token_logprobs and logprobs.top_logprobs
+    assert "".join(logprobs.tokens) == response.choices[0].text
+    assert len(logprobs.top_logprobs) == len(logprobs.tokens)
+    assert all(len(top) == 2 for top in logprobs.top_logprobs)
+    assert logprobs.text_offset == [
+        sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))
+    ]
+    streamed: list[str] = []
+    for chunk in client.completions.create(
+        model=TEST_MODEL_NAME, prompt="The river", max_tokens=6, temperature=0, logprobs=2, stream=True
+    ):
+        if chunk.choices and chunk.choices[0].logprobs:
+            streamed += chunk.choices[0].logprobs.tokens or []
+    assert streamed == logprobs.tokens
+
+
+def test_protocol_details_real_clients_check(live: Live, client: openai.OpenAI, api_user: ApiUser) -> None:
+    # `name: null` on a message (TGI's chat client sends it); system_fingerprint is a string.
+    response = client.chat.completions.create(
+        model=TEST_MODEL_NAME,
+        messages=[{"role": "user", "content": "Hi", "name": None}],  # type: ignore[list-item,misc]
+        max_tokens=3,
+    )
+    assert isinstance(response.system_fingerprint, str) and response.system_fingerprint
+    # stream_options needs stream, as OpenAI says.
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model=TEST_MODEL_NAME, messages=QUESTION, max_tokens=3, stream_options={"include_usage": True}
+        )
+    assert bad.value.param == "stream_options" and bad.value.type == "invalid_request_error"
+    # A request id: echoed when given, made up when not, and kept on the job.
+    raw = client.with_raw_response.chat.completions.create(
+        model=TEST_MODEL_NAME, messages=QUESTION, max_tokens=3, extra_headers={"X-Request-Id": "trace-42"}
+    )
+    assert raw.headers["x-request-id"] == "trace-42"
+    job = Job.objects.get(id=raw.parse().id.removeprefix("chatcmpl-"))
+    assert job.request_id == "trace-42"
+    made_up = httpx.get(f"{live.base_url}/v1/models", headers=api_user.headers)
+    assert made_up.headers["x-request-id"].startswith("req_")
+    hostile = httpx.get(f"{live.base_url}/v1/models", headers={**api_user.headers, "X-Request-Id": "a b\tc"})
+    assert hostile.headers["x-request-id"].startswith("req_")  # not echoed: not a usable id
+    # Error types are OpenAI's.
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="nope", messages=QUESTION)
+    assert missing.value.type == "invalid_request_error"
+    wrong_key = openai.OpenAI(base_url=f"{live.base_url}/v1", api_key="sk-sl-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as unauthorized:
+        wrong_key.models.list()
+    assert unauthorized.value.type == "invalid_request_error" and unauthorized.value.code == "invalid_api_key"

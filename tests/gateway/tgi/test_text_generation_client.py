@@ -1,0 +1,68 @@
+"""TGI's own Python client, `text_generation` (unchanged), against the live server."""
+
+from __future__ import annotations
+
+import pytest
+from text_generation import AsyncClient, Client
+from text_generation.errors import OverloadedError, ValidationError
+from text_generation.types import Message
+
+from gateway.models import RateLimitPolicy, UserRateLimit
+from tests.conftest import ApiUser, Live
+
+pytestmark = pytest.mark.e2e
+
+
+def client_for(live: Live, user: ApiUser) -> Client:
+    return Client(live.base_url, headers=user.headers, timeout=60)
+
+
+def test_generate_and_generate_stream(live: Live, api_user: ApiUser) -> None:
+    client = client_for(live, api_user)
+    response = client.generate("The river", max_new_tokens=8, decoder_input_details=True, top_n_tokens=2)
+    assert response.generated_text
+    details = response.details
+    assert details.generated_tokens == len(details.tokens) == 8
+    assert details.prefill and details.prefill[0].logprob is None
+    assert details.top_tokens is not None and all(len(top) == 2 for top in details.top_tokens)
+    assert "".join(t.text for t in details.tokens) == response.generated_text
+    events = list(client.generate_stream("The river", max_new_tokens=8))
+    assert "".join(e.token.text for e in events) == response.generated_text
+    assert events[-1].generated_text == response.generated_text
+    assert events[-1].details is not None and events[-1].details.generated_tokens == 8
+    stop = response.generated_text[3:6]
+    stopped = client.generate("The river", max_new_tokens=8, stop_sequences=[stop])
+    assert stopped.generated_text.endswith(stop) and stopped.details.finish_reason == "stop_sequence"
+
+
+def test_chat(live: Live, api_user: ApiUser) -> None:
+    client = client_for(live, api_user)
+    reply = client.chat(messages=[Message(role="user", content="Hi")], max_tokens=5, temperature=0)
+    assert reply.choices[0].message.role == "assistant" and reply.choices[0].message.content
+    assert isinstance(reply.system_fingerprint, str)
+
+
+async def test_async_client(live: Live, api_user: ApiUser) -> None:
+    client = AsyncClient(live.base_url, headers=api_user.headers, timeout=60)
+    response = await client.generate("The river", max_new_tokens=6)
+    assert response.details.generated_tokens == 6
+    tokens = [event.token.text async for event in client.generate_stream("The river", max_new_tokens=6)]
+    assert "".join(tokens) == response.generated_text
+    with pytest.raises(ValidationError):
+        await client.generate("The river", max_new_tokens=6, top_p=0.5, temperature=-1)
+
+
+def test_error_classes(live: Live, make_api_user: object) -> None:
+    user = make_api_user()  # type: ignore[operator]
+    policy = RateLimitPolicy.objects.create(
+        name="tgi-once", requests_per_minute=1, burst=1, max_queue_wait_s=0
+    )
+    UserRateLimit.objects.create(user=user.user, policy=policy)
+    client = client_for(live, user)
+    with pytest.raises(ValidationError):  # refused before admission: costs no request
+        client.generate("The river", max_new_tokens=10**7)
+    with pytest.raises(ValidationError):
+        client.generate_stream("The river", max_new_tokens=10**7).__next__()
+    client.generate("The river", max_new_tokens=2)
+    with pytest.raises(OverloadedError):
+        client.generate("The river", max_new_tokens=2)
