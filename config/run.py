@@ -3,8 +3,15 @@
 Starts the embedded Postgres+pgvector and Valkey (unless DATABASE_URL/REDIS_URL name servers),
 migrates, builds the demo model if it is missing, ensures an admin login and a demo API key,
 starts the ASGI web server (uvicorn) and a Celery worker, waits until they answer, prints
-how to use them, and on Ctrl-C/SIGTERM stops everything in order. Children that die are
-restarted (a crashed worker's jobs resume elsewhere or after the restart).
+how to use them, and on Ctrl-C/SIGTERM stops everything in order.
+
+Supervision: a child that dies is restarted with capped exponential backoff (1 s, 2 s, 4 s ...
+60 s), forever; one that crashes again and again within a minute is reported loudly (the log,
+``/readyz`` and the ops dashboard, through ``sluice:supervisor`` in Redis) while the others
+keep serving. The embedded Postgres and Valkey it started are watched the same way and started
+again (same data, same socket and port) when they die; the web and workers reconnect by
+themselves, and no accepted job is lost (Valkey keeps an append-only file; jobs in flight are
+finished or re-sent by the reconciler).
 
 This process owns the embedded servers (Valkey dies with the process that started it), so it
 stays in the foreground for as long as Sluice runs.
@@ -23,6 +30,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 from config import env
 from config.embedded import EmbeddedPostgres, EmbeddedValkey
@@ -32,18 +40,58 @@ logger = logging.getLogger("sluice.run")
 PY = sys.executable
 
 
+CRASH_WINDOW_S = 60.0  # crashes counted over this window
+CRASH_LOOP = 3  # this many in the window: a crash loop (reported, backoff at its cap soon)
+MAX_BACKOFF_S = 60.0
+SUPERVISOR_KEY = "sluice:supervisor"
+
+
+def backoff_s(crashes: int) -> float:
+    """SLUICE_RESTART_BACKOFF_S (1 s), doubled per crash in the window, at most a minute."""
+    base = env.get_float("SLUICE_RESTART_BACKOFF_S", 1.0)
+    return float(min(MAX_BACKOFF_S, base * 2 ** max(0, crashes - 1)))
+
+
+@dataclass
+class Restarts:
+    """When a supervised thing crashed, and when it may be started again."""
+
+    crashes: list[float] = field(default_factory=list)
+    next_start: float | None = None
+    last_exit: str = ""
+    started_at: float = 0.0
+
+    def crashed(self, now: float, exit_info: str) -> float:
+        self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW_S] + [now]
+        self.last_exit = exit_info
+        delay = backoff_s(len(self.crashes))
+        self.next_start = now + delay
+        return delay
+
+    @property
+    def looping(self) -> bool:
+        return len(self.crashes) >= CRASH_LOOP
+
+    def settle(self, now: float) -> None:
+        """Up for a whole window: its earlier crashes no longer count."""
+        if self.crashes and now - self.started_at > CRASH_WINDOW_S:
+            self.crashes = []
+
+
 @dataclass
 class Child:
     name: str
     argv: list[str]
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
-    restarts: list[float] = field(default_factory=list)
+    restarts: Restarts = field(default_factory=Restarts)
 
     def start(self) -> None:
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which then stops the
         # children in order (web first, so no new jobs arrive while the worker drains).
         self.process = subprocess.Popen(self.argv, env=self.env, cwd=env.BASE_DIR, start_new_session=True)
+        self.restarts.started_at = time.monotonic()
+        self.restarts.next_start = None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -69,6 +117,9 @@ class Supervisor:
         self.valkey: EmbeddedValkey | None = None
         self.children: list[Child] = []
         self.stopping = False
+        self.service_restarts: dict[str, Restarts] = {"postgres": Restarts(), "valkey": Restarts()}
+        self.redis_url = ""
+        self._redis: Any = None
 
     # -- services --
     def start_services(self) -> dict[str, str]:
@@ -126,6 +177,7 @@ class Supervisor:
         started = time.monotonic()
         print("Sluice: starting")
         urls = self.start_services()
+        self.redis_url = urls["REDIS_URL"]
         child_env = self.child_env(urls)
         self.manage(child_env, "migrate", "--noinput", "-v", "0")
         model_path = env.model_path()
@@ -219,23 +271,95 @@ Ctrl-C stops everything.""",
         return False
 
     def watch(self) -> int:
+        """Keep everything running until asked to stop; never give up on a child."""
         while not self.stopping:
+            now = time.monotonic()
+            self.watch_services(now)
             for child in self.children:
-                if child.alive() or self.stopping:
+                if self.stopping:
+                    break
+                if child.alive():
+                    child.restarts.settle(now)
                     continue
-                now = time.monotonic()
-                child.restarts = [t for t in child.restarts if now - t < 60] + [now]
-                if len(child.restarts) > 5:
-                    print(f"{child.name} keeps crashing; stopping Sluice", file=sys.stderr)
-                    return 1
-                code = child.process.returncode if child.process else "?"
-                print(
-                    f"{child.name} exited (code {code}); restarting",
-                    file=sys.stderr,
-                )
-                child.start()
+                restarts = child.restarts
+                if restarts.next_start is None:
+                    code = child.process.returncode if child.process else "?"
+                    delay = restarts.crashed(now, f"exit code {code}")
+                    loud = "CRASH LOOP: " if restarts.looping else ""
+                    print(
+                        f"{loud}{child.name} exited (code {code}; {len(restarts.crashes)} time(s) in "
+                        f"the last {CRASH_WINDOW_S:.0f}s); restarting in {delay:.0f}s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    self.report()
+                elif now >= restarts.next_start:
+                    child.start()
+            self.report()
             time.sleep(0.5)
         return 0
+
+    def watch_services(self, now: float) -> None:
+        """Start the embedded servers again when they die (same data, socket and port)."""
+        for name, server in (("postgres", self.pg), ("valkey", self.valkey)):
+            if server is None or server.alive():
+                if server is not None:
+                    self.service_restarts[name].settle(now)
+                continue
+            restarts = self.service_restarts[name]
+            if restarts.next_start is None:
+                delay = restarts.crashed(now, "died")
+                print(f"embedded {name} died; starting it again in {delay:.0f}s", file=sys.stderr, flush=True)
+                continue
+            if now < restarts.next_start:
+                continue
+            try:
+                if isinstance(server, EmbeddedValkey):
+                    server.start()
+                else:
+                    server.restart()
+                restarts.started_at = time.monotonic()
+                restarts.next_start = None
+                print(f"embedded {name} is back", file=sys.stderr, flush=True)
+            except Exception as exc:
+                delay = restarts.crashed(time.monotonic(), f"restart failed: {exc}")
+                print(
+                    f"embedded {name} did not start ({exc}); retrying in {delay:.0f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    def report(self) -> None:
+        """What is crashing, for /readyz and the dashboard (best effort: Redis may be down)."""
+        state = {
+            child.name: {
+                "crashes": len(child.restarts.crashes),
+                "crash_loop": child.restarts.looping,
+                "last_exit": child.restarts.last_exit,
+                "restarting": child.restarts.next_start is not None,
+            }
+            for child in self.children
+            if child.restarts.crashes
+        }
+        for name, restarts in self.service_restarts.items():
+            if restarts.crashes:
+                state[name] = {
+                    "crashes": len(restarts.crashes),
+                    "crash_loop": restarts.looping,
+                    "last_exit": restarts.last_exit,
+                    "restarting": restarts.next_start is not None,
+                }
+        try:
+            import redis
+
+            if self._redis is None:
+                self._redis = redis.Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
+            if state:
+                self._redis.set(SUPERVISOR_KEY, json.dumps({"ts": time.time(), "processes": state}), ex=30)
+            else:
+                self._redis.delete(SUPERVISOR_KEY)
+        except Exception:  # noqa: S110 - reporting must never stop supervising
+            pass
 
     def shutdown(self) -> None:
         self.stopping = True

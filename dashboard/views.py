@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from django.contrib.admin.views.decorators import staff_member_required
@@ -11,6 +12,7 @@ from django.shortcuts import render
 
 from inference.models import Job
 from inference.selectors import worker_heartbeats
+from inference.store import get_redis
 
 
 @staff_member_required
@@ -21,8 +23,16 @@ def overview(request: HttpRequest) -> HttpResponse:
     for beat in workers:
         beat["age"] = round(now - float(beat.get("ts", now)), 1)
     recent = Job.objects.select_related("user", "model_version").order_by("-queued_at")[:25]
+    raw = get_redis().get("sluice:supervisor")
+    supervisor = json.loads(raw).get("processes", {}) if raw else {}
     return render(
         request,
         "dashboard/overview.html",
-        {"title": "Operations", "counts": counts, "workers": workers, "recent": recent},
+        {
+            "title": "Operations",
+            "counts": counts,
+            "workers": workers,
+            "recent": recent,
+            "supervisor": supervisor,
+        },
     )

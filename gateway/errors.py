@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -137,6 +138,15 @@ def as_api_error(exc: Exception, context: dict[str, Any]) -> ApiError:
     """Any exception a view raised, as an `ApiError` (unexpected ones are logged, and 500)."""
     if isinstance(exc, ApiError):
         return exc
+    outage = store_outage(exc)
+    if outage is not None:
+        return outage
+    if isinstance(exc, RequestDataTooBig):
+        return ApiError(
+            "The request body is too large.", status_code=413, code="request_too_large", headers={}
+        )
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return ApiError(str(exc) or "Too many fields in the request.", code="too_many_fields")
     handled = exception_handler(exc, context)
     if handled is None:
         logger.exception("unhandled error in %s", context.get("view"))
@@ -181,6 +191,34 @@ def as_api_error(exc: Exception, context: dict[str, Any]) -> ApiError:
     else:
         message = str(getattr(exc, "detail", exc))
     return ApiError(message, status_code=status_code, code=code, param=param, headers=headers)
+
+
+#: Seconds a client is told to wait when Postgres or Redis is unreachable.
+OUTAGE_RETRY_AFTER_S = 5
+
+
+def store_outage(exc: BaseException) -> ApiError | None:
+    """An unreachable Postgres or Redis is an outage (503, retry later), not a bug (500)."""
+    import redis
+    from django.db import InterfaceError, OperationalError
+
+    store = None
+    if isinstance(exc, OperationalError | InterfaceError):
+        store = "database"
+    elif isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError) or (
+        isinstance(exc, redis.ResponseError) and str(exc).startswith(("LOADING", "READONLY", "MASTERDOWN"))
+    ):
+        store = "queue store (Redis)"
+    if store is None:
+        return None
+    logger.warning("%s unavailable: %s: %s", store, type(exc).__name__, exc)
+    return ApiError(
+        f"The {store} is temporarily unavailable. Retry after the time in the Retry-After header.",
+        status_code=503,
+        code="service_unavailable",
+        headers={"Retry-After": str(OUTAGE_RETRY_AFTER_S)},
+        tgi_type="overloaded",
+    )
 
 
 def _respond(error: ApiError, body: dict[str, Any]) -> Response:
@@ -236,6 +274,11 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> Any:
 
 
 def server_error(request: HttpRequest) -> Any:
+    import sys
+
+    outage = store_outage(sys.exc_info()[1] or Exception())
+    if outage is not None and api_owned(request.path):
+        return json_error(request, outage)
     if api_owned(request.path):
         return json_error(
             request,

@@ -54,6 +54,13 @@ class RateLimitPolicy(models.Model):
     is_default = models.BooleanField(
         default=False, help_text="applies to every user and key without a policy of their own"
     )
+    guards = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='guardrails: {"input": [{"kind": "deny_list", "patterns": [...]}, {"kind": "pii"}, '
+        '{"kind": "injection", "threshold": 0.5}], "output": [{"kind": "deny_list", ...}, {"kind": "pii"}]} '
+        "(see inference/guards.py)",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -73,6 +80,12 @@ class RateLimitPolicy(models.Model):
     def clean(self) -> None:
         if self.is_default and RateLimitPolicy.objects.filter(is_default=True).exclude(pk=self.pk).exists():
             raise ValidationError({"is_default": "Another policy is the default; untick it there first."})
+        from inference.guards import GuardConfigError, validate
+
+        try:
+            validate(self.guards, extra=settings.SLUICE_GUARD_KINDS)
+        except GuardConfigError as exc:
+            raise ValidationError({"guards": str(exc)}) from exc
 
 
 class ApiKey(models.Model):

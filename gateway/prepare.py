@@ -19,6 +19,7 @@ from django.contrib.auth.models import User
 from rest_framework import status
 
 from gateway.errors import ApiError
+from gateway.guards import RequestGuards
 from inference.models import JobKind
 from inference.prompts import ChatTemplateError, ModelFilesError
 from inference.registry import ServedModel, resolve_model
@@ -184,6 +185,7 @@ def _params(
     max_tokens_param: str,
     prompt_param: str,
     error_status: int,
+    guards: RequestGuards | None = None,
 ) -> JobParams:
     context = model.info.context_length
     room = context - prompt_tokens
@@ -224,6 +226,7 @@ def _params(
         )
     check_stop(sampling.stop, error_status=error_status)
     return JobParams(
+        output_guards=tuple(guards.output) if guards is not None else (),
         max_tokens=max_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
@@ -263,6 +266,7 @@ def prepare_chat(
     messages_param: str = "messages",
     max_tokens_param: str = "max_tokens",
     extra: dict[str, Any] | None = None,
+    guards: RequestGuards | None = None,
 ) -> PreparedRequest:
     """``history``: earlier turns the worker will put before ``messages`` (a Responses chain),
     counted here so that the context check sees what the model will see."""
@@ -276,9 +280,10 @@ def prepare_chat(
         )
     _check_size(sum(len(m["content"]) for m in normalized), error_status, messages_param)
     for index, message in enumerate(normalized):
-        check_storable(
-            message["content"], param=f"{messages_param}[{index}].content", error_status=error_status
-        )
+        param = f"{messages_param}[{index}].content"
+        check_storable(message["content"], param=param, error_status=error_status)
+        if guards is not None and message["role"] != "assistant":  # the model's own turns pass
+            message["content"] = guards.check(message["content"], param=param, error_status=error_status)
     try:
         prompt_ids = model.info.chat_prompt_ids([*history, *normalized])
     except ChatTemplateError as exc:
@@ -298,6 +303,7 @@ def prepare_chat(
         max_tokens_param=max_tokens_param,
         prompt_param=messages_param,
         error_status=error_status,
+        guards=guards,
     )
     job_input: dict[str, Any] = {"messages": normalized}
     if context is not None and context.knowledge_base_ids:
@@ -324,8 +330,10 @@ def prepare_completion(
     max_tokens_param: str = "max_tokens",
     prompt_param: str = "prompt",
     error_status: int = status.HTTP_400_BAD_REQUEST,
+    guards: RequestGuards | None = None,
 ) -> PreparedRequest:
-    """``prompt``: text, or token ids of the model's tokenizer (OpenAI and vLLM accept both)."""
+    """``prompt``: text, or token ids of the model's tokenizer (OpenAI and vLLM accept both).
+    Input guards see text prompts; token ids are the caller's own encoding, taken as they are."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ApiError(
@@ -333,6 +341,8 @@ def prepare_completion(
             )
         _check_size(len(prompt), error_status, prompt_param)
         check_storable(prompt, param=prompt_param, error_status=error_status)
+        if guards is not None:
+            prompt = guards.check(prompt, param=prompt_param, error_status=error_status)
         try:
             prompt_ids = model.info.completion_prompt_ids(prompt)
         except ModelFilesError as exc:
@@ -365,6 +375,7 @@ def prepare_completion(
         max_tokens_param=max_tokens_param,
         prompt_param=prompt_param,
         error_status=error_status,
+        guards=guards,
     )
     return PreparedRequest(
         model=model,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -49,9 +50,9 @@ def limits_of(policy: RateLimitPolicy) -> Limits:
     )
 
 
-# (api key id, user id) -> (expires at, limits, subject). Admin edits show within the TTL
-# (SLUICE_POLICY_CACHE_S, 2 s by default) without a query per request.
-_cache: dict[tuple[int | None, int], tuple[float, Limits, str]] = {}
+# (api key id, user id) -> (expires at, limits, subject, guards). Admin edits show within the
+# TTL (SLUICE_POLICY_CACHE_S, 2 s by default) without a query per request.
+_cache: dict[tuple[int | None, int], tuple[float, Limits, str, dict[str, Any]]] = {}
 _cache_lock = threading.Lock()
 
 
@@ -66,13 +67,24 @@ def admission_subject(*, user: User, api_key: ApiKey | None) -> tuple[Limits, st
     A key with a policy of its own is its own subject (``k<id>``); otherwise the user is
     (``u<id>``: their keys share the user's buckets), under the user's policy or the default.
     """
+    limits, subject, _ = _policy_for(user=user, api_key=api_key)
+    return limits, subject
+
+
+def policy_guards(*, user: User, api_key: ApiKey | None) -> tuple[str, dict[str, Any]]:
+    """(policy name, its guards config) for a request: the same policy admission applies."""
+    limits, _, guards = _policy_for(user=user, api_key=api_key)
+    return limits.policy, guards
+
+
+def _policy_for(*, user: User, api_key: ApiKey | None) -> tuple[Limits, str, dict[str, Any]]:
     key_id = api_key.pk if api_key is not None else None
     cache_key = (key_id, user.pk)
     now = time.monotonic()
     with _cache_lock:
         hit = _cache.get(cache_key)
     if hit is not None and hit[0] > now:
-        return hit[1], hit[2]
+        return hit[1], hit[2], hit[3]
     policy: RateLimitPolicy | None = None
     subject = f"u{user.pk}"
     if api_key is not None and api_key.policy_id is not None:
@@ -84,6 +96,7 @@ def admission_subject(*, user: User, api_key: ApiKey | None) -> tuple[Limits, st
     if policy is None:
         policy = RateLimitPolicy.objects.filter(is_default=True).first()
     limits = limits_of(policy) if policy is not None else UNLIMITED
+    guards = dict(policy.guards or {}) if policy is not None else {}
     with _cache_lock:
-        _cache[cache_key] = (now + settings.SLUICE_POLICY_CACHE_S, limits, subject)
-    return limits, subject
+        _cache[cache_key] = (now + settings.SLUICE_POLICY_CACHE_S, limits, subject, guards)
+    return limits, subject, guards

@@ -16,6 +16,7 @@ for each query (`inference.client.db`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,7 @@ from rest_framework.request import Request
 
 from gateway.admission import HEADERS_ATTR, Admission, admit, queue_event
 from gateway.errors import ApiError
+from gateway.idempotency import IdempotencyClaim
 from gateway.models import ApiKey
 from gateway.prepare import PreparedRequest
 from gateway.sse import sse_comment, sse_response
@@ -66,23 +68,43 @@ class Submission:
     source: str
     started: float = field(default_factory=time.perf_counter)
     admission: Admission | None = None
+    #: The request's Idempotency-Key claim (shared by the submissions of one batch), and
+    #: which of its jobs this submission is.
+    idempotency: IdempotencyClaim | None = None
+    index: int = 0
+
+    @property
+    def replay(self) -> bool:
+        """The same Idempotency-Key and body were seen before: answer with that job."""
+        return self.idempotency is not None and self.idempotency.replay
+
+    def _failed(self) -> None:
+        if self.idempotency is not None:
+            self.idempotency.abandon()
 
     # -- admission -------------------------------------------------------------------------
 
-    def admit(self, request: Request | None = None) -> Admission:
+    def admit(self, request: Request | None = None) -> Admission | None:
         """The first attempt: admitted or waiting; raises the 429/503 refusal. Its
-        ``x-ratelimit-*`` headers go on ``request``'s response."""
-        self.admission = admit(
-            user=self.caller.user,
-            api_key=self.caller.api_key,
-            model=self.prepared.model,
-            cost=self.prepared.cost,
-        )
+        ``x-ratelimit-*`` headers go on ``request``'s response. A replay is not admitted
+        again (its job was)."""
+        if self.replay:
+            return None
+        try:
+            self.admission = admit(
+                user=self.caller.user,
+                api_key=self.caller.api_key,
+                model=self.prepared.model,
+                cost=self.prepared.cost,
+            )
+        except BaseException:
+            self._failed()
+            raise
         if request is not None:
             setattr(request, HEADERS_ATTR, self.admission.headers)
         return self.admission
 
-    async def admit_async(self) -> Admission:
+    async def admit_async(self) -> Admission | None:
         return await db(self.admit)
 
     def _admission(self) -> Admission:
@@ -92,10 +114,16 @@ class Submission:
 
     def wait_admitted(self) -> None:
         """Block until admitted (sync views); raise the refusal. Holds no connection."""
+        if self.replay:
+            return
         admission = self._admission()
         if not admission.admitted:
             release_connection()
-            admission.wait()
+            try:
+                admission.wait()
+            except BaseException:
+                self._failed()
+                raise
 
     async def events(self) -> AsyncIterator[dict[str, object]]:
         """While waiting: one queue event (position, ETA) per change; raises the refusal."""
@@ -113,7 +141,22 @@ class Submission:
 
     # -- the job ----------------------------------------------------------------------------
 
-    def create(self) -> Job:
+    def create(self, *, settle: bool = True) -> Job:
+        """The job: created now, or the one an earlier request with the same Idempotency-Key
+        created. ``settle``: record it under the key (a batch records all its jobs at once)."""
+        if self.replay:
+            assert self.idempotency is not None
+            return Job.objects.get(id=self.idempotency.job_ids[self.index], user=self.caller.user)
+        try:
+            job = self._create()
+        except BaseException:
+            self._failed()
+            raise
+        if settle and self.idempotency is not None:
+            self.idempotency.complete([str(job.id)])
+        return job
+
+    def _create(self) -> Job:
         admission = self._admission()
         prepared = self.prepared
         return job_client.submit(
@@ -153,28 +196,36 @@ class Submission:
     def stream(self, stream_for: StreamFor, *, refused: Refused) -> object:
         """The streaming answer: the job's stream at once if admitted, else queue comments
         while it waits, then the stream (or the refusal, as the protocol's error event)."""
-        admission = self._admission()
-        if admission.admitted:
+        if self.replay or self._admission().admitted:
             return sse_response(stream_for(self.create()))
         return sse_response(self._wait_then_stream(stream_for, refused))
 
     async def _wait_then_stream(self, stream_for: StreamFor, refused: Refused) -> AsyncIterator[bytes]:
+        created = False
         try:
-            async for event in self.events():
-                yield sse_comment("queue", event)
-        except ApiError as exc:
-            for chunk in refused(exc):
+            try:
+                async for event in self.events():
+                    yield sse_comment("queue", event)
+            except ApiError as exc:
+                for chunk in refused(exc):
+                    yield chunk
+                return
+            job = await self.create_async()
+            created = True
+            async for chunk in stream_for(job):
                 yield chunk
-            return
-        job = await self.create_async()
-        async for chunk in stream_for(job):
-            yield chunk
+        finally:
+            if not created and self.idempotency is not None and not self.idempotency.settled:
+                # Refused, or the client left while waiting: the key is free again.
+                await asyncio.shield(db(self._failed))
 
 
 def submit_all(submissions: list[Submission], *, request: Request | None = None) -> list[Job]:
     """The jobs of one request that asks for several (a batch of prompts): every one admitted
     (waiting if it must), then every one created. A refusal gives back the admissions granted
     before it, so a batch is all or nothing."""
+    if submissions and submissions[0].replay:
+        return [submission.create() for submission in submissions]
     admitted: list[Submission] = []
     try:
         for submission in submissions:
@@ -188,13 +239,16 @@ def submit_all(submissions: list[Submission], *, request: Request | None = None)
     jobs: list[Job] = []
     try:
         for submission in submissions:
-            jobs.append(submission.create())
+            jobs.append(submission.create(settle=False))
     except BaseException:
         for job in jobs:
             job_client.cancel(job)
         for submission in submissions[len(jobs) + 1 :]:
             submission.abandon()
         raise
+    claim = submissions[0].idempotency if submissions else None
+    if claim is not None:
+        claim.complete([str(job.id) for job in jobs])
     return jobs
 
 

@@ -1,6 +1,7 @@
-"""Admin: jobs (read-only; cancel), chat sessions with their messages, profiles, knowledge
-bases with their documents' ingestion status, the result cache (clear), and model versions
-(activate, canary, promote, roll back, drain, retire; health, breaker, workers; events)."""
+"""Admin: jobs (read-only; cancel), dead letters (requeue, discard), chat sessions with their
+messages, profiles, knowledge bases with their documents' ingestion status, the result cache
+(clear), and model versions (activate, canary, promote, roll back, drain, retire; health,
+breaker, workers; events)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from inference.cache import result_cache_clear
 from inference.models import (
     CachedResult,
     ChatSession,
+    DeadLetter,
     Document,
     Job,
     KnowledgeBase,
@@ -25,7 +27,7 @@ from inference.models import (
 )
 from inference.rag.services import document_upload
 from inference.registry import registry_invalidate
-from inference.services import job_cancel
+from inference.services import deadletter_discard, deadletter_requeue, job_cancel
 from inference.versions import (
     open_breakers,
     version_activate,
@@ -78,6 +80,68 @@ class JobAdmin(ModelAdmin):
                 job_cancel(job=job)
                 count += 1
         self.message_user(request, f"Cancellation requested for {count} job(s).")
+
+
+class DeadLetterStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("open", "open"), ("requeued", "requeued"), ("discarded", "discarded")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> QuerySet[DeadLetter]:
+        value = self.value()
+        if value == "open":
+            return queryset.filter(requeued_at__isnull=True, discarded_at__isnull=True)
+        if value == "requeued":
+            return queryset.filter(requeued_at__isnull=False, discarded_at__isnull=True)
+        if value == "discarded":
+            return queryset.filter(discarded_at__isnull=False)
+        return queryset
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(ModelAdmin):
+    """Jobs that used up their retries: requeue (same id, same stream) or discard."""
+
+    list_display = (
+        "job",
+        "model",
+        "reason",
+        "attempts",
+        "state",
+        "created_at",
+        "requeue_count",
+        "handled_by",
+    )
+    list_filter = (DeadLetterStateFilter, "reason", "model", "created_at")
+    search_fields = ("job__id", "error", "job__user__username")
+    date_hierarchy = "created_at"
+    actions = ["requeue", "discard"]
+    readonly_fields = [field.name for field in DeadLetter._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: DeadLetter | None = None) -> bool:
+        return False
+
+    @admin.display(description="state")
+    def state(self, obj: DeadLetter) -> str:
+        return obj.state
+
+    @admin.action(description="Requeue selected jobs (same id and stream)")
+    def requeue(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        actor = getattr(request.user, "username", "admin")
+        done = sum(deadletter_requeue(letter=letter, actor=actor) for letter in queryset)
+        self.message_user(request, f"Requeued {done} job(s).")
+
+    @admin.action(description="Discard selected dead letters")
+    def discard(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        actor = getattr(request.user, "username", "admin")
+        for letter in queryset:
+            deadletter_discard(letter=letter, actor=actor)
+        self.message_user(request, f"Discarded {queryset.count()} dead letter(s).", messages.INFO)
 
 
 class MessageInline(TabularInline):

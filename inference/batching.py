@@ -25,6 +25,7 @@ class FinishReason(enum.StrEnum):
     ERROR = "error"
     LEASE_LOST = "lease_lost"  # another worker owns the job now: drop silently
     ABORTED = "aborted"  # this worker is shutting down: leave the job to another attempt
+    CONTENT_FILTER = "content_filter"  # an output guard stopped it (the text before stays)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class SamplingParams:
     prompt_logprobs: bool = False
     #: Keep a matched stop string in the output (TGI does; OpenAI does not).
     include_stop: bool = False
+    #: Output guards (inference/guards.py specs): the engine filters the text through them.
+    output_guards: tuple[dict[str, Any], ...] = ()
 
     @property
     def greedy(self) -> bool:

@@ -23,9 +23,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection
+from django.utils import timezone
 
 from inference.jobstream import EntryKind, StreamEntry
 from inference.models import Job
@@ -35,6 +37,9 @@ from inference.streams import cancel_key, stream_key
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: A finished job's end entry is written right after its row; this long after, it was lost.
+END_GRACE_S = 3.0
 
 
 def release_connection() -> None:
@@ -148,22 +153,74 @@ class JobClient:
             last = StreamEntry.decode(raw_id, raw)
             if last.id == after and last.kind == EntryKind.END:
                 return  # the client has already seen the end
+        outage_since: float | None = None
         while True:
-            response: Any = await client.xread({key: after}, count=512, block=block_ms)
+            try:
+                response: Any = await client.xread({key: after}, count=512, block=block_ms)
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                # Redis is restarting: keep the cursor and the client (keepalives), try again.
+                # The worker holds its tokens meanwhile; nothing is lost, nothing repeats.
+                now = time.monotonic()
+                outage_since = outage_since or now
+                if now - outage_since > settings.SLUICE_STORE_OUTAGE_S:
+                    raise
+                yield None
+                await asyncio.sleep(min(2.0, 0.2 * 2 ** min(4, int(now - outage_since))))
+                continue
+            outage_since = None
             _reraise_swallowed_cancel()
             if not response:
                 job = await db(_job_row, job_id)
-                if job is not None and job.is_terminal and not await client.exists(key):
-                    yield _end_from_row(job)
-                    return
+                if job is not None and job.is_terminal:
+                    if not await client.exists(key):
+                        yield _end_from_row(job)
+                        return
+                    repair = await self._lost_end(client, key, job)
+                    if repair:
+                        for entry in repair:
+                            yield entry
+                        return
                 yield None
                 continue
-            for raw_id, raw in response[0][1]:
-                entry = StreamEntry.decode(raw_id, raw)
+            batch = [StreamEntry.decode(raw_id, raw) for raw_id, raw in response[0][1]]
+            for index, entry in enumerate(batch):
                 after = entry.id
-                yield entry
                 if entry.kind == EntryKind.END:
+                    if index + 1 < len(batch) or await self._superseded(client, key, entry.id):
+                        continue  # the job was requeued after it ended: not the end any more
+                    yield entry
                     return
+                yield entry
+
+    @staticmethod
+    async def _lost_end(client: Any, key: str, job: Job) -> list[StreamEntry]:
+        """A job that ended a while ago but whose stream has no end entry (Redis lost its last
+        writes, or was down when the job ended): the rest of its text from the row, then its
+        end, so that a follower neither hangs nor misses text."""
+        if job.finished_at is None or (timezone.now() - job.finished_at).total_seconds() < END_GRACE_S:
+            return []
+        raw: Any = await client.xrange(key)
+        entries = [StreamEntry.decode(entry_id, fields) for entry_id, fields in raw]
+        if entries and entries[-1].kind == EntryKind.END:
+            return []  # it arrived meanwhile: the next read gets it
+        streamed = "".join(e.text for e in entries if e.kind == EntryKind.TOKEN)
+        repair = []
+        if job.output_text.startswith(streamed) and len(job.output_text) > len(streamed):
+            repair.append(
+                StreamEntry.token(
+                    text=job.output_text[len(streamed) :], token_ids=[], logprobs=[], completion_tokens=0
+                )
+            )
+        end = _end_from_row(job)
+        end.full_text = None
+        repair.append(end)
+        logger.warning("job %s ended but its stream has no end entry: completed it from the row", job.id)
+        return repair
+
+    @staticmethod
+    async def _superseded(client: Any, key: str, end_id: str) -> bool:
+        newest: Any = await client.xrevrange(key, count=1)
+        return bool(newest) and StreamEntry.decode(*newest[0]).id != end_id
 
     def wait_end(self, job_id: str | uuid.UUID, *, timeout_s: float) -> Job:
         """Block until the job's stream has its end entry (the row is final by then). Holds
@@ -178,7 +235,11 @@ class JobClient:
             if remaining <= 0:
                 break
             block_ms = max(1, int(min(remaining, 5.0) * 1000))
-            response: Any = client.xread({key: last}, count=1000, block=block_ms)
+            try:
+                response: Any = client.xread({key: last}, count=1000, block=block_ms)
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                time.sleep(0.5)  # Redis is restarting; the job goes on meanwhile
+                continue
             if not response:
                 job = _closing(Job.objects.get)(id=job_id)
                 if job.is_terminal:  # stream expired or was never written (cancelled early)

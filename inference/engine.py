@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from inference.backends.base import ModelBackend, Sampled
 from inference.batching import FinishReason, IncrementalDecoder, Scheduler, SequenceRequest, StopMatcher
+from inference.guards import OutputGuards
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class SequenceResult:
     prompt_tokens: int
     completion_tokens: int  # including tokens resumed from an earlier attempt
     error: str | None = None
+    #: The error is transient (an upstream that failed before the first token): retry the job.
+    retryable: bool = False
     stopped_by_string: bool = False
     submitted_at: float = 0.0
     admitted_at: float | None = None
@@ -111,6 +114,7 @@ class _Active:
     decoder: IncrementalDecoder
     stops: StopMatcher
     submitted_at: float
+    guards: OutputGuards | None = None
     admitted_at: float | None = None
     first_token_at: float | None = None
     token_ids: list[int] = field(default_factory=list)
@@ -123,6 +127,7 @@ class _Active:
     pending_text: str = ""
     finish: FinishReason | None = None
     error: str | None = None
+    retryable: bool = False
 
     @property
     def completion_tokens(self) -> int:
@@ -141,7 +146,10 @@ class Engine:
         observer: EngineObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "engine",
+        guard_kinds: dict[str, str] | None = None,
     ) -> None:
+        #: Guard kinds beyond the built-in ones (SLUICE_GUARD_KINDS), for output guards.
+        self.guard_kinds = guard_kinds or {}
         self.backend = backend
         self.sink: TokenSink = sink or NullSink()
         self.scheduler = Scheduler(max_batch_size, max_batch_tokens)
@@ -254,10 +262,22 @@ class Engine:
             if request.resume_text:
                 stops.text = request.resume_text
                 stops.emitted = len(request.resume_text)
+            guards = (
+                OutputGuards(request.params.output_guards, self.guard_kinds)
+                if request.params.output_guards
+                else None
+            )
         except Exception as exc:  # bad stop strings or decoder state: this sequence only
             handle._complete(self._result_for_error(request, submitted_at, f"invalid request: {exc}"))
             return
-        act = _Active(request=request, handle=handle, decoder=decoder, stops=stops, submitted_at=submitted_at)
+        act = _Active(
+            request=request,
+            handle=handle,
+            decoder=decoder,
+            stops=stops,
+            submitted_at=submitted_at,
+            guards=guards,
+        )
         if request.remaining_new_tokens <= 0 or request.context_len >= self.backend.context_length:
             act.finish = FinishReason.LENGTH
             self._complete(act)
@@ -342,6 +362,7 @@ class Engine:
             if isinstance(sampled, Exception):
                 act.finish = FinishReason.ERROR
                 act.error = f"{type(sampled).__name__}: {sampled}"
+                act.retryable = bool(getattr(sampled, "retryable", False)) and not act.token_ids
                 continue
             new_tokens += 1
             try:
@@ -370,6 +391,12 @@ class Engine:
             act.finish = FinishReason.STOP
             return
         delta = act.stops.feed(act.decoder.push(sampled.token_id))
+        if act.guards is not None:
+            delta = act.guards.feed(delta)
+            if act.guards.blocked:
+                act.pending_text += delta
+                act.finish = FinishReason.CONTENT_FILTER
+                return
         act.pending_text += delta
         if act.stops.stopped:
             act.finish = FinishReason.STOP
@@ -384,8 +411,12 @@ class Engine:
         for act in self._active.values():
             if act.finish in (FinishReason.STOP, FinishReason.LENGTH) and not act.stops.stopped:
                 # Release text held back for a stop string or an incomplete character.
-                act.pending_text += act.stops.feed(act.decoder.flush())
-                act.pending_text += act.stops.flush()
+                tail = act.stops.feed(act.decoder.flush()) + act.stops.flush()
+                act.pending_text += act.guards.feed(tail) if act.guards is not None else tail
+            if act.finish in (FinishReason.STOP, FinishReason.LENGTH) and act.guards is not None:
+                act.pending_text += act.guards.flush()  # the tail the guards held back
+                if act.guards.blocked:
+                    act.finish = FinishReason.CONTENT_FILTER
             if act.finish in (FinishReason.CANCELLED, FinishReason.LEASE_LOST, FinishReason.ABORTED):
                 continue  # nobody wants more output from these
             if act.pending_ids or act.pending_text:
@@ -454,6 +485,7 @@ class Engine:
             prompt_tokens=len(act.request.prompt_ids),
             completion_tokens=act.completion_tokens,
             error=act.error,
+            retryable=act.retryable,
             stopped_by_string=act.stops.stopped,
             submitted_at=act.submitted_at,
             admitted_at=act.admitted_at,

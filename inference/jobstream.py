@@ -8,7 +8,11 @@ A job's stream (``inference.streams.stream_key``) holds, in order:
 - ``tok``: new output of one engine step: its text, token ids and log-probabilities, the top
   alternatives when asked for, the prompt's log-probabilities on the first token when asked
   for, and the completion tokens so far;
-- ``end``: the final status, written after the row (so a reader that sees it can trust the row).
+- ``end``: the final status, written after the row (so a reader that sees it can trust the row);
+- ``retry``: an attempt failed transiently, the job will be attempted again (``attempt``,
+  ``error``, ``delay_s``);
+- ``requeue``: a dead-lettered job was requeued by an operator; it continues after its
+  earlier ``end``, which no longer counts.
 
 Writers: the worker (`inference.streams.JobStreams`, fenced by its lease) and the services that
 end a job without running it. Readers: the job client (`inference.client`), the only way the
@@ -31,6 +35,10 @@ class EntryKind(enum.StrEnum):
     CITATIONS = "cite"
     TOKEN = "tok"  # noqa: S105 - an entry kind, not a secret
     END = "end"
+    #: A transient failure: the job goes back to its queue and is attempted again later.
+    RETRY = "retry"
+    #: An operator requeued a dead-lettered job: entries after an earlier ``end`` continue it.
+    REQUEUE = "requeue"
 
 
 #: A token's alternatives: (token id, log-probability), most likely first.
@@ -63,8 +71,9 @@ class StreamEntry:
     #: The prompt as the model saw it, with each token's log-probability (None for the first).
     prompt_logprobs: list[tuple[int, float | None]] | None = None
     completion_tokens: int = 0
-    # start
+    # start, retry
     attempt: int = 0
+    delay_s: float = 0.0
     # cite
     citations: list[dict[str, Any]] = field(default_factory=list)
     # end
@@ -85,6 +94,14 @@ class StreamEntry:
     @classmethod
     def start(cls, attempt: int) -> StreamEntry:
         return cls(EntryKind.START, attempt=attempt)
+
+    @classmethod
+    def retry(cls, *, attempt: int, error: str, delay_s: float) -> StreamEntry:
+        return cls(EntryKind.RETRY, attempt=attempt, error=error, delay_s=delay_s)
+
+    @classmethod
+    def requeue(cls) -> StreamEntry:
+        return cls(EntryKind.REQUEUE)
 
     @classmethod
     def cite(cls, citations: list[dict[str, Any]]) -> StreamEntry:
@@ -170,6 +187,8 @@ class StreamEntry:
             return fields
         if kind == EntryKind.START:
             return {"t": "start", "a": str(self.attempt)}
+        if kind == EntryKind.RETRY:
+            return {"t": "retry", "a": str(self.attempt), "e": self.error, "d": f"{self.delay_s:.3f}"}
         if kind == EntryKind.CITATIONS:
             return {"t": "cite", "c": json.dumps(self.citations, separators=(",", ":"))}
         return {"t": str(kind)}
@@ -198,6 +217,10 @@ class StreamEntry:
             entry.cache_hit = fields.get("ch") == "1"
         elif kind == EntryKind.START:
             entry.attempt = int(fields.get("a") or 1)
+        elif kind == EntryKind.RETRY:
+            entry.attempt = int(fields.get("a") or 1)
+            entry.error = fields.get("e", "")
+            entry.delay_s = float(fields.get("d") or 0)
         elif kind == EntryKind.CITATIONS:
             entry.citations = json.loads(fields["c"]) if fields.get("c") else []
         return entry

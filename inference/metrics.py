@@ -235,6 +235,65 @@ class FleetCollector:
         yield admission
 
 
+class DatabasePoolCollector:
+    """This process's database connection pool: a connection checked out and never returned
+    (a leak) shows as ``in_use`` that does not go back to zero when the process is idle."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        from django.db import connections
+
+        gauge = GaugeMetricFamily(
+            "sluice_db_pool_connections", "Database connections of this process's pool", labels=["state"]
+        )
+        waiting = GaugeMetricFamily(
+            "sluice_db_pool_requests_waiting", "Requests of this process waiting for a pooled connection"
+        )
+        try:
+            pool = getattr(connections["default"], "pool", None)
+            stats = pool.get_stats() if pool is not None else None
+        except Exception:
+            return
+        if stats is None:
+            return
+        size, available = int(stats.get("pool_size", 0)), int(stats.get("pool_available", 0))
+        gauge.add_metric(["size"], size)
+        gauge.add_metric(["available"], available)
+        gauge.add_metric(["in_use"], max(0, size - available))
+        gauge.add_metric(["max"], int(stats.get("pool_max", 0)))
+        waiting.add_metric([], int(stats.get("requests_waiting", 0)))
+        yield gauge
+        yield waiting
+
+
+class DeadLetterCollector:
+    """Jobs dead-lettered so far, by reason (from the table: every process sees the fleet's)."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        from django.db import connection
+        from django.db.models import Count
+
+        from inference.models import DeadLetter
+
+        counter = CounterMetricFamily(
+            "sluice_dead_letters", "Jobs that used up their retries, by reason", labels=["reason", "model"]
+        )
+        try:
+            rows = list(DeadLetter.objects.values_list("reason", "model").annotate(n=Count("id")))
+        except Exception:  # a scrape must not fail because the database does
+            return
+        finally:
+            connection.close()
+        for reason, model, count in rows:
+            counter.add_metric([reason, model], count)
+        yield counter
+
+
 _registered = False
 _register_lock = threading.Lock()
 
@@ -249,4 +308,6 @@ def register_fleet_collector() -> None:
     with _register_lock:
         if not _registered:
             REGISTRY.register(FleetCollector(get_redis))
+            REGISTRY.register(DatabasePoolCollector())
+            REGISTRY.register(DeadLetterCollector())
             _registered = True

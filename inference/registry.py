@@ -56,6 +56,8 @@ class ServedModel:
     status: str = "stable"
     weight: int = 100
     fallback_id: int | None = None
+    #: Attempts after transient failures before dead-lettering (0: SLUICE_MAX_ATTEMPTS).
+    max_attempts: int = 0
 
     @property
     def key(self) -> str:
@@ -82,6 +84,10 @@ class ServedModel:
     @property
     def batch_tokens(self) -> int:
         return self.max_batch_tokens or settings.SLUICE_MAX_BATCH_TOKENS
+
+    @property
+    def attempts_allowed(self) -> int:
+        return self.max_attempts or settings.SLUICE_MAX_ATTEMPTS
 
     @property
     def active(self) -> bool:
@@ -136,6 +142,7 @@ def _load() -> list[ServedModel]:
             status=row.status,
             weight=row.traffic_weight,
             fallback_id=row.fallback_id,
+            max_attempts=row.max_attempts,
         )
         for row in rows
     ]

@@ -112,6 +112,7 @@ def load_version(model: ServedModel) -> LoadedVersion:
         max_batch_size=model.batch_size,
         max_batch_tokens=model.batch_tokens,
         max_prefill_tokens=settings.SLUICE_MAX_PREFILL_TOKENS,
+        guard_kinds=settings.SLUICE_GUARD_KINDS,
         observer=metrics,
         name=f"engine-{model.key}",
     ).start()
@@ -187,6 +188,8 @@ class WorkerRuntime:
     def sync(self) -> None:
         """Follow the registry: load what became active, unload what retired and is idle."""
         desired = {v.key: v for v in self.desired()}
+        for name in sorted(self.served_names - {"*"}):
+            self._consume(queue_for(name))  # its settings version's queue (jobs from before versions)
         for key, model in desired.items():
             if key not in self.versions:
                 self.ensure(model)
@@ -255,7 +258,16 @@ class WorkerRuntime:
         self.consumed.discard(queue)
 
     def on_consumer_ready(self, consumer: Any) -> None:
-        """Celery's consumer is up (worker_ready): take the queues of the loaded versions."""
+        """Celery's consumer is up (worker_ready): take the queues of the loaded versions, and
+        let go of any served name's queue this worker does not serve (a ``-Q`` naming the
+        default model on a worker started for another: its jobs would fail "not served here")."""
+        for queue in list(consumer.task_consumer.queues):
+            name = queue.name.removeprefix("sluice.model.")
+            if queue.name.startswith("sluice.model.") and not self.serves(name):
+                logger.warning(
+                    "not consuming %s: this worker serves %s", queue.name, sorted(self.served_names)
+                )
+                consumer.cancel_task_queue(queue.name)
         self.consumed.update(q.name for q in consumer.task_consumer.queues)
         with self._lock:
             queues = [loaded.model.queue for loaded in self.versions.values()]

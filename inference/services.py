@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -25,13 +25,13 @@ from inference.chat.selectors import profile_attributes, response_history, sessi
 from inference.chat.services import session_record_turn
 from inference.engine import SequenceResult
 from inference.jobstream import StreamEntry
-from inference.models import CachedResult, Job, JobKind, JobStatus
+from inference.models import CachedResult, DeadLetter, DeadLetterReason, Job, JobKind, JobStatus
 from inference.prompts import ChatTemplateError, ModelFilesError
 from inference.rag.selectors import Hit, chunks_search
 from inference.rag.services import local_embedder
 from inference.registry import ServedModel, queue_for, version_by_id, version_queue
 from inference.store import get_streams
-from inference.streams import Progress
+from inference.streams import Progress, cancel_key, stream_key
 from inference.textutil import pg_safe
 from inference.versions import version_record_outcome
 
@@ -59,6 +59,8 @@ class JobParams:
     include_stop: bool = False
     #: Keep only the last ``truncate`` prompt tokens (TGI truncate); None: the whole prompt.
     truncate: int | None = None
+    #: The policy's output guards (inference/guards.py), applied by the engine to the text.
+    output_guards: tuple[dict[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -79,6 +81,8 @@ class JobParams:
             data["include_stop"] = True
         if self.truncate is not None:
             data["truncate"] = self.truncate
+        if self.output_guards:
+            data["output_guards"] = list(self.output_guards)
         return data
 
     @classmethod
@@ -96,6 +100,7 @@ class JobParams:
             prompt_logprobs=bool(data.get("prompt_logprobs", False)),
             include_stop=bool(data.get("include_stop", False)),
             truncate=int(truncate) if truncate is not None else None,
+            output_guards=tuple(data.get("output_guards") or ()),
         )
 
     def sampling(self, *, prompt_logprobs: bool | None = None) -> SamplingParams:
@@ -110,6 +115,7 @@ class JobParams:
             top_logprobs=self.top_logprobs,
             prompt_logprobs=self.prompt_logprobs if prompt_logprobs is None else prompt_logprobs,
             include_stop=self.include_stop,
+            output_guards=self.output_guards,
         )
 
 
@@ -248,11 +254,15 @@ def celery_priority(tier: int) -> int:
     return MAX_TIER - max(0, min(MAX_TIER, tier))
 
 
-def job_publish(*, job_id: uuid.UUID | str, queue: str, priority: int = 0) -> None:
+def job_publish(*, job_id: uuid.UUID | str, queue: str, priority: int = 0, countdown: float = 0.0) -> None:
     from inference.tasks import run_job
 
-    run_job.apply_async(args=[str(job_id)], queue=queue, priority=celery_priority(priority))
-    Job.objects.filter(id=job_id, published_at__isnull=True).update(published_at=timezone.now())
+    run_job.apply_async(
+        args=[str(job_id)], queue=queue, priority=celery_priority(priority), countdown=countdown or None
+    )
+    Job.objects.filter(id=job_id, published_at__isnull=True).update(
+        published_at=timezone.now(), next_attempt_at=None
+    )
 
 
 def _release_admission(job: Job, *, used_tokens: int, ran: bool) -> None:
@@ -309,7 +319,22 @@ def job_execute(*, job_id: str, worker: str) -> None:
         logger.warning("job %s does not exist; dropping its message", job_id)
         return
     if job.is_terminal:
+        # A redelivery of a finished job: make sure its stream says so (the end entry may not
+        # have been written if Redis went down as the job ended).
+        if get_streams().ensure_end(
+            job_id,
+            StreamEntry.end(
+                status=job.status, finish_reason=job.finish_reason, usage=job.usage, error=job.error
+            ),
+        ):
+            logger.warning("job %s: wrote its missing end entry", job_id)
         return
+    if (
+        job.status == JobStatus.QUEUED
+        and job.next_attempt_at is not None
+        and job.next_attempt_at > timezone.now()
+    ):
+        return  # waiting out its backoff: the reconciler publishes it when it is due
     runtime = get_runtime()
     # Load its version before taking the lease: loading can take longer than a lease lives.
     model = version_by_id(job.model_version_id, job.model)
@@ -350,13 +375,14 @@ def _run_claimed(*, job: Job, token: str, runtime: Any, model: ServedModel | Non
             job=job, token=token, status=JobStatus.CANCELLED, reason=FinishReason.CANCELLED.value
         )
         return
-    if attempt > settings.SLUICE_MAX_ATTEMPTS:
-        _finish_without_run(
-            job=job,
-            token=token,
-            status=JobStatus.FAILED,
-            reason="error",
+    allowed = model.attempts_allowed if model is not None else settings.SLUICE_MAX_ATTEMPTS
+    if attempt > allowed:
+        # A late redelivery of a job whose attempts are used up (its workers kept dying).
+        job_dead_letter(
+            job_id=job.id,
+            reason=DeadLetterReason.WORKER_LOST,
             error=f"gave up after {attempt - 1} attempts",
+            token=token,
         )
         return
     if job.deadline_at is not None and now >= job.deadline_at:
@@ -375,11 +401,13 @@ def _run_claimed(*, job: Job, token: str, runtime: Any, model: ServedModel | Non
         return
     loaded = runtime.ensure(model)
     if loaded.engine is None:
+        # Not retried: a version that cannot load fails its jobs fast, so that its circuit
+        # breaker opens and a failing canary is rolled back (inference/versions.py).
         _finish_without_run(
             job=job,
             token=token,
             status=JobStatus.FAILED,
-            reason="error",
+            reason="load_failed",
             error=f"model version {model.key} could not be loaded: {loaded.error}",
             version=model,
         )
@@ -548,6 +576,8 @@ def _outcome(result: SequenceResult) -> tuple[str, str]:
         return JobStatus.SUCCEEDED, (STOP_SEQUENCE if result.stopped_by_string else EOS)
     if reason is FinishReason.LENGTH:
         return JobStatus.SUCCEEDED, "length"
+    if reason is FinishReason.CONTENT_FILTER:
+        return JobStatus.SUCCEEDED, "content_filter"
     if reason is FinishReason.CANCELLED:
         return JobStatus.CANCELLED, "cancelled"
     if reason is FinishReason.DEADLINE:
@@ -568,6 +598,15 @@ def job_finish(
     a successful turn goes into its session and, if deterministic, into the result cache."""
     if result.finish_reason in (FinishReason.LEASE_LOST, FinishReason.ABORTED):
         return False  # another attempt finishes it
+    if result.finish_reason is FinishReason.ERROR and result.retryable:
+        model = version_by_id(job.model_version_id, job.model)
+        return job_retry_later(
+            job=job,
+            token=token,
+            reason=DeadLetterReason.UPSTREAM_ERROR,
+            error=result.error or "upstream error",
+            allowed=model.attempts_allowed if model is not None else settings.SLUICE_MAX_ATTEMPTS,
+        )
     status, reason = _outcome(result)
     now_wall, now_mono = timezone.now(), time.monotonic()
     usage = {
@@ -634,6 +673,154 @@ def job_fail(*, job_id: uuid.UUID | str, error: str, reason: str = "error") -> b
     return bool(updated)
 
 
+# --- retries and dead letters ---------------------------------------------------------------
+
+
+def retry_delay_s(attempts: int) -> float:
+    """Exponential backoff before attempt ``attempts + 1``: base, 2x base, 4x base, ... capped."""
+    base, cap = settings.SLUICE_RETRY_BACKOFF_S, settings.SLUICE_RETRY_MAX_BACKOFF_S
+    return float(min(cap, base * 2 ** max(0, attempts - 1)))
+
+
+def _attempt_entry(*, attempt: int, worker: str, reason: str, error: str) -> dict[str, Any]:
+    return {
+        "attempt": attempt,
+        "worker": worker,
+        "at": timezone.now().isoformat(),
+        "reason": str(reason),
+        "error": pg_safe(error)[:2000],
+    }
+
+
+def job_retry_later(*, job: Job, token: str, reason: str, error: str, allowed: int) -> bool:
+    """A transient failure of this attempt: the job goes back to its queue after a backoff, or,
+    when the version's attempts are used up, to the dead letters. True if this attempt still
+    owned the job."""
+    if job.attempts >= allowed:
+        return job_dead_letter(
+            job_id=job.id, reason=reason, error=f"{error} (attempt {job.attempts} of {allowed})", token=token
+        )
+    delay = retry_delay_s(job.attempts)
+    log = [
+        *(job.attempt_log or []),
+        _attempt_entry(attempt=job.attempts, worker=job.worker, reason=reason, error=error),
+    ]
+    updated = Job.objects.filter(id=job.id, attempts=job.attempts, status=JobStatus.RUNNING).update(
+        status=JobStatus.QUEUED,
+        published_at=None,
+        next_attempt_at=timezone.now() + timedelta(seconds=delay),
+        attempt_log=log,
+        error=pg_safe(error),
+    )
+    if updated:
+        logger.warning(
+            "job %s: attempt %d failed (%s); retrying in %.1fs", job.id, job.attempts, reason, delay
+        )
+        get_streams().append(
+            str(job.id),
+            StreamEntry.retry(attempt=job.attempts, error=error, delay_s=delay),
+            lease_token=token,
+        )
+    return bool(updated)
+
+
+def job_dead_letter(*, job_id: uuid.UUID | str, reason: str, error: str, token: str = "") -> bool:
+    """Fail a job for good after its retries, keeping its history for an operator to requeue."""
+    job = (
+        Job.objects.filter(id=job_id)
+        .only("id", "attempts", "attempt_log", "worker", "model", "admission", "queued_at")
+        .first()
+    )
+    if job is None:
+        return False
+    log = [
+        *(job.attempt_log or []),
+        _attempt_entry(attempt=job.attempts, worker=job.worker, reason=reason, error=error),
+    ]
+    updated = Job.objects.filter(id=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
+        status=JobStatus.FAILED,
+        finish_reason=str(reason),
+        error=pg_safe(error),
+        finished_at=timezone.now(),
+        next_attempt_at=None,
+        attempt_log=log,
+    )
+    if not updated:
+        return False
+    DeadLetter.objects.update_or_create(
+        job_id=job.id,
+        defaults={
+            "reason": str(reason),
+            "error": pg_safe(error),
+            "attempts": job.attempts,
+            "history": log,
+            "model": job.model,
+            "requeued_at": None,
+            "discarded_at": None,
+        },
+    )
+    logger.error("job %s dead-lettered (%s): %s", job.id, reason, error)
+    get_streams().finish(
+        str(job.id),
+        StreamEntry.end(status=JobStatus.FAILED, finish_reason=str(reason), usage=None, error=error),
+        lease_token=token,
+    )
+    if job.admission:
+        _release_admission(job, used_tokens=int(job.admission.get("reserved_tokens", 0)), ran=False)
+    return True
+
+
+def deadletter_requeue(*, letter: DeadLetter, actor: str) -> bool:
+    """Run a dead-lettered job again: same id, same stream (its earlier ``end`` is superseded,
+    so a client following it sees it continue), fresh attempts and deadline. It is not admitted
+    again: an operator's requeue is not a client's request."""
+    if letter.discarded_at is not None:
+        return False
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Job.objects.filter(id=letter.job_id, status=JobStatus.FAILED).update(
+            status=JobStatus.QUEUED,
+            attempts=0,
+            published_at=None,
+            next_attempt_at=None,
+            finished_at=None,
+            cancel_requested_at=None,
+            finish_reason="",
+            error="",
+            admission={},
+            deadline_at=now + timedelta(seconds=settings.SLUICE_JOB_TIMEOUT_S),
+        )
+        if not updated:
+            return False
+        DeadLetter.objects.filter(pk=letter.pk).update(
+            requeued_at=now, requeue_count=F("requeue_count") + 1, handled_by=actor[:150]
+        )
+        streams = get_streams()
+        job_id = str(letter.job_id)
+        streams.append(job_id, StreamEntry.requeue())
+        streams.client.expire(stream_key(job_id), streams.open_ttl_s)
+        streams.client.delete(cancel_key(job_id))
+        streams.clear_requeued(job_id)
+        job = Job.objects.only("id", "model", "model_version_id", "priority").get(id=letter.job_id)
+        queue = _job_queue(job.model, job.model_version_id)
+        transaction.on_commit(
+            lambda: job_publish(job_id=job.id, queue=queue, priority=job.priority), robust=True
+        )
+    logger.warning("job %s requeued from the dead letters by %s", letter.job_id, actor)
+    return True
+
+
+def deadletter_discard(*, letter: DeadLetter, actor: str) -> None:
+    DeadLetter.objects.filter(pk=letter.pk, discarded_at__isnull=True).update(
+        discarded_at=timezone.now(), handled_by=actor[:150]
+    )
+
+
+def _attempts_allowed(model_name: str, version_id: int | None) -> int:
+    version = version_by_id(version_id, model_name)
+    return version.attempts_allowed if version is not None else settings.SLUICE_MAX_ATTEMPTS
+
+
 def _job_queue(model_name: str, version_id: int | None) -> str:
     return queue_for(model_name) if version_id is None else version_queue(version_id)
 
@@ -653,30 +840,59 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     grace = timedelta(seconds=10)
     # Any worker reconciles for the whole fleet: queues follow from the job's model name, not
     # from what this worker serves.
-    for job_id, model_name, version_id, priority in Job.objects.filter(
-        status=JobStatus.QUEUED, published_at__isnull=True, queued_at__lt=now - grace
-    ).values_list("id", "model", "model_version_id", "priority")[:200]:
-        job_publish(job_id=job_id, queue=_job_queue(model_name, version_id), priority=priority)
+    # Never published (the broker was down at commit), or due for its next attempt.
+    unpublished = Job.objects.filter(status=JobStatus.QUEUED, published_at__isnull=True).filter(
+        Q(next_attempt_at__isnull=True, queued_at__lt=now - grace) | Q(next_attempt_at__lte=now)
+    )
+    for job_id, model_name, version_id, priority in unpublished.values_list(
+        "id", "model", "model_version_id", "priority"
+    )[:200]:
+        try:
+            job_publish(job_id=job_id, queue=_job_queue(model_name, version_id), priority=priority)
+        except Exception:
+            logger.warning("could not publish job %s; the next pass tries again", job_id, exc_info=True)
+            continue
         counts["published"] += 1
-    for job_id in Job.objects.filter(
+    for job_id, published_at, attempts in Job.objects.filter(
         status__in=[JobStatus.QUEUED, JobStatus.RUNNING], deadline_at__lt=now - grace
-    ).values_list("id", flat=True)[:200]:
+    ).values_list("id", "published_at", "attempts")[:200]:
         if not streams.lease_holders([str(job_id)]).get(str(job_id)):
-            counts["failed"] += job_fail(job_id=job_id, error="deadline exceeded", reason="deadline")
+            if published_at is None and attempts == 0:
+                counts["failed"] += job_dead_letter(
+                    job_id=job_id,
+                    reason=DeadLetterReason.PUBLISH_FAILED,
+                    error="it could not be queued before its deadline",
+                )
+            else:
+                counts["failed"] += job_fail(job_id=job_id, error="deadline exceeded", reason="deadline")
     running = list(
         Job.objects.filter(status=JobStatus.RUNNING).values_list(
-            "id", "model", "model_version_id", "attempts", "priority"
+            "id", "model", "model_version_id", "attempts", "priority", "worker"
         )[:1000]
     )
     holders = streams.lease_holders([str(job_id) for job_id, *_ in running])
-    for job_id, model_name, version_id, attempts, priority in running:
+    for job_id, model_name, version_id, attempts, priority, worker in running:
         if holders.get(str(job_id)):
             continue
-        if attempts >= settings.SLUICE_MAX_ATTEMPTS:
-            counts["failed"] += job_fail(job_id=job_id, error=f"gave up after {attempts} attempts")
+        allowed = _attempts_allowed(model_name, version_id)
+        if attempts >= allowed:
+            counts["failed"] += job_dead_letter(
+                job_id=job_id,
+                reason=DeadLetterReason.WORKER_LOST,
+                error=f"its worker was lost on each of {attempts} attempts (last: {worker or 'unknown'})",
+            )
             continue
         if streams.mark_requeued(str(job_id), ttl_s=settings.SLUICE_JOB_TIMEOUT_S):
-            logger.warning("job %s lost its worker; re-sending it", job_id)
-            job_publish(job_id=job_id, queue=_job_queue(model_name, version_id), priority=priority)
+            delay = retry_delay_s(attempts)
+            logger.warning("job %s lost its worker %s; re-sending it in %.1fs", job_id, worker, delay)
+            entry = _attempt_entry(
+                attempt=attempts, worker=worker, reason=DeadLetterReason.WORKER_LOST, error="worker lost"
+            )
+            job_row = Job.objects.filter(id=job_id).only("attempt_log").first()
+            if job_row is not None:
+                Job.objects.filter(id=job_id).update(attempt_log=[*(job_row.attempt_log or []), entry])
+            job_publish(
+                job_id=job_id, queue=_job_queue(model_name, version_id), priority=priority, countdown=delay
+            )
             counts["requeued"] += 1
     return counts

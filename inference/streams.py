@@ -147,6 +147,15 @@ class JobStreams:
             self.client.expire(stream_key(job_id), self.stream_ttl_s)
         return ok
 
+    def ensure_end(self, job_id: str, entry: StreamEntry) -> bool:
+        """Write the end entry of a finished job if its stream lacks one (Redis was down when
+        the job ended, or lost its last writes in a crash). True if it had to."""
+        newest: Any = self.client.xrevrange(stream_key(job_id), count=1)
+        if newest and StreamEntry.decode(*newest[0]).kind == EntryKind.END:
+            return False
+        self.finish(job_id, entry)
+        return True
+
     def progress(self, job_id: str) -> Progress:
         progress = Progress()
         entries: Any = self.client.xrange(stream_key(job_id))

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
+import redis
 from celery import shared_task
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from inference import services
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -17,7 +24,21 @@ from inference import services
     ignore_result=True,  # the job row is the result
 )
 def run_job(self: Any, job_id: str) -> None:
-    services.job_execute(job_id=job_id, worker=self.request.hostname or "")
+    # Postgres or Redis restarting is not this job's failure: wait for them (the job is
+    # idempotent; a half-done attempt is taken over once its lease expires), up to its deadline.
+    deadline = time.monotonic() + settings.SLUICE_JOB_TIMEOUT_S
+    delay = 0.5
+    while True:
+        try:
+            services.job_execute(job_id=job_id, worker=self.request.hostname or "")
+            return
+        except (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("job %s: store unavailable (%s); retrying in %.1fs", job_id, exc, delay)
+            close_old_connections()
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 @shared_task(

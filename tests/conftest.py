@@ -102,6 +102,7 @@ def child_env(database_url: str, model_dir: Path, **extra: str) -> dict[str, str
             "SLUICE_JOB_LEASE_S": "3",
             "SLUICE_RECONCILE_INTERVAL_S": "1",
             "SLUICE_SSE_KEEPALIVE_S": "2",
+            "SLUICE_WS_KEY_CHECK_S": "1",
             "SLUICE_METRICS_FLUSH_S": "1",
             "SLUICE_LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
@@ -163,11 +164,13 @@ class ApiUser:
 
 
 @pytest.fixture
-def make_api_user(transactional_db: None) -> Callable[..., ApiUser]:
-    """Users with API keys, committed so that the live server's processes see them."""
+def make_api_user(transactional_db: None) -> Iterator[Callable[..., ApiUser]]:
+    """Users with API keys, committed so that the live server's processes see them. At the
+    end of the test, the live servers finish (or cancel) its work before the flush."""
     from django.contrib.auth.models import User
 
     from gateway.services import apikey_create
+    from tests.support.quiesce import quiesce
 
     counter = iter(range(10_000))
 
@@ -175,7 +178,8 @@ def make_api_user(transactional_db: None) -> Callable[..., ApiUser]:
         user = User.objects.create(username=username or f"user{next(counter)}")
         return ApiUser(user=user, key=apikey_create(user=user, name="test").raw_key)
 
-    return make
+    yield make
+    quiesce()
 
 
 @pytest.fixture

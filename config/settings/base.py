@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's assets, served locally (no CDN)
     "django_prometheus",
+    "axes",  # admin login throttling (lockout after repeated failures)
     "gateway",
     "inference",
     "dashboard",
@@ -48,7 +49,21 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses logins of locked-out (username, address) pairs
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Admin logins: after SLUICE_LOGIN_FAILURE_LIMIT wrong passwords for one username from one
+# address, that pair is locked out for SLUICE_LOGIN_COOLOFF_MIN minutes (the right password
+# too). Attempts live in Postgres (django-axes' database handler); the admin lists them.
+AXES_FAILURE_LIMIT = env.get_int("SLUICE_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = env.get_float("SLUICE_LOGIN_COOLOFF_MIN", 15.0) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
@@ -70,6 +85,21 @@ TEMPLATES = [
 
 
 SLUICE_DB_POOL_MAX = env.get_int("SLUICE_DB_POOL_MAX", 16)
+# How long a request waits for a pooled connection before it fails (503): short, so that an
+# outage answers quickly instead of piling requests up.
+SLUICE_DB_POOL_TIMEOUT_S = env.get_float("SLUICE_DB_POOL_TIMEOUT_S", 10.0)
+SLUICE_DB_CONNECT_TIMEOUT_S = env.get_int("SLUICE_DB_CONNECT_TIMEOUT_S", 5)
+
+
+def db_pool_options() -> dict[str, Any]:
+    # reconnect_timeout: keep trying to refill the pool through an outage (psycopg_pool's
+    # default gives up after 5 minutes and the pool then stays broken).
+    return {
+        "min_size": 1,
+        "max_size": SLUICE_DB_POOL_MAX,
+        "timeout": SLUICE_DB_POOL_TIMEOUT_S,
+        "reconnect_timeout": 24 * 3600,
+    }
 
 
 def _database(url: str | None) -> dict[str, Any]:
@@ -77,11 +107,14 @@ def _database(url: str | None) -> dict[str, Any]:
         # No server configured and `make run` is not up: fail on first use with Django's
         # "settings.DATABASES is improperly configured" rather than at import (mypy, collectstatic).
         return {"ENGINE": "django.db.backends.dummy"}
-    config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=0))
+    # Health checks: a pooled connection is tested when checked out, so that the pool drops
+    # connections a Postgres restart broke instead of handing them to requests.
+    config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=0, conn_health_checks=True))
     # A connection pool (psycopg_pool): under ASGI every request runs on a new thread, so
     # Django's per-thread persistent connections would reconnect (fork a Postgres backend,
     # ~5 ms) on every request; Celery's Django fixup closes connections after every task.
-    config.setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": SLUICE_DB_POOL_MAX, "timeout": 30}
+    config.setdefault("OPTIONS", {})["pool"] = db_pool_options()
+    config["OPTIONS"]["connect_timeout"] = SLUICE_DB_CONNECT_TIMEOUT_S
     return config
 
 
@@ -133,7 +166,7 @@ SLUICE_SERVE_STATIC = env.get_bool("SLUICE_SERVE_STATIC", True)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["gateway.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["gateway.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "gateway.errors.openai_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -165,6 +198,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "sep": ":",
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A Redis outage of any length: workers keep reconnecting (Celery's default gives up after 100).
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_IGNORE_RESULT = True
@@ -197,7 +232,10 @@ SLUICE_DEFAULT_MAX_TOKENS = env.get_int("SLUICE_DEFAULT_MAX_TOKENS", 256)
 SLUICE_MAX_PROMPT_CHARS = env.get_int("SLUICE_MAX_PROMPT_CHARS", 200_000)
 SLUICE_JOB_LEASE_S = env.get_float("SLUICE_JOB_LEASE_S", 20.0)
 SLUICE_RECONCILE_INTERVAL_S = env.get_float("SLUICE_RECONCILE_INTERVAL_S", 5.0)
-SLUICE_MAX_ATTEMPTS = env.get_int("SLUICE_MAX_ATTEMPTS", 5)
+SLUICE_MAX_ATTEMPTS = env.get_int("SLUICE_MAX_ATTEMPTS", 5)  # per version: ModelVersion.max_attempts
+# Backoff between attempts after a transient failure: base, 2x, 4x ... up to the cap.
+SLUICE_RETRY_BACKOFF_S = env.get_float("SLUICE_RETRY_BACKOFF_S", 1.0)
+SLUICE_RETRY_MAX_BACKOFF_S = env.get_float("SLUICE_RETRY_MAX_BACKOFF_S", 60.0)
 SLUICE_STREAM_TTL_S = env.get_int("SLUICE_STREAM_TTL_S", 24 * 3600)
 SLUICE_WORKER_PRELOAD = env.get_bool("SLUICE_WORKER_PRELOAD", True)
 SLUICE_METRICS_FLUSH_S = env.get_float("SLUICE_METRICS_FLUSH_S", 5.0)
@@ -218,7 +256,11 @@ SLUICE_HNSW_EF_SEARCH = env.get_int("SLUICE_HNSW_EF_SEARCH", 160)  # bench: reca
 SLUICE_MAX_UPLOAD_BYTES = env.get_int("SLUICE_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
 SLUICE_RESULT_CACHE = env.get_bool("SLUICE_RESULT_CACHE", True)
 SLUICE_RESULT_CACHE_TTL_S = env.get_int("SLUICE_RESULT_CACHE_TTL_S", 7 * 24 * 3600)
-DATA_UPLOAD_MAX_MEMORY_SIZE = SLUICE_MAX_UPLOAD_BYTES + 1024 * 1024
+# Any other request body (JSON): refused with 413 above this, before Django reads it.
+SLUICE_MAX_REQUEST_BYTES = env.get_int("SLUICE_MAX_REQUEST_BYTES", 16 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(SLUICE_MAX_UPLOAD_BYTES, SLUICE_MAX_REQUEST_BYTES) + 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000  # Django's default, stated: more is a 400
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # larger files are spooled to disk, never held in memory
 
 # --- Model versions (inference/registry.py, inference/versions.py) ---
 SLUICE_REGISTRY_CACHE_S = env.get_float("SLUICE_REGISTRY_CACHE_S", 2.0)
@@ -245,7 +287,20 @@ SLUICE_WAITER_TTL_S = env.get_float("SLUICE_WAITER_TTL_S", 5.0)  # a waiter that
 SLUICE_MODEL_CAPACITY = env.get_int("SLUICE_MODEL_CAPACITY", 4 * SLUICE_MAX_BATCH_SIZE)
 SLUICE_MODEL_QUEUE_CAP = env.get_int("SLUICE_MODEL_QUEUE_CAP", 16 * SLUICE_MAX_BATCH_SIZE)
 SLUICE_OVERLOAD_RETRY_AFTER_S = env.get_float("SLUICE_OVERLOAD_RETRY_AFTER_S", 2.0)
+# How long a stream waits through a Redis outage (keepalives to its client) before it gives up.
+SLUICE_STORE_OUTAGE_S = env.get_float("SLUICE_STORE_OUTAGE_S", 120.0)
 SLUICE_SSE_KEEPALIVE_S = min(50.0, env.get_float("SLUICE_SSE_KEEPALIVE_S", 15.0))  # < Redis socket timeout
+
+# Guard kinds beyond the built-in ones (inference/guards.py): "kind=module.Class,kind2=...".
+SLUICE_GUARD_KINDS = dict(
+    item.split("=", 1) for item in env.get_list("SLUICE_GUARD_KINDS", []) if "=" in item
+)
+
+# /metrics: a bearer token (optional; a secret, *_FILE works) and the networks allowed without it.
+SLUICE_METRICS_TOKEN = env.get_str("SLUICE_METRICS_TOKEN", "")
+SLUICE_METRICS_ALLOWED_NETWORKS = env.get_list("SLUICE_METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
+# How often an open WebSocket checks that its API key is still valid (revoked, expired).
+SLUICE_WS_KEY_CHECK_S = env.get_float("SLUICE_WS_KEY_CHECK_S", 15.0)
 
 LOG_LEVEL = env.get_str("SLUICE_LOG_LEVEL", "INFO")
 LOGGING = {
@@ -272,6 +327,7 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "celery": {"level": "WARNING"},
         "kombu": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
     },
 }
 

@@ -13,12 +13,20 @@ import dj_database_url
 from config import env
 from config.embedded import test_services
 from config.settings.base import *  # noqa: F403
-from config.settings.base import CACHES, CHANNEL_LAYERS, DATABASES, LOGGING, channel_layer_hosts
+from config.settings.base import (
+    CACHES,
+    CHANNEL_LAYERS,
+    DATABASES,
+    LOGGING,
+    SLUICE_DB_CONNECT_TIMEOUT_S,
+    channel_layer_hosts,
+    db_pool_options,
+)
 
 TEST_DATABASE_URL, REDIS_URL = test_services()
 
-DATABASES["default"] = dict(dj_database_url.parse(TEST_DATABASE_URL, conn_max_age=0))
-DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 16, "timeout": 30}}
+DATABASES["default"] = dict(dj_database_url.parse(TEST_DATABASE_URL, conn_max_age=0, conn_health_checks=True))
+DATABASES["default"]["OPTIONS"] = {"pool": db_pool_options(), "connect_timeout": SLUICE_DB_CONNECT_TIMEOUT_S}
 DATABASES["default"]["TEST"] = {"NAME": env.get_str("SLUICE_TEST_DATABASE_NAME", "test_sluice")}
 CACHES = {"default": {**CACHES["default"], "LOCATION": REDIS_URL}}
 CHANNEL_LAYERS = {

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.db import IntegrityError
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -22,6 +23,7 @@ from gateway.apis.sessions import PAGE, page_params
 from gateway.auth import request_user
 from gateway.errors import ApiError
 from gateway.fields import StrictCharField, StrictFloatField, StrictIntegerField
+from gateway.parsers import BoundedJSONParser
 from inference.models import Document, KnowledgeBase, Visibility
 from inference.rag.extract import ExtractionError
 from inference.rag.selectors import (
@@ -175,7 +177,8 @@ class KnowledgeBaseCreateApi(GatewayApiView):
 
 class KnowledgeBaseListApi(GatewayApiView):
     @extend_schema(
-        responses={200: OpenApiResponse(description="knowledge bases you own or that are shared with you")}
+        responses={200: OpenApiResponse(description="knowledge bases you own or that are shared with you")},
+        operation_id="knowledge_bases_list",
     )
     def get(self, request: Request) -> Response:
         user = request_user(request)
@@ -234,7 +237,7 @@ class DocumentTextSerializer(serializers.Serializer):
 
 
 class DocumentUploadApi(GatewayApiView):
-    parser_classes = [MultiPartParser, JSONParser]
+    parser_classes = [MultiPartParser, BoundedJSONParser]
 
     @extend_schema(
         request={
@@ -250,6 +253,14 @@ class DocumentUploadApi(GatewayApiView):
     def post(self, request: Request, kb_id: str) -> Response:
         kb = get_kb_or_404(request, kb_id, write=True)
         upload = request.FILES.get("file") if hasattr(request, "FILES") else None
+        limit = settings.SLUICE_MAX_UPLOAD_BYTES
+        if upload is not None and upload.size is not None and upload.size > limit:
+            raise ApiError(
+                f"The file is too large ({upload.size} bytes; the limit is {limit}).",
+                status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                code="file_too_large",
+                param="file",
+            )
         if upload is not None:
             name = str(request.data.get("name") or upload.name or "").strip()
             raw = upload.read()
@@ -257,6 +268,13 @@ class DocumentUploadApi(GatewayApiView):
         else:
             data = _validated(DocumentTextSerializer, request)
             name, raw = data["name"].strip(), data["text"].encode("utf-8")
+            if len(raw) > limit:
+                raise ApiError(
+                    f"The text is too large ({len(raw)} bytes; the limit is {limit}).",
+                    status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                    code="file_too_large",
+                    param="text",
+                )
             content_type = data.get("content_type") or "text/plain"
         if not name:
             raise ApiError("Give the document a 'name'.", param="name")
@@ -274,7 +292,9 @@ class DocumentUploadApi(GatewayApiView):
 
 class DocumentListApi(GatewayApiView):
     @extend_schema(
-        parameters=PAGE, responses={200: OpenApiResponse(description="documents with their status")}
+        parameters=PAGE,
+        responses={200: OpenApiResponse(description="documents with their status")},
+        operation_id="documents_list",
     )
     def get(self, request: Request, kb_id: str) -> Response:
         kb = get_kb_or_404(request, kb_id)

@@ -24,6 +24,9 @@ from inference.models import ChatSession, Message
 PAGE = [OpenApiParameter("limit", int), OpenApiParameter("offset", int)]
 
 
+MAX_OFFSET = 10**9
+
+
 def page_params(request: Request, *, default: int = 20, most: int = 100) -> tuple[int, int]:
     try:
         limit = int(request.query_params.get("limit", default))
@@ -32,6 +35,8 @@ def page_params(request: Request, *, default: int = 20, most: int = 100) -> tupl
         raise ApiError("'limit' and 'offset' must be integers.", param="limit") from exc
     if limit < 1 or offset < 0:
         raise ApiError("'limit' must be >= 1 and 'offset' >= 0.", param="limit")
+    if offset > MAX_OFFSET:  # Postgres' OFFSET is a 64-bit integer: beyond it, a 500
+        raise ApiError(f"'offset' must be at most {MAX_OFFSET}.", code="invalid_value", param="offset")
     return min(limit, most), offset
 
 
@@ -89,7 +94,9 @@ class SessionCreateApi(GatewayApiView):
 
 class SessionListApi(GatewayApiView):
     @extend_schema(
-        parameters=PAGE, responses={200: OpenApiResponse(description="your sessions, newest first")}
+        parameters=PAGE,
+        responses={200: OpenApiResponse(description="your sessions, newest first")},
+        operation_id="sessions_list",
     )
     def get(self, request: Request) -> Response:
         limit, offset = page_params(request)

@@ -54,9 +54,12 @@ class JobCreateSerializer(ContextFieldsMixin, serializers.Serializer):
         return attrs
 
 
-def job_prepare(data: dict[str, Any], *, user: Any) -> PreparedRequest:
+def job_prepare(data: dict[str, Any], *, user: Any, api_key: Any = None) -> PreparedRequest:
     """Validated native/WebSocket request -> a prepared job (shared by REST and WebSocket)."""
+    from gateway.guards import guards_for
+
     model = route_or_404(data.get("model"), user=user)
+    guards = guards_for(user=user, api_key=api_key)
     sampling = Sampling(
         max_tokens=data.get("max_tokens"),
         temperature=1.0 if data.get("temperature") is None else data["temperature"],
@@ -72,6 +75,7 @@ def job_prepare(data: dict[str, Any], *, user: Any) -> PreparedRequest:
             messages=data["messages"],
             context=resolve_chat_context(user=user, data=data),
             sampling=sampling,
+            guards=guards,
         )
     from django.conf import settings
 
@@ -80,4 +84,5 @@ def job_prepare(data: dict[str, Any], *, user: Any) -> PreparedRequest:
         prompt=data["prompt"],
         sampling=sampling,
         default_max_tokens=settings.SLUICE_DEFAULT_MAX_TOKENS,
+        guards=guards,
     )

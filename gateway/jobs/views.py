@@ -11,8 +11,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from gateway.apis.base import GatewayApiView, StreamingApiView
-from gateway.auth import request_user
+from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError
+from gateway.idempotency import IdempotencyClaim
 from gateway.jobs.serializers import JobCreateSerializer, job_prepare
 from gateway.jobs.shaping import job_events, job_representation
 from gateway.sse import sse_response
@@ -40,8 +41,12 @@ class JobCreateApi(GatewayApiView):
             raise ApiError("The request body must be a JSON object.", code="invalid_json")
         serializer = JobCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        prepared = job_prepare(dict(serializer.validated_data), user=request_user(request))
-        submission = Submission(Caller.of(request), prepared, source="jobs")
+        prepared = job_prepare(
+            dict(serializer.validated_data), user=request_user(request), api_key=request_api_key(request)
+        )
+        caller = Caller.of(request)
+        claim = IdempotencyClaim.begin(request, user_id=caller.user.pk)
+        submission = Submission(caller, prepared, source="jobs", idempotency=claim)
         submission.admit(request)
         # An asynchronous API still waits here, within the policy's max queue wait: the job
         # row only exists once admitted.

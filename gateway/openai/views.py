@@ -11,8 +11,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from gateway.apis.base import GatewayApiView, StreamingApiView
-from gateway.auth import request_user
+from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError, openai_exception_handler
+from gateway.guards import guards_for
+from gateway.idempotency import IdempotencyClaim
 from gateway.openai import shaping
 from gateway.openai.serializers import ChatCompletionSerializer, CompletionSerializer, check_neutral
 from gateway.prepare import Sampling, prepare_chat, prepare_completion, resolve_chat_context, route_or_404
@@ -69,13 +71,15 @@ class ChatCompletionCreateApi(OpenAIView):
         top = int(data.get("top_logprobs") or 0)
         prepared = prepare_chat(
             model=model,
+            guards=guards_for(user=user, api_key=request_api_key(request)),
             context=resolve_chat_context(user=user, data=data),
             messages=data["messages"],
             sampling=sampling_of(
                 data, max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"), top_logprobs=top
             ),
         )
-        submission = Submission(Caller.of(request), prepared, source="openai.chat")
+        claim = IdempotencyClaim.begin(request, user_id=user.pk)
+        submission = Submission(Caller.of(request), prepared, source="openai.chat", idempotency=claim)
         submission.admit(request)
         logprobs = _logprobs(model, bool(data.get("logprobs")), top)
         if data["stream"]:
@@ -110,8 +114,10 @@ class CompletionCreateApi(OpenAIView):
         model = route_or_404(data["model"], user=request_user(request))
         top = data.get("logprobs")
         sampling = sampling_of(data, max_tokens=data.get("max_tokens"), top_logprobs=int(top or 0))
+        guards = guards_for(user=request_user(request), api_key=request_api_key(request))
         prompts = data["prompt"]
         caller = Caller.of(request)
+        claim = IdempotencyClaim.begin(request, user_id=caller.user.pk)
         submissions = [
             Submission(
                 caller,
@@ -119,10 +125,13 @@ class CompletionCreateApi(OpenAIView):
                     model=model,
                     prompt=prompt,
                     sampling=sampling,
+                    guards=guards,
                     default_max_tokens=16,  # OpenAI's default for /v1/completions
                     prompt_param="prompt" if len(prompts) == 1 else f"prompt[{index}]",
                 ),
                 source="openai.completions",
+                idempotency=claim,
+                index=index,
             )
             for index, prompt in enumerate(prompts)
         ]
@@ -166,7 +175,11 @@ class ModelListApi(GatewayApiView):
     def get_exception_handler(self) -> Any:
         return openai_exception_handler
 
-    @extend_schema(responses={200: OpenApiResponse(description="list of models")}, summary="List models")
+    @extend_schema(
+        responses={200: OpenApiResponse(description="list of models")},
+        summary="List models",
+        operation_id="models_list",
+    )
     def get(self, request: Request) -> Response:
         return Response({"object": "list", "data": _listed()}, status=status.HTTP_200_OK)
 

@@ -77,7 +77,7 @@ class State:
 
 def _final_status(status: str, finish_reason: str) -> str:
     if status == JobStatus.SUCCEEDED:
-        return "incomplete" if finish_reason == "length" else "completed"
+        return "incomplete" if finish_reason in ("length", "content_filter") else "completed"
     if status == JobStatus.FAILED:
         return "failed"
     if status == JobStatus.CANCELLED:
@@ -92,6 +92,8 @@ def state_of(job: Job) -> State:
     state.item_status = {"completed": "completed", "incomplete": "incomplete"}.get(status, "in_progress")
     if status == "failed":
         state.error = {"code": "server_error", "message": job.error or "generation failed"}
+    if job.finish_reason == "content_filter":
+        state.extra["incomplete_reason"] = "content_filter"
     return state
 
 
@@ -121,7 +123,11 @@ def response_object(job: Job, state: State | None = None) -> dict[str, Any]:
         "status": state.status,
         "background": job.background,
         "error": state.error,
-        "incomplete_details": {"reason": "max_output_tokens"} if state.status == "incomplete" else None,
+        "incomplete_details": (
+            {"reason": state.extra.get("incomplete_reason", "max_output_tokens")}
+            if state.status == "incomplete"
+            else None
+        ),
         "instructions": instructions,
         "max_output_tokens": job.input.get("max_output_tokens") if isinstance(job.input, dict) else None,
         "model": job.model,
@@ -210,6 +216,8 @@ class Events:
                 events.append(self._delta(entry.full_text))
         status = _final_status(entry.status, entry.finish_reason)
         self.state.status = status
+        if entry.finish_reason == "content_filter":
+            self.state.extra["incomplete_reason"] = "content_filter"
         self.state.usage = _usage(entry.usage, cached=entry.cache_hit)
         if status in ("completed", "incomplete") and self.state.started:
             self.state.item_status = status

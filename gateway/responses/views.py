@@ -24,8 +24,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from gateway.apis.base import GatewayApiView, StreamingApiView
-from gateway.auth import request_user
+from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError, openai_exception_handler
+from gateway.guards import guards_for
+from gateway.idempotency import IdempotencyClaim
 from gateway.prepare import Sampling, prepare_chat, route_or_404
 from gateway.responses import shaping
 from gateway.responses.serializers import ResponseCreateSerializer, check_neutral, input_messages
@@ -113,6 +115,7 @@ class ResponseCreateApi(ResponsesView):
         temperature = data.get("temperature")
         prepared = prepare_chat(
             model=model,
+            guards=guards_for(user=user, api_key=request_api_key(request)),
             messages=([{"role": "system", "content": instructions}] if instructions else []) + items,
             history=history,
             sampling=Sampling(
@@ -140,7 +143,8 @@ class ResponseCreateApi(ResponsesView):
                 "max_output_tokens": data.get("max_output_tokens"),
             },
         )
-        submission = Submission(Caller.of(request), prepared, source="responses")
+        claim = IdempotencyClaim.begin(request, user_id=user.pk)
+        submission = Submission(Caller.of(request), prepared, source="responses", idempotency=claim)
         submission.admit(request)
         if data["stream"]:
             return submission.stream(

@@ -16,7 +16,9 @@ from inference.services import EOS, STOP_SEQUENCE
 
 
 def finish_reason(reason: str) -> str:
-    return {EOS: "eos_token", STOP_SEQUENCE: "stop_sequence", "length": "length"}.get(reason, reason)
+    # TGI knows three reasons (its clients parse them as an enum): an output guard's stop reads
+    # as a stop sequence.
+    return {EOS: "eos_token", STOP_SEQUENCE: "stop_sequence", "length": "length"}.get(reason, "stop_sequence")
 
 
 @dataclass(frozen=True)

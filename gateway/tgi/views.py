@@ -21,8 +21,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gateway.apis.base import StreamingApiView
-from gateway.auth import request_user
+from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError, tgi_exception_handler
+from gateway.guards import guards_for
+from gateway.idempotency import IdempotencyClaim
 from gateway.prepare import Sampling, prepare_completion, route_or_404
 from gateway.sse import observe_completed
 from gateway.submission import Caller, Submission, first_token_before_end_s
@@ -83,6 +85,7 @@ def _run(request: Request, data: dict[str, Any], *, stream: bool, as_list: bool 
         model=model,
         prompt=data["inputs"],
         sampling=sampling,
+        guards=guards_for(user=request_user(request), api_key=request_api_key(request)),
         default_max_tokens=TGI_DEFAULT_MAX_NEW_TOKENS,
         max_tokens_param="parameters.max_new_tokens",
         prompt_param="inputs",
@@ -96,7 +99,9 @@ def _run(request: Request, data: dict[str, Any], *, stream: bool, as_list: bool 
         prefill=prepared.params.prompt_logprobs,
         input_length=prepared.prompt_tokens,
     )
-    submission = Submission(Caller.of(request), prepared, source="tgi")
+    caller = Caller.of(request)
+    claim = IdempotencyClaim.begin(request, user_id=caller.user.pk)
+    submission = Submission(caller, prepared, source="tgi", idempotency=claim)
     submission.admit(request)
     if stream:
         return submission.stream(

@@ -17,7 +17,8 @@ the jobs it started that are still running, and gives up its waiting requests.
 
 A socket lives as long as its client keeps it: the server's WebSocket pings (uvicorn's) keep
 idle sockets open through proxies, and nothing here times out. The key is checked again on
-every request and subscription: a key revoked (or expired) since the socket opened closes it.
+every request and subscription, and every SLUICE_WS_KEY_CHECK_S: a key revoked (or expired)
+since the socket opened closes it (code 4401).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 from rest_framework import serializers
 
 from gateway.auth import raw_key_from_headers
@@ -59,7 +61,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         raw_key = raw_key_from_headers(headers.get("authorization"), headers.get("x-api-key"))
         if raw_key and await self._authenticate(raw_key):
-            await self.send_json({"type": "ready"})
+            await self._ready()
             return
         self.auth_timer = asyncio.get_running_loop().call_later(AUTH_TIMEOUT_S, self._auth_timeout)
 
@@ -80,6 +82,21 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         self.user, self.api_key = api_key.user, api_key
         return True
 
+    async def _ready(self) -> None:
+        await self.send_json({"type": "ready"})
+        self.key_watch = asyncio.ensure_future(self._watch_key())
+
+    async def _watch_key(self) -> None:
+        """An idle socket (or one only receiving a long stream) learns of a revocation too."""
+        interval = float(settings.SLUICE_WS_KEY_CHECK_S)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await self._key_still_valid():
+                    return
+            except Exception:  # the database is unreachable: keep the socket, check again later
+                logger.warning("could not re-check a websocket's API key", exc_info=True)
+
     async def _key_still_valid(self) -> bool:
         """Revocation and expiry apply to open sockets too: checked on every request."""
         if await db(apikey_still_active, api_key_id=self.api_key.pk):
@@ -91,6 +108,9 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         timer = getattr(self, "auth_timer", None)
         if timer is not None:
             timer.cancel()
+        watch = getattr(self, "key_watch", None)
+        if watch is not None:
+            watch.cancel()
         # Each follower cancels its job on the way out if this socket started it; a request
         # still waiting for admission gives its place (and reservation) back.
         for task in [*getattr(self, "followers", {}).values(), *getattr(self, "waiting", {}).values()]:
@@ -108,7 +128,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
                 and await self._authenticate(content["api_key"])
             ):
                 self.auth_timer.cancel()
-                await self.send_json({"type": "ready"})
+                await self._ready()
             else:
                 await self._reject('Authenticate first: {"type": "auth", "api_key": "..."} with a valid key.')
             return
@@ -170,9 +190,8 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         def prepare() -> Submission:
             serializer = JobCreateSerializer(data=data)
             serializer.is_valid(raise_exception=True)
-            submission = Submission(
-                caller, job_prepare(dict(serializer.validated_data), user=self.user), source="ws"
-            )
+            prepared = job_prepare(dict(serializer.validated_data), user=self.user, api_key=self.api_key)
+            submission = Submission(caller, prepared, source="ws")
             submission.admit()
             return submission
 

@@ -33,7 +33,12 @@ logger = logging.getLogger(__name__)
 
 
 class RemoteError(RuntimeError):
-    """The remote server failed this sequence."""
+    """The remote server failed this sequence. ``retryable``: it failed before sending any
+    token (unreachable, 5xx, timeouts), so the job may be tried again later."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass
@@ -218,6 +223,11 @@ class TgiBackend(ModelBackend):
                     delay *= 2
                     continue
                 where = "mid-stream" if received else f"after {attempt} attempt(s)"
-                out.put(RemoteError(f"remote server {self.url} failed {where}: {type(exc).__name__}: {exc}"))
+                out.put(
+                    RemoteError(
+                        f"remote server {self.url} failed {where}: {type(exc).__name__}: {exc}",
+                        retryable=received == 0 and _retryable(exc),
+                    )
+                )
                 self._ready.put(key)
                 return

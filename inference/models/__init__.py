@@ -2,7 +2,7 @@
 
 from inference.models.cache import CachedResult
 from inference.models.chat import ChatSession, Message, MessageRole, UserProfile
-from inference.models.jobs import TERMINAL_STATUSES, Job, JobKind, JobStatus
+from inference.models.jobs import TERMINAL_STATUSES, DeadLetter, DeadLetterReason, Job, JobKind, JobStatus
 from inference.models.knowledge import (
     EMBEDDING_DIMENSIONS,
     Chunk,
@@ -29,6 +29,8 @@ __all__ = [
     "CachedResult",
     "ChatSession",
     "Chunk",
+    "DeadLetter",
+    "DeadLetterReason",
     "Document",
     "DocumentStatus",
     "Dtype",

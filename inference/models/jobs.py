@@ -83,6 +83,10 @@ class Job(models.Model):
     background = models.BooleanField(default=False)
     # Responses DELETE: hidden from its owner; the row stays for usage and audit.
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # One entry per attempt that did not finish the job: {attempt, worker, at, reason, error}.
+    attempt_log = models.JSONField(default=list, blank=True)
+    # A job waiting to be retried after a transient failure is published again at this time.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-queued_at"]
@@ -108,3 +112,40 @@ class Job(models.Model):
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
         }
+
+
+class DeadLetterReason(models.TextChoices):
+    WORKER_LOST = "worker_lost", "the worker running it died, every attempt"
+    UPSTREAM_ERROR = "upstream_error", "the upstream server failed before the first token"
+    PUBLISH_FAILED = "publish_failed", "it could not be queued before its deadline"
+
+
+class DeadLetter(models.Model):
+    """A job that exhausted its retries. It stays failed until an operator requeues it (same
+    id, same stream: a client following it sees it continue) or discards the letter."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="dead_letter")
+    reason = models.CharField(max_length=32, choices=DeadLetterReason.choices, db_index=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    history = models.JSONField(default=list, blank=True)
+    model = models.CharField(max_length=200, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    requeued_at = models.DateTimeField(null=True, blank=True)
+    requeue_count = models.PositiveIntegerField(default=0)
+    discarded_at = models.DateTimeField(null=True, blank=True)
+    handled_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} ({self.reason})"
+
+    @property
+    def state(self) -> str:
+        if self.discarded_at is not None:
+            return "discarded"
+        if self.requeued_at is not None:
+            return "requeued"
+        return "open"

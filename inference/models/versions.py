@@ -46,6 +46,11 @@ class ModelVersion(models.Model):
     max_batch_size = models.PositiveIntegerField(default=0, help_text="0: SLUICE_MAX_BATCH_SIZE")
     max_batch_tokens = models.PositiveIntegerField(default=0, help_text="0: SLUICE_MAX_BATCH_TOKENS")
     context_length = models.PositiveIntegerField(default=0, help_text="0: from the model's config")
+    max_attempts = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="attempts of a job after transient failures (lost worker, upstream error, load failure) "
+        "before it is dead-lettered. 0: SLUICE_MAX_ATTEMPTS",
+    )
     status = models.CharField(max_length=16, choices=VersionStatus.choices, default=VersionStatus.DRAFT)
     traffic_weight = models.PositiveIntegerField(
         default=100,

@@ -16,7 +16,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from inference.metrics import celery_queue_keys
-from inference.models import Job, JobStatus
+from inference.models import DeadLetter, Job, JobStatus
 from inference.registry import ServedModel, queue_for
 from inference.services import JobParams, job_cancel, job_create, jobs_reconcile
 from inference.store import get_redis, get_streams
@@ -93,7 +93,11 @@ def test_reconciler_gives_up_after_max_attempts(model: ServedModel, settings: ob
     Job.objects.filter(id=job.id).update(status=JobStatus.RUNNING, attempts=settings.SLUICE_MAX_ATTEMPTS)  # type: ignore[attr-defined]
     assert jobs_reconcile()["failed"] == 1
     job.refresh_from_db()
-    assert job.status == JobStatus.FAILED and "gave up" in job.error
+    assert job.status == JobStatus.FAILED and job.finish_reason == "worker_lost"
+    assert "lost on each of" in job.error
+    letter = DeadLetter.objects.get(job=job)
+    assert letter.reason == "worker_lost" and letter.attempts == settings.SLUICE_MAX_ATTEMPTS  # type: ignore[attr-defined]
+    assert letter.history[-1]["reason"] == "worker_lost"
     end = stream_entries(str(job.id))[-1][1]
     assert end["t"] == "end" and end["s"] == "failed"
 

@@ -22,7 +22,9 @@ class Command(BaseCommand):
     help = "Run a Celery worker serving the configured model (threads pool sized from the batch size)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--model", default=settings.SLUICE_MODEL_NAME)
+        served = [name for name in settings.SLUICE_WORKER_MODELS if name != "*"]
+        # The first served name's queue is the worker's -Q; the others are added at start.
+        parser.add_argument("--model", default=served[0] if served else settings.SLUICE_MODEL_NAME)
         parser.add_argument("--concurrency", type=int, default=0, help="default: max batch size + 25%%")
         parser.add_argument("--hostname", default=None)
         parser.add_argument("--loglevel", default="WARNING")
