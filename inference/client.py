@@ -40,6 +40,8 @@ T = TypeVar("T")
 
 #: A finished job's end entry is written right after its row; this long after, it was lost.
 END_GRACE_S = 3.0
+#: How many quiet keepalive intervals a follower waits between looks at the job's row.
+ROW_CHECK_EVERY = 5
 
 
 def release_connection() -> None:
@@ -154,6 +156,7 @@ class JobClient:
             if last.id == after and last.kind == EntryKind.END:
                 return  # the client has already seen the end
         outage_since: float | None = None
+        quiet = 0
         while True:
             try:
                 response: Any = await client.xread({key: after}, count=512, block=block_ms)
@@ -170,18 +173,25 @@ class JobClient:
             outage_since = None
             _reraise_swallowed_cancel()
             if not response:
-                job = await db(_job_row, job_id)
-                if job is not None and job.is_terminal:
-                    if not await client.exists(key):
-                        yield _end_from_row(job)
-                        return
-                    repair = await self._lost_end(client, key, job)
-                    if repair:
-                        for entry in repair:
-                            yield entry
-                        return
+                # Nothing new for a keepalive interval. Ask the database only when the stream
+                # is gone (expired) or now and then (a lost end entry): a thousand idle
+                # followers must not query it every few seconds.
+                quiet += 1
+                stream_gone = not await client.exists(key)
+                if stream_gone or quiet % ROW_CHECK_EVERY == 0:
+                    job = await db(_job_row, job_id)
+                    if job is not None and job.is_terminal:
+                        if stream_gone:
+                            yield _end_from_row(job)
+                            return
+                        repair = await self._lost_end(client, key, job)
+                        if repair:
+                            for entry in repair:
+                                yield entry
+                            return
                 yield None
                 continue
+            quiet = 0
             batch = [StreamEntry.decode(raw_id, raw) for raw_id, raw in response[0][1]]
             for index, entry in enumerate(batch):
                 after = entry.id

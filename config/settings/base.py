@@ -287,6 +287,8 @@ SLUICE_WAITER_TTL_S = env.get_float("SLUICE_WAITER_TTL_S", 5.0)  # a waiter that
 SLUICE_MODEL_CAPACITY = env.get_int("SLUICE_MODEL_CAPACITY", 4 * SLUICE_MAX_BATCH_SIZE)
 SLUICE_MODEL_QUEUE_CAP = env.get_int("SLUICE_MODEL_QUEUE_CAP", 16 * SLUICE_MAX_BATCH_SIZE)
 SLUICE_OVERLOAD_RETRY_AFTER_S = env.get_float("SLUICE_OVERLOAD_RETRY_AFTER_S", 2.0)
+# Redis connections per process and client (sync, asyncio): one per open stream at least.
+SLUICE_REDIS_MAX_CONNECTIONS = env.get_int("SLUICE_REDIS_MAX_CONNECTIONS", 10_000)
 # How long a stream waits through a Redis outage (keepalives to its client) before it gives up.
 SLUICE_STORE_OUTAGE_S = env.get_float("SLUICE_STORE_OUTAGE_S", 120.0)
 SLUICE_SSE_KEEPALIVE_S = min(50.0, env.get_float("SLUICE_SSE_KEEPALIVE_S", 15.0))  # < Redis socket timeout

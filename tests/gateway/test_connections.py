@@ -37,6 +37,7 @@ def small_pool(live: Live, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "SLUICE_DB_POOL_TIMEOUT_S": "5",
         "SLUICE_METRICS_TOKEN": METRICS_TOKEN,
         "SLUICE_METRICS_ALLOWED_NETWORKS": "10.255.255.0/24",  # not loopback: the token is needed
+        "SLUICE_MODEL_CAPACITY": "0",  # no waiting room: every job goes straight to the queue
     }
     port = free_port()
     web: ServerProcess = web_process(env, port, tmp_path_factory.mktemp("small-pool")).start()
@@ -217,3 +218,54 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_more_concurrent_streams_than_a_redis_pool_holds(
+    small_pool: str, api_user: ApiUser, unserved: str
+) -> None:
+    """Each open stream blocks in its own XREAD: with redis-py's default pool (100 connections)
+    the 101st concurrent stream was cut mid-body (the bench saw 156 of 256 cut at c128)."""
+    streams = 120
+    wide_open = RateLimitPolicy.objects.create(
+        name="wide-open", requests_per_minute=0, tokens_per_minute=0, max_concurrent=0, max_queue_wait_s=0
+    )
+    UserRateLimit.objects.create(user=api_user.user, policy=wide_open)
+    wait_until(
+        lambda: unserved in httpx.get(f"{small_pool}/v1/models", headers=api_user.headers).text,
+        timeout=30,
+        what="the web server to see the unserved model",
+    )
+    # Jobs that wait in a queue nobody consumes: their followers all block in XREAD at once.
+    jobs = [
+        httpx.post(
+            f"{small_pool}/api/v1/jobs",
+            json={"model": unserved, "prompt": "x", "max_tokens": 8},
+            headers=api_user.headers,
+            timeout=60,
+        ).json()["id"]
+        for _ in range(streams)
+    ]
+    opened = threading.Barrier(streams, timeout=120)
+
+    def follow(job_id: str) -> str:
+        with httpx.stream(
+            "GET", f"{small_pool}/api/v1/jobs/{job_id}/events", headers=api_user.headers, timeout=120
+        ) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            next(lines)  # the first event: every stream is open before any is read to its end
+            if opened.wait() == 0:
+                time.sleep(2)  # all of them blocked in XREAD for a while
+                for other in jobs:
+                    httpx.post(
+                        f"{small_pool}/api/v1/jobs/{other}/cancel", headers=api_user.headers, timeout=60
+                    )
+            last = ""
+            for line in lines:
+                if line.startswith("event: "):
+                    last = line
+            return last
+
+    with concurrent.futures.ThreadPoolExecutor(streams) as pool:
+        ends = list(pool.map(follow, jobs))
+    assert ends == ["event: end"] * streams
