@@ -7,6 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sluice-installed
 TORCH ?= torch==2.13.0
+# apt-get as root, or through sudo where there is one.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
 .PHONY: install run test lint format bench clean-var
 
@@ -18,6 +20,12 @@ $(STAMP): pyproject.toml
 	# TGI's client for the protocol tests; its huggingface-hub<1.0 pin is not a real need
 	# (it imports nothing that moved), and honouring it would break transformers.
 	$(BIN)/pip install --quiet --no-deps "text-generation==0.7.0"
+	# The console's browser test: Debian's chromium and its driver (nothing downloads a browser);
+	# promtool (Debian's prometheus) checks and unit-tests the shipped alert rules.
+	{ command -v chromedriver && command -v promtool; } >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+		chromium chromium-driver prometheus >/dev/null; } || \
+		echo "warning: could not install chromium, chromium-driver, prometheus; their tests will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

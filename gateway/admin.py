@@ -14,6 +14,9 @@ from django.http import HttpRequest
 from unfold.admin import ModelAdmin, StackedInline
 from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
 
+from dashboard.audit import audit_record
+from dashboard.audit_admin import AuditedAdmin
+from dashboard.models import AuditAction
 from gateway.models import ApiKey, RateLimitPolicy, UserRateLimit
 from gateway.services import apikey_create, apikey_revoke
 
@@ -38,7 +41,7 @@ class UserAdmin(BaseUserAdmin, ModelAdmin):
 
 
 @admin.register(RateLimitPolicy)
-class RateLimitPolicyAdmin(ModelAdmin):
+class RateLimitPolicyAdmin(AuditedAdmin, ModelAdmin):
     list_display = (
         "name",
         "is_default",
@@ -77,7 +80,7 @@ class GroupAdmin(BaseGroupAdmin, ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(ModelAdmin):
+class ApiKeyAdmin(AuditedAdmin, ModelAdmin):
     list_display = (
         "prefix_display",
         "name",
@@ -128,5 +131,7 @@ class ApiKeyAdmin(ModelAdmin):
     @admin.action(description="Revoke selected keys")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for api_key in queryset:
-            apikey_revoke(api_key=api_key)
+            if api_key.revoked_at is None:
+                apikey_revoke(api_key=api_key)
+                audit_record(action=AuditAction.REVOKED, obj=api_key, actor=request.user, request=request)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")

@@ -6,6 +6,7 @@ entry points so that they all behave the same (DESIGN.md §1 step 3).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from gateway.services import (
     admission_wait,
 )
 from inference.admission.ratelimit import Capacity, Decision, Limits, Outcome, Quota, Ticket
+from inference.metrics import record_request_end
 from inference.registry import ServedModel
 
 HEADERS_ATTR = "_sluice_ratelimit_headers"
@@ -138,6 +140,22 @@ class Admission:
 
     ticket: Ticket
     decision: Decision
+    version: str = "default"
+    #: The request's timeline: what it waited for ("" if admitted at once), when it got in
+    #: (wall clock) and how long after its first attempt (monotonic).
+    waited_for: str = ""
+    admitted_at: float | None = None
+    wait_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.decision.outcome is Outcome.WAITING:
+            self.waited_for = self.decision.waiting_for
+        self._note_admitted()
+
+    def _note_admitted(self) -> None:
+        if self.admitted and self.admitted_at is None:
+            self.admitted_at = time.time()
+            self.wait_s = max(0.0, time.monotonic() - self.ticket.started)
 
     @property
     def admitted(self) -> bool:
@@ -159,8 +177,11 @@ class Admission:
         """Block until admitted; raise the 429/503 if refused (sync views)."""
         if not self.admitted:
             self.decision = admission_wait(ticket=self.ticket, decision=self.decision)
+        self._note_admitted()
         if not self.admitted:
-            raise refusal(self.decision, cost=self.ticket.cost)
+            raise rejected(
+                self.decision, cost=self.ticket.cost, model=self.ticket.model, version=self.version
+            )
 
     async def events(self) -> AsyncIterator[Decision]:
         """Waiting decisions as they change; ends when admitted, raises the refusal."""
@@ -168,8 +189,11 @@ class Admission:
             self.decision = decision
             if decision.outcome is Outcome.WAITING:
                 yield decision
+        self._note_admitted()
         if not self.admitted:
-            raise refusal(self.decision, cost=self.ticket.cost)
+            raise rejected(
+                self.decision, cost=self.ticket.cost, model=self.ticket.model, version=self.version
+            )
 
     def abandon(self) -> None:
         admission_abandon(ticket=self.ticket)
@@ -196,6 +220,13 @@ def admit(
         cost=cost,
     )
     decision = admission_attempt(ticket=ticket)
+    version = model.label if model is not None else "-"
     if decision.outcome.refused:
-        raise refusal(decision, cost=cost)
-    return Admission(ticket=ticket, decision=decision)
+        raise rejected(decision, cost=cost, model=ticket.model, version=version)
+    return Admission(ticket=ticket, decision=decision, version=version)
+
+
+def rejected(decision: Decision, *, cost: int, model: str, version: str) -> ApiError:
+    """The refusal, counted as a rejected request of its model (sluice_requests_total)."""
+    record_request_end(model=model, version=version, status="rejected", reason=decision.outcome.value)
+    return refusal(decision, cost=cost)

@@ -8,9 +8,10 @@ from django.contrib.auth.models import User
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from dashboard.audit import auth_failure_record
 from gateway.models import ApiKey
 from gateway.selectors import apikey_get_active
-from gateway.services import apikey_touch
+from gateway.services import VISIBLE_CHARS, apikey_touch
 
 
 def raw_key_from_headers(authorization: str | None, x_api_key: str | None) -> str | None:
@@ -32,9 +33,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             return None  # -> NotAuthenticated (401) from the permission check
         raw_key = raw_key_from_headers(authorization, x_api_key)
         if raw_key is None:
+            auth_failure_record(key_prefix="", request=request._request)
             raise exceptions.AuthenticationFailed("Expected 'Authorization: Bearer <API key>'.")
         api_key = apikey_get_active(raw_key=raw_key)
         if api_key is None:
+            auth_failure_record(key_prefix=raw_key[:VISIBLE_CHARS], request=request._request)
             # Never echo the key (DESIGN.md §4): a prefix is enough to recognise it.
             raise exceptions.AuthenticationFailed(f"Incorrect API key provided: {raw_key[:8]}****.")
         apikey_touch(api_key=api_key)

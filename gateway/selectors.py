@@ -100,3 +100,35 @@ def _policy_for(*, user: User, api_key: ApiKey | None) -> tuple[Limits, str, dic
     with _cache_lock:
         _cache[cache_key] = (now + settings.SLUICE_POLICY_CACHE_S, limits, subject, guards)
     return limits, subject, guards
+
+
+def apikeys_of(*, user: User, include_revoked: bool = False) -> list[ApiKey]:
+    keys = ApiKey.objects.select_related("policy").filter(user=user)
+    if not include_revoked:
+        keys = keys.filter(revoked_at__isnull=True)
+    return list(keys.order_by("-created_at"))
+
+
+def policy_of_user(*, user: User) -> RateLimitPolicy | None:
+    """The user's own policy (their assignment, else the default); ``None``: unlimited."""
+    return (
+        RateLimitPolicy.objects.filter(user_assignments__user=user).first()
+        or RateLimitPolicy.objects.filter(is_default=True).first()
+    )
+
+
+LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "max_concurrent", "daily_token_budget")
+
+
+def policy_within(policy: RateLimitPolicy, ceiling: RateLimitPolicy) -> bool:
+    """Whether ``policy`` grants nothing beyond ``ceiling``: no higher priority, no longer
+    queue wait, no larger burst, and no limit above it (0, unlimited, is above every number)."""
+    if policy.priority > ceiling.priority or policy.max_queue_wait_s > ceiling.max_queue_wait_s:
+        return False
+    if policy.burst > ceiling.burst:
+        return False
+    for name in LIMIT_FIELDS:
+        mine, theirs = int(getattr(policy, name)), int(getattr(ceiling, name))
+        if theirs and (not mine or mine > theirs):
+            return False
+    return True

@@ -19,7 +19,7 @@ from django.utils import timezone
 from gateway.models import ApiKey, RateLimitPolicy
 from inference.admission.ratelimit import Capacity, Decision, Outcome, Quota, Ticket, poll_interval
 from inference.admission.services import get_limiter
-from inference.metrics import RATELIMIT_DECISIONS
+from inference.metrics import record_admission
 from inference.store import async_redis
 
 logger = logging.getLogger(__name__)
@@ -93,14 +93,21 @@ def admission_ticket(
     )
 
 
-def _count(decision: Decision) -> Decision:
+def _count(decision: Decision, ticket: Ticket) -> Decision:
+    """Every final decision is counted; an admission also records how long it waited (zero
+    when admitted at once, so the percentiles are over every admitted request)."""
     if decision.outcome is not Outcome.WAITING:
-        RATELIMIT_DECISIONS.labels(decision.outcome.value, decision.limits.policy).inc()
+        record_admission(
+            result=decision.outcome.value,
+            policy=decision.limits.policy,
+            model=ticket.model,
+            waited_s=(time.monotonic() - ticket.started) if decision.outcome is Outcome.ADMITTED else None,
+        )
     return decision
 
 
 def admission_attempt(*, ticket: Ticket) -> Decision:
-    return _count(get_limiter().attempt(ticket))
+    return _count(get_limiter().attempt(ticket), ticket)
 
 
 def admission_wait(*, ticket: Ticket, decision: Decision) -> Decision:
@@ -113,7 +120,7 @@ def admission_wait(*, ticket: Ticket, decision: Decision) -> Decision:
     except BaseException:
         admission_abandon(ticket=ticket)
         raise
-    return _count(decision)
+    return _count(decision, ticket)
 
 
 async def admission_events(*, ticket: Ticket, decision: Decision) -> AsyncIterator[Decision]:
@@ -128,7 +135,7 @@ async def admission_events(*, ticket: Ticket, decision: Decision) -> AsyncIterat
             await asyncio.sleep(poll_interval(decision))
             decision = await limiter.attempt_async(ticket, client)
         finished = True
-        yield _count(decision)
+        yield _count(decision, ticket)
     finally:
         if not finished:  # the client went away while waiting
             await asyncio.shield(limiter.abandon_async(ticket, client))

@@ -17,7 +17,9 @@ from django.http import StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
 
 from inference.client import job_client, release_connection
-from inference.metrics import E2E_LATENCY, INTER_TOKEN_LATENCY, TIME_TO_FIRST_TOKEN
+from inference.metrics import record_latency
+from inference.models import Job
+from inference.registry import version_label
 
 KEEPALIVE = b": keepalive\n\n"
 
@@ -68,32 +70,42 @@ def sse_response(stream: AsyncIterator[bytes], *, status: int = 200) -> Streamin
     return response
 
 
-class Timing:
-    """TTFT, inter-token latency and e2e latency as the client sees them."""
+def version_of(job: Job) -> str:
+    """The label of the version that serves a job (no query: called on the event loop)."""
+    return version_label(job.model_version_id)
 
-    def __init__(self, model: str, started: float) -> None:
-        self.model = model
+
+class Timing:
+    """TTFT, inter-token latency and e2e latency as the client sees them, per model version."""
+
+    def __init__(self, job: Job, started: float) -> None:
+        self.model = job.model
+        self.version = version_of(job)
         self.started = started
         self.last: float | None = None
 
     def token(self) -> None:
         now = time.perf_counter()
         if self.last is None:
-            TIME_TO_FIRST_TOKEN.labels(self.model).observe(now - self.started)
+            record_latency("ttft", model=self.model, version=self.version, seconds=now - self.started)
         else:
-            INTER_TOKEN_LATENCY.labels(self.model).observe(now - self.last)
+            record_latency("itl", model=self.model, version=self.version, seconds=now - self.last)
         self.last = now
 
     def done(self) -> None:
-        E2E_LATENCY.labels(self.model).observe(time.perf_counter() - self.started)
+        record_latency(
+            "e2e", model=self.model, version=self.version, seconds=time.perf_counter() - self.started
+        )
 
 
-def observe_completed(*, model: str, started: float, first_token_s_before_end: float | None) -> None:
+def observe_completed(job: Job, *, started: float) -> None:
     """Latencies of a non-streaming request (``started``: time.perf_counter() at arrival)."""
     elapsed = time.perf_counter() - started
-    E2E_LATENCY.labels(model).observe(elapsed)
-    if first_token_s_before_end is not None:
-        TIME_TO_FIRST_TOKEN.labels(model).observe(max(0.0, elapsed - first_token_s_before_end))
+    version = version_of(job)
+    record_latency("e2e", model=job.model, version=version, seconds=elapsed)
+    if job.first_token_at is not None and job.finished_at is not None:
+        before_end = (job.finished_at - job.first_token_at).total_seconds()
+        record_latency("ttft", model=job.model, version=version, seconds=max(0.0, elapsed - before_end))
 
 
 _background: set[asyncio.Task[None]] = set()

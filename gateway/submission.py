@@ -35,6 +35,7 @@ from gateway.prepare import PreparedRequest
 from gateway.sse import sse_comment, sse_response
 from inference.client import db, job_client, release_connection
 from inference.models import Job, JobStatus
+from inference.registry import VersionGone
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Submission:
     prepared: PreparedRequest
     source: str
     started: float = field(default_factory=time.perf_counter)
+    received_at: float = field(default_factory=time.time)
     admission: Admission | None = None
     #: The request's Idempotency-Key claim (shared by the submissions of one batch), and
     #: which of its jobs this submission is.
@@ -149,6 +151,14 @@ class Submission:
             return Job.objects.get(id=self.idempotency.job_ids[self.index], user=self.caller.user)
         try:
             job = self._create()
+        except VersionGone as exc:
+            self._failed()
+            raise ApiError(
+                f"The model '{exc}' does not exist or you do not have access to it.",
+                status_code=status.HTTP_404_NOT_FOUND,
+                code="model_not_found",
+                param="model",
+            ) from None
         except BaseException:
             self._failed()
             raise
@@ -173,6 +183,12 @@ class Submission:
             session_id=prepared.session_id,
             request_id=self.caller.request_id,
             extra=prepared.extra,
+            timeline={
+                "received_at": self.received_at,
+                "admitted_at": admission.admitted_at,
+                "admission_wait_ms": round(admission.wait_s * 1000),
+                "admission_waited_for": admission.waited_for,
+            },
         )
 
     async def create_async(self) -> Job:
@@ -272,9 +288,3 @@ def raise_for_failed(job: Job) -> None:
             status_code=status.HTTP_504_GATEWAY_TIMEOUT,
             code="timeout",
         )
-
-
-def first_token_before_end_s(job: Job) -> float | None:
-    if job.first_token_at is not None and job.finished_at is not None:
-        return (job.finished_at - job.first_token_at).total_seconds()
-    return None

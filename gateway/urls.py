@@ -7,6 +7,7 @@ from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
 from gateway.apis.health import HealthzApi, ReadinessApi
+from gateway.apis.keys import ApiKeyCollectionApi, ApiKeyRevokeApi
 from gateway.apis.knowledge import (
     DocumentCollectionApi,
     DocumentDetailApi,
@@ -17,6 +18,7 @@ from gateway.apis.knowledge import (
 from gateway.apis.profile import ProfileApi
 from gateway.apis.quota import QuotaGetApi
 from gateway.apis.sessions import SessionCollectionApi, SessionDetailApi
+from gateway.apis.usage import UsageGetApi
 from gateway.embeddings.views import EmbeddingCreateApi
 from gateway.errors import unknown_url
 from gateway.jobs.views import JobCancelApi, JobCreateApi, JobDetailApi, JobEventsApi
@@ -64,6 +66,9 @@ urlpatterns = [
     path("api/v1/jobs/<str:job_id>/cancel", JobCancelApi.as_view(), name="job-cancel"),
     path("api/v1/me/quota", QuotaGetApi.as_view(), name="quota"),
     path("api/v1/me/profile", ProfileApi.as_view(), name="profile"),
+    path("api/v1/me/usage", UsageGetApi.as_view(), name="usage"),
+    path("api/v1/me/keys", ApiKeyCollectionApi.as_view(), name="keys"),
+    path("api/v1/me/keys/<str:key_id>", ApiKeyRevokeApi.as_view(), name="key-detail"),
     # Conversations
     path("api/v1/sessions", SessionCollectionApi.as_view(), name="sessions"),
     path("api/v1/sessions/<str:session_id>", SessionDetailApi.as_view(), name="session-detail"),

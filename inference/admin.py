@@ -9,9 +9,12 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 from unfold.admin import ModelAdmin, TabularInline
 
+from dashboard.audit_admin import AuditedAdmin
 from inference.cache import result_cache_clear
 from inference.models import (
     CachedResult,
@@ -23,11 +26,14 @@ from inference.models import (
     Message,
     ModelVersion,
     ModelVersionEvent,
+    UsageDaily,
     UserProfile,
 )
 from inference.rag.services import document_upload
 from inference.registry import registry_invalidate
+from inference.selectors import job_timings
 from inference.services import deadletter_discard, deadletter_requeue, job_cancel
+from inference.usage import usage_csv, usage_daily_chart
 from inference.versions import (
     open_breakers,
     version_activate,
@@ -54,17 +60,93 @@ class JobAdmin(ModelAdmin):
         "duration",
     )
     list_filter = ("status", "model", "model_version", "source", "finish_reason", "cache_hit")
-    search_fields = ("id", "user__username")
+    search_fields = ("id", "user__username", "request_id")
     date_hierarchy = "queued_at"
     list_select_related = ("user",)
     actions = ["cancel"]
-    readonly_fields = [field.name for field in Job._meta.fields]
+    readonly_fields = [field.name for field in Job._meta.fields] + ["timeline", "prompt_rendered"]
+    fieldsets = (
+        (None, {"fields": ("id", "user", "api_key", "model", "model_version", "source", "kind", "status")}),
+        ("Timeline (ms)", {"fields": ("timeline",)}),
+        (
+            "Input and output",
+            {"fields": ("input", "params", "output_text", "finish_reason", "error", "citations", "cache_hit")},  # noqa: E501
+        ),
+        ("Prompt as the worker rendered it (staff only)", {"fields": ("prompt_rendered",)}),
+        (
+            "Details",
+            {
+                "classes": ("collapse",),
+                "fields": tuple(
+                    name
+                    for name in (field.name for field in Job._meta.fields)
+                    if name
+                    not in {
+                        "id", "user", "api_key", "model", "model_version", "source", "kind", "status",
+                        "input", "params", "output_text", "finish_reason", "error", "citations",
+                        "cache_hit", "rendered_prompt",
+                    }
+                ),
+            },
+        ),
+    )  # fmt: skip
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
         return False
+
+    @admin.display(description="timeline")
+    def timeline(self, obj: Job) -> str:
+        t = job_timings(obj)
+        start = obj.received_at or obj.queued_at
+        wait = t["admission_wait_ms"]
+        why = (
+            f" (waited for {t['admission_waited_for'].replace('_', ' ')})"
+            if t["admission_waited_for"]
+            else ""
+        )
+        steps = [
+            ("received", obj.received_at, "at the gateway"),
+            ("admitted", obj.admitted_at, f"admission wait {wait} ms{why}" if wait is not None else ""),
+            ("queued", obj.queued_at, "job created, published to its model's queue"),
+            (
+                "started",
+                obj.started_at,
+                f"worker {t['worker'] or '-'}, version {t['version'] or '-'}, attempt {t['attempt']}",
+            ),
+            ("first token", obj.first_token_at, f"time to first token {t['time_to_first_token_ms']} ms"),
+            (
+                "finished",
+                obj.finished_at,
+                f"{obj.status}, {t['finish_reason'] or '-'}, {t['tokens_streamed']} tokens"
+                + (f", error: {obj.error}" if obj.error else ""),
+            ),
+        ]
+        rows = format_html_join(
+            "",
+            '<tr><td class="pr-4 font-semibold">{}</td><td class="pr-4">{}</td>'
+            '<td class="pr-4 text-right">{}</td><td>{}</td></tr>',
+            (
+                (
+                    label,
+                    timezone.localtime(at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if at else "-",
+                    f"+{round((at - start).total_seconds() * 1000)} ms" if at and start else "-",
+                    detail,
+                )
+                for label, at, detail in steps
+            ),
+        )
+        return format_html('<table class="text-sm" id="job-timeline">{}</table>', rows)
+
+    @admin.display(description="rendered prompt")
+    def prompt_rendered(self, obj: Job) -> str:
+        if not obj.rendered_prompt:
+            return "-"
+        return format_html(
+            '<pre class="whitespace-pre-wrap text-xs" id="rendered-prompt">{}</pre>', obj.rendered_prompt
+        )
 
     @admin.display(description="duration")
     def duration(self, obj: Job) -> str:
@@ -192,7 +274,7 @@ class DocumentInline(TabularInline):
 
 
 @admin.register(KnowledgeBase)
-class KnowledgeBaseAdmin(ModelAdmin):
+class KnowledgeBaseAdmin(AuditedAdmin, ModelAdmin):
     list_display = ("name", "owner", "visibility", "document_count", "version", "updated_at")
     list_filter = ("visibility",)
     search_fields = ("name", "owner__username")
@@ -282,7 +364,7 @@ class ModelVersionEventInline(TabularInline):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(ModelAdmin):
+class ModelVersionAdmin(AuditedAdmin, ModelAdmin):
     list_display = (
         "__str__",
         "backend",
@@ -301,7 +383,11 @@ class ModelVersionAdmin(ModelAdmin):
         ("Backend", {"fields": ("backend", "path", "url", "api_key", "dtype")}),
         (
             "Limits (0: the settings' defaults)",
-            {"fields": ("max_batch_size", "max_batch_tokens", "context_length")},
+            {"fields": ("max_batch_size", "max_batch_tokens", "context_length", "max_attempts")},
+        ),
+        (
+            "Prices per 1M tokens (usage and cost)",
+            {"fields": ("price_input_per_mtok", "price_output_per_mtok")},
         ),
         ("Health", {"fields": ("health_detail", "created_at", "updated_at")}),
     )
@@ -402,3 +488,43 @@ class ModelVersionEventAdmin(ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(UsageDaily)
+class UsageDailyAdmin(ModelAdmin):
+    """Daily usage and cost per user, key, policy, model and version (one upsert per finished
+    job). The chart above the list draws the filtered rows' daily totals."""
+
+    list_display = (
+        "day", "user", "api_key", "policy", "model", "version", "requests", "failed", "prompt_tokens",
+        "completion_tokens", "cached_tokens", "cost",
+    )  # fmt: skip
+    list_filter = ("day", "model", "version", "policy", "user")
+    search_fields = ("user__username", "model", "version", "policy", "api_key__name", "api_key__prefix")
+    date_hierarchy = "day"
+    list_select_related = ("user", "api_key")
+    actions = ["export_csv"]
+    list_before_template = "dashboard/usage_chart.html"
+    readonly_fields = [field.name for field in UsageDaily._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        if context and "cl" in context:
+            context["usage_chart"] = usage_daily_chart(context["cl"].queryset)
+        return response
+
+    @admin.action(description="Export selected rows as CSV")
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[UsageDaily]) -> HttpResponse:
+        response = HttpResponse(content_type="text/csv")
+        response["Content-Disposition"] = 'attachment; filename="sluice-usage.csv"'
+        usage_csv(
+            queryset.select_related("user", "api_key").order_by("day", "user__username", "model"), response
+        )
+        return response

@@ -130,6 +130,12 @@ class JobClient:
 
     # -- read ------------------------------------------------------------------------------------
 
+    def timings(self, job: Job) -> dict[str, Any]:
+        """The job's timeline in milliseconds (``GET /api/v1/jobs/{id}``'s ``timings``)."""
+        from inference.selectors import job_timings
+
+        return job_timings(job)
+
     def entries(self, job_id: str) -> list[StreamEntry]:
         raw: Any = get_redis().xrange(stream_key(job_id))
         return [StreamEntry.decode(entry_id, fields) for entry_id, fields in raw]

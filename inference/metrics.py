@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 if TYPE_CHECKING:
@@ -30,27 +31,189 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 
-TIME_TO_FIRST_TOKEN = Histogram(
-    "sluice_time_to_first_token_seconds",
-    "Request received to first token sent",
-    ["model"],
-    buckets=LATENCY_BUCKETS,
-)
-INTER_TOKEN_LATENCY = Histogram(
-    "sluice_inter_token_latency_seconds",
-    "Time between two streamed token chunks",
-    ["model"],
-    buckets=ITL_BUCKETS,
-)
-E2E_LATENCY = Histogram(
-    "sluice_e2e_request_latency_seconds", "Request received to last byte", ["model"], buckets=LATENCY_BUCKETS
-)
+# Fleet series: recorded by any process (web or worker), added to Redis every second, summed
+# over the fleet by every web process's /metrics. (name: kind, help, labels, buckets)
+FLEET_SERIES: dict[str, tuple[str, str, tuple[str, ...], Sequence[float]]] = {
+    "sluice_requests_total": (
+        "counter",
+        "Requests by outcome: status succeeded|failed|cancelled|rejected; reason: the finish reason, "
+        "the failure (error, deadline, worker_lost, upstream_error, load_failed, ...) or the refusal "
+        "(rate_limited, overloaded, ...)",
+        ("model", "version", "status", "reason"),
+        (),
+    ),
+    "sluice_time_to_first_token_seconds": (
+        "histogram", "Request received to first token sent", ("model", "version"), LATENCY_BUCKETS
+    ),
+    "sluice_inter_token_latency_seconds": (
+        "histogram", "Time between two streamed token chunks", ("model", "version"), ITL_BUCKETS
+    ),
+    "sluice_e2e_request_latency_seconds": (
+        "histogram", "Request received to last byte", ("model", "version"), LATENCY_BUCKETS
+    ),
+    "sluice_admission_wait_seconds": (
+        "histogram", "Time a request waited to be admitted (rate limit, busy model)", ("model", "policy"),
+        LATENCY_BUCKETS,
+    ),
+    "sluice_ratelimit_decisions_total": (
+        "counter",
+        "Admission decisions (admitted, rate_limited, overloaded, too_large, budget_exhausted) by policy",
+        ("result", "policy"),
+        (),
+    ),
+    "sluice_cache_requests_total": (
+        "counter", "Result-cache lookups of deterministic jobs, hit or miss", ("model", "version", "result"),
+        (),
+    ),
+    "sluice_retrieval_seconds": (
+        "histogram", "Knowledge-base retrieval for a job (query embedding and search)", ("model",),
+        LATENCY_BUCKETS,
+    ),
+}  # fmt: skip
+FLEET_KEY = "sluice:fleet"
+_FIELD_SEP = "\x1f"
 
-RATELIMIT_DECISIONS = Counter(
-    "sluice_ratelimit_decisions_total",
-    "Admission decisions (admitted, rate_limited, overloaded, too_large, budget_exhausted)",
-    ["result", "policy"],
-)
+
+class FleetRecorder:
+    """Fleet series of this process: counted in memory, added to Redis every second by a
+    background thread (a lost flush is kept for the next one)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._thread: threading.Thread | None = None
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._pending = defaultdict(lambda: defaultdict(float))
+        self._thread = None
+
+    def count(self, name: str, labels: Sequence[Any], value: float = 1.0) -> None:
+        with self._lock:
+            self._pending[name][json.dumps([str(v) for v in labels]) + _FIELD_SEP + "v"] += value
+        self._start()
+
+    def observe(self, name: str, labels: Sequence[Any], seconds: float) -> None:
+        buckets = FLEET_SERIES[name][3]
+        index = bisect.bisect_left(buckets, seconds)
+        bound = str(buckets[index]) if index < len(buckets) else "+Inf"
+        base = json.dumps([str(v) for v in labels]) + _FIELD_SEP
+        with self._lock:
+            pending = self._pending[name]
+            pending[base + "b:" + bound] += 1
+            pending[base + "sum"] += seconds
+            pending[base + "count"] += 1
+        self._start()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._loop, name="sluice-fleet-metrics", daemon=True
+                    )
+                    self._thread.start()
+
+    def _loop(self) -> None:
+        import contextlib
+
+        while True:
+            time.sleep(1.0)
+            with contextlib.suppress(Exception):  # Redis unreachable: the next flush tries again
+                self.flush()
+
+    def flush(self) -> None:
+        from inference.store import get_redis
+
+        with self._lock:
+            pending, self._pending = self._pending, defaultdict(lambda: defaultdict(float))
+        if not pending:
+            return
+        pipe = get_redis().pipeline(transaction=False)
+        for name, fields in pending.items():
+            for key, value in fields.items():
+                pipe.hincrbyfloat(f"{FLEET_KEY}:{name}", key, value)
+            pipe.expire(f"{FLEET_KEY}:{name}", METRICS_TTL_S)
+        try:
+            pipe.execute()
+        except Exception:
+            with self._lock:
+                for name, fields in pending.items():
+                    for key, value in fields.items():
+                        self._pending[name][key] += value
+            raise
+
+
+fleet = FleetRecorder()
+
+
+def _series() -> Any:
+    from inference.store import get_redis
+    from inference.timeseries import series
+
+    series.connect(get_redis)
+    return series
+
+
+def record_request_end(*, model: str, version: str, status: str, reason: str) -> None:
+    """A request ended (a job finished, failed or was cancelled, or it was refused)."""
+    fleet.count("sluice_requests_total", (model, version, status, reason or "none"))
+    _series().add("req", (model, version, status, reason or "none"))
+
+
+def record_latency(kind: str, *, model: str, version: str, seconds: float) -> None:
+    """``kind``: ttft, itl or e2e, as the client saw it."""
+    name = {
+        "ttft": "sluice_time_to_first_token_seconds",
+        "itl": "sluice_inter_token_latency_seconds",
+        "e2e": "sluice_e2e_request_latency_seconds",
+    }[kind]
+    fleet.observe(name, (model, version), seconds)
+    _series().observe(kind, (model, version), seconds)
+
+
+def record_admission(*, result: str, policy: str, model: str, waited_s: float | None = None) -> None:
+    fleet.count("sluice_ratelimit_decisions_total", (result, policy))
+    series = _series()
+    series.add("rl", (policy, result))
+    if waited_s is not None:
+        fleet.observe("sluice_admission_wait_seconds", (model, policy), waited_s)
+        series.observe("wait", (model, policy), waited_s)
+
+
+def record_cache(*, model: str, version: str, hit: bool) -> None:
+    result = "hit" if hit else "miss"
+    fleet.count("sluice_cache_requests_total", (model, version, result))
+    _series().add("cache", (model, version, result))
+
+
+def record_retrieval(*, model: str, seconds: float) -> None:
+    fleet.observe("sluice_retrieval_seconds", (model,), seconds)
+    _series().observe("rag", (model,), seconds)
+
+
+def record_heartbeat(beat: dict[str, Any]) -> None:
+    """A worker's load, as gauges of the console's series (per worker and version)."""
+    series = _series()
+    worker = beat["name"]
+    for version in beat.get("versions", []):
+        labels = (worker, version["name"], version["label"])
+        series.gauge("running", labels, version.get("running", 0))
+        series.gauge("waiting", labels, version.get("waiting", 0))
+        series.gauge("queued", (version["name"], version["label"]), version.get("queued", 0))
+        size = int(version.get("max_batch_size") or 0)
+        if size:
+            series.gauge("slots", labels, int(version.get("running", 0)) / size)
+        capacity = int(version.get("kv_capacity") or 0)
+        if capacity:
+            series.gauge("kv", labels, int(version.get("kv_used", 0)) / capacity)
+
+
+def record_usage(*, user: str, key: str, tokens: int) -> None:
+    """Tokens a user (and key) used: the console's top users (never in /metrics)."""
+    _series().add("usage", (user, key), tokens)
+
 
 METRICS_KEY = "sluice:metrics"  # hash per series: sluice:metrics:<name>:<model>
 METRICS_TTL_S = 30 * 24 * 3600
@@ -61,7 +224,6 @@ _SERIES: dict[str, tuple[str, str, Sequence[float]]] = {
     "sluice_queue_time_seconds": ("histogram", "Job handed to the engine to its prefill", LATENCY_BUCKETS),
     "sluice_generation_tokens_total": ("counter", "Tokens generated", ()),
     "sluice_prompt_tokens_total": ("counter", "Prompt tokens prefilled", ()),
-    "sluice_requests_total": ("counter", "Sequences finished by the engines, by outcome", ()),
 }
 
 
@@ -99,18 +261,32 @@ class EngineMetrics:
     def _add(self, name: str, value: float, label: str = "") -> None:
         self._pending[name][f"v:{label}"] += value
 
+    @property
+    def labels(self) -> tuple[str, str]:
+        model, _, version = self.model.partition("@")
+        return model, version or "default"
+
     def on_step(self, *, batch_size: int, new_tokens: int, seconds: float, prefill: bool) -> None:
         with self._lock:
             if not prefill:
                 self._observe("sluice_batch_size", batch_size)
             self._add("sluice_generation_tokens_total", new_tokens)
+        series = _series()
+        series.add("tok_gen", self.labels, new_tokens)
+        if not prefill:
+            series.add("batch_sum", self.labels, batch_size)
+            series.add("steps", self.labels, 1)
 
     def on_finish(self, result: SequenceResult) -> None:
+        queue = max(0.0, result.admitted_at - result.submitted_at) if result.admitted_at is not None else None
         with self._lock:
             self._add("sluice_prompt_tokens_total", result.prompt_tokens)
-            if result.admitted_at is not None:
-                self._observe("sluice_queue_time_seconds", max(0.0, result.admitted_at - result.submitted_at))
-            self._add("sluice_requests_total", 1, result.finish_reason.value)
+            if queue is not None:
+                self._observe("sluice_queue_time_seconds", queue)
+        series = _series()
+        series.add("tok_prompt", self.labels, result.prompt_tokens)
+        if queue is not None:
+            series.observe("queue", self.labels, queue)
 
     def flush(self, client: redis.Redis) -> None:
         with self._lock:
@@ -180,17 +356,38 @@ class FleetCollector:
                     histogram.add_metric(labels(model), cumulative, fields.get("sum", 0.0))
                 yield histogram
             else:
-                labelled = name == "sluice_requests_total"
-                counter = CounterMetricFamily(
-                    name.removesuffix("_total"),
-                    doc,
-                    labels=["model", "version", "status"] if labelled else ["model", "version"],
-                )
+                counter = CounterMetricFamily(name.removesuffix("_total"), doc, labels=["model", "version"])
                 for model, fields in found.get(name, {}).items():
-                    for field, value in fields.items():
-                        label = field.removeprefix("v:")
-                        counter.add_metric([*labels(model), label] if labelled else labels(model), value)
+                    counter.add_metric(labels(model), sum(fields.values()))
                 yield counter
+        yield from self._fleet(client)
+
+    def _fleet(self, client: redis.Redis) -> Iterator[Metric]:
+        for name, (kind, doc, labelnames, buckets) in FLEET_SERIES.items():
+            raw: Any = client.hgetall(f"{FLEET_KEY}:{name}")
+            fields = {
+                (k.decode() if isinstance(k, bytes) else str(k)): float(v) for k, v in (raw or {}).items()
+            }
+            grouped: dict[str, dict[str, float]] = defaultdict(dict)
+            for key, value in fields.items():
+                label_json, _, suffix = key.partition(_FIELD_SEP)
+                grouped[label_json][suffix] = value
+            if kind == "counter":
+                counter = CounterMetricFamily(name.removesuffix("_total"), doc, labels=list(labelnames))
+                for label_json, parts in grouped.items():
+                    counter.add_metric(json.loads(label_json), parts.get("v", 0.0))
+                yield counter
+                continue
+            histogram = HistogramMetricFamily(name, doc, labels=list(labelnames))
+            for label_json, parts in grouped.items():
+                cumulative: list[tuple[str, float]] = []
+                running = 0.0
+                for bound in buckets:
+                    running += parts.get(f"b:{bound}", 0.0)
+                    cumulative.append((str(float(bound)), running))
+                cumulative.append(("+Inf", running + parts.get("b:+Inf", 0.0)))
+                histogram.add_metric(json.loads(label_json), cumulative, parts.get("sum", 0.0))
+            yield histogram
 
     def _gauges(self, client: redis.Redis) -> Iterator[Metric]:
         from inference.admission.ratelimit import RateLimiter
@@ -208,14 +405,44 @@ class FleetCollector:
             labels=["model"],
         )
         engines: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for raw_key in client.scan_iter(match="sluice:worker:*", count=500):
-            raw = client.get(raw_key)
-            if not raw:
+        up = GaugeMetricFamily(
+            "sluice_worker_up", "1 while a worker's heartbeat is fresh, 0 once it expired", labels=["worker"]
+        )
+        age = GaugeMetricFamily(
+            "sluice_worker_heartbeat_age_seconds",
+            "Seconds since a worker's last heartbeat",
+            labels=["worker"],
+        )
+        kv = GaugeMetricFamily(
+            "sluice_kv_cache_usage_ratio",
+            "Key/value cache positions in use over those allocated, per worker and version",
+            labels=["worker", "model", "version"],
+        )
+        slots = GaugeMetricFamily(
+            "sluice_batch_slots_usage_ratio",
+            "Running sequences over the version's max batch size, per worker",
+            labels=["worker", "model", "version"],
+        )
+        now = time.time()
+        for worker, beat in workers_seen(client, now=now):
+            up.add_metric([worker], 1.0 if beat is not None else 0.0)
+            age.add_metric(
+                [worker], max(0.0, now - (beat["ts"] if beat is not None else seen_at(client, worker)))
+            )
+            if beat is None:
                 continue
-            beat = json.loads(raw)
             for version in beat.get("versions", []):
                 engines[version["name"]][0] += int(version.get("running", 0))
                 engines[version["name"]][1] += int(version.get("waiting", 0))
+                labels = [worker, version["name"], version["label"]]
+                if int(version.get("kv_capacity") or 0):
+                    kv.add_metric(labels, int(version.get("kv_used", 0)) / int(version["kv_capacity"]))
+                if int(version.get("max_batch_size") or 0):
+                    slots.add_metric(labels, int(version.get("running", 0)) / int(version["max_batch_size"]))
+        yield up
+        yield age
+        yield kv
+        yield slots
         queues: dict[str, set[str]] = defaultdict(set)
         for version in all_versions():
             if version.status != "draft":
@@ -233,6 +460,36 @@ class FleetCollector:
         yield waiting
         yield running
         yield admission
+
+
+WORKERS_SEEN_KEY = "sluice:workers:seen"  # the same as inference.runtime's
+
+
+def workers_seen(client: redis.Redis, *, now: float | None = None) -> list[tuple[str, dict[str, Any] | None]]:
+    """Every worker that beat in the last day, with its last heartbeat (``None``: expired,
+    the worker is down), by name."""
+    raw: Any = client.hgetall(WORKERS_SEEN_KEY)
+    names = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in (raw or {}))
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.get(f"sluice:worker:{name}")
+    beats = pipe.execute() if names else []
+    found = {name: (json.loads(beat) if beat else None) for name, beat in zip(names, beats, strict=True)}
+    # A worker that beat before the seen-set existed (or whose entry was lost) still counts.
+    for raw_key in client.scan_iter(match="sluice:worker:*", count=500):
+        name = (raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)).removeprefix(
+            "sluice:worker:"
+        )
+        if name not in found:
+            beat = client.get(raw_key)
+            if beat:
+                found[name] = json.loads(beat)
+    return sorted(found.items())
+
+
+def seen_at(client: redis.Redis, worker: str) -> float:
+    value: Any = client.hget(WORKERS_SEEN_KEY, worker)
+    return float(value) if value else 0.0
 
 
 class DatabasePoolCollector:
@@ -294,6 +551,68 @@ class DeadLetterCollector:
         yield counter
 
 
+class VersionEventCollector:
+    """Model-version lifecycle events so far (activated, promoted, rolled_back, breaker_open,
+    load_failed, ...), from the table: the alert on a rolled-back canary reads this."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        from django.db import connection
+        from django.db.models import Count
+
+        from inference.models import ModelVersionEvent
+
+        counter = CounterMetricFamily(
+            "sluice_version_events",
+            "Model-version lifecycle events, by kind",
+            labels=["model", "version", "kind"],
+        )
+        try:
+            rows = list(
+                ModelVersionEvent.objects.values_list(
+                    "version__served_name", "version__label", "kind"
+                ).annotate(n=Count("id"))
+            )
+        except Exception:
+            return
+        finally:
+            connection.close()
+        for model, version, kind, count in rows:
+            counter.add_metric([model, version, kind], count)
+        yield counter
+
+
+class StoreCollector:
+    """Whether this process reaches Redis and Postgres right now (1) or not (0): a scrape
+    answers even when they are down, so the alert on them can fire."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        from django.db import connection
+
+        from inference.store import get_redis
+
+        gauge = GaugeMetricFamily("sluice_store_up", "The stores this process reaches", labels=["store"])
+        try:
+            get_redis().ping()
+            gauge.add_metric(["redis"], 1.0)
+        except Exception:
+            gauge.add_metric(["redis"], 0.0)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            gauge.add_metric(["postgres"], 1.0)
+        except Exception:
+            gauge.add_metric(["postgres"], 0.0)
+        finally:
+            connection.close()
+        yield gauge
+
+
 _registered = False
 _register_lock = threading.Lock()
 
@@ -310,4 +629,6 @@ def register_fleet_collector() -> None:
             REGISTRY.register(FleetCollector(get_redis))
             REGISTRY.register(DatabasePoolCollector())
             REGISTRY.register(DeadLetterCollector())
+            REGISTRY.register(VersionEventCollector())
+            REGISTRY.register(StoreCollector())
             _registered = True

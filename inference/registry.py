@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
@@ -33,6 +34,11 @@ def queue_for(model_name: str) -> str:
 
 def version_queue(version_id: int) -> str:
     return f"sluice.version.{version_id}"
+
+
+class VersionGone(LookupError):
+    """The routed version was deleted before its job could be created, and its served name
+    has no version left to take the job."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,9 @@ class ServedModel:
     fallback_id: int | None = None
     #: Attempts after transient failures before dead-lettering (0: SLUICE_MAX_ATTEMPTS).
     max_attempts: int = 0
+    #: Prices per 1M prompt / completion tokens (usage and cost pages).
+    price_input: Decimal = Decimal(0)
+    price_output: Decimal = Decimal(0)
 
     @property
     def key(self) -> str:
@@ -101,11 +110,15 @@ def settings_version(name: str | None = None) -> ServedModel:
         capacity=settings.SLUICE_MODEL_CAPACITY,
         queue_cap=settings.SLUICE_MODEL_QUEUE_CAP,
         dtype=settings.SLUICE_DTYPE,
+        price_input=Decimal(settings.SLUICE_PRICE_INPUT_PER_MTOK),
+        price_output=Decimal(settings.SLUICE_PRICE_OUTPUT_PER_MTOK),
     )
 
 
 _lock = threading.Lock()
 _cache: tuple[float, list[ServedModel]] | None = None
+#: Every version label this process has loaded, kept through invalidations (version_label).
+_labels: dict[int, str] = {}
 
 
 def registry_invalidate() -> None:
@@ -143,6 +156,8 @@ def _load() -> list[ServedModel]:
             weight=row.traffic_weight,
             fallback_id=row.fallback_id,
             max_attempts=row.max_attempts,
+            price_input=row.price_input_per_mtok,
+            price_output=row.price_output_per_mtok,
         )
         for row in rows
     ]
@@ -160,7 +175,18 @@ def all_versions() -> list[ServedModel]:
         versions.append(settings_version())
     with _lock:
         _cache = (now + settings.SLUICE_REGISTRY_CACHE_S, versions)
+        _labels.update((v.version_id, v.label) for v in versions if v.version_id is not None)
     return list(versions)
+
+
+def version_label(version_id: int | None) -> str:
+    """A version's label from what this process has loaded, never querying: safe on the event
+    loop (stream shaping labels its latency metrics with it). The request that created the
+    job routed with the registry, so its version is known here."""
+    if version_id is None:
+        return SETTINGS_LABEL
+    with _lock:
+        return _labels.get(version_id, f"#{version_id}")
 
 
 def served_versions(name: str | None = None) -> list[ServedModel]:

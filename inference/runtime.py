@@ -26,15 +26,16 @@ from django.conf import settings
 
 from inference.backends.base import ModelBackend
 from inference.engine import Engine
-from inference.metrics import EngineMetrics, celery_queue_keys
+from inference.metrics import WORKERS_SEEN_KEY, EngineMetrics, celery_queue_keys, record_heartbeat
 from inference.registry import ServedModel, all_versions, queue_for
 from inference.store import get_redis, get_streams
 from inference.streams import RedisTokenSink
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL_S = 5.0
+HEARTBEAT_INTERVAL_S = 2.0  # the console shows live load from the heartbeats
 HEARTBEAT_TTL_S = 15
+WORKERS_SEEN_TTL_S = 24 * 3600
 
 
 def worker_key(name: str) -> str:
@@ -81,6 +82,14 @@ class LoadedVersion:
 
     def load(self) -> dict[str, int]:
         return self.engine.load if self.engine is not None else {"running": 0, "waiting": 0, "steps": 0}
+
+    def kv_usage(self) -> tuple[int, int]:
+        if self.backend is None:
+            return 0, 0
+        try:
+            return self.backend.kv_usage()
+        except Exception:  # the engine thread changed the cache under us: skip one reading
+            return 0, 0
 
     def stop(self) -> None:
         if self.engine is not None:
@@ -296,6 +305,7 @@ class WorkerRuntime:
         running = waiting = steps = 0
         for version in loaded:
             load = version.load()
+            kv_used, kv_capacity = version.kv_usage()
             running, waiting, steps = (
                 running + load["running"],
                 waiting + load["waiting"],
@@ -313,6 +323,9 @@ class WorkerRuntime:
                     "running": load["running"],
                     "waiting": load["waiting"],
                     "max_batch_size": version.model.batch_size,
+                    "kv_used": kv_used,
+                    "kv_capacity": kv_capacity,
+                    "queued": self._queued(version.model.queue),
                 }
             )
         return {
@@ -334,7 +347,13 @@ class WorkerRuntime:
         interval = min(HEARTBEAT_INTERVAL_S, settings.SLUICE_METRICS_FLUSH_S)
         while not self._stop.is_set():
             try:
-                client.set(worker_key(self.name), json.dumps(self.heartbeat_payload()), ex=HEARTBEAT_TTL_S)
+                payload = self.heartbeat_payload()
+                client.set(worker_key(self.name), json.dumps(payload), ex=HEARTBEAT_TTL_S)
+                # Workers seen lately, with their last beat: a worker whose heartbeat expired
+                # shows as down (sluice_worker_up 0, the console's dead workers) for a day.
+                client.hset(WORKERS_SEEN_KEY, self.name, payload["ts"])
+                client.expire(WORKERS_SEEN_KEY, WORKERS_SEEN_TTL_S)
+                record_heartbeat(payload)
                 with self._lock:
                     metrics = [v.metrics for v in self.versions.values() if v.metrics is not None]
                 for series in metrics:
@@ -380,7 +399,9 @@ class WorkerRuntime:
         for version in loaded:
             version.stop()
         try:
-            get_redis().delete(worker_key(self.name))
+            client = get_redis()
+            client.delete(worker_key(self.name))
+            client.hdel(WORKERS_SEEN_KEY, self.name)  # it left: not a dead worker
         except Exception:
             logger.debug("could not remove worker heartbeat", exc_info=True)
 

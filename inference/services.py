@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -25,17 +26,28 @@ from inference.chat.selectors import profile_attributes, response_history, sessi
 from inference.chat.services import session_record_turn
 from inference.engine import SequenceResult
 from inference.jobstream import StreamEntry
-from inference.models import CachedResult, DeadLetter, DeadLetterReason, Job, JobKind, JobStatus
+from inference.metrics import record_cache, record_retrieval
+from inference.models import CachedResult, DeadLetter, DeadLetterReason, Job, JobKind, JobStatus, ModelVersion
 from inference.prompts import ChatTemplateError, ModelFilesError
 from inference.rag.selectors import Hit, chunks_search
 from inference.rag.services import local_embedder
-from inference.registry import ServedModel, queue_for, version_by_id, version_queue
+from inference.registry import (
+    ServedModel,
+    VersionGone,
+    queue_for,
+    registry_invalidate,
+    version_by_id,
+    version_queue,
+)
+from inference.routing import route
 from inference.store import get_streams
 from inference.streams import Progress, cancel_key, stream_key
 from inference.textutil import pg_safe
+from inference.usage import job_ended
 from inference.versions import version_record_outcome
 
 logger = logging.getLogger(__name__)
+
 
 # Engine finish reasons as stored on the job (the APIs map them to their own vocabularies).
 EOS = "eos"
@@ -127,6 +139,11 @@ class PromptPlan:
     citations: list[dict[str, Any]] = field(default_factory=list)
     knowledge_base_ids: list[str] = field(default_factory=list)
     cache_key: str | None = None
+    #: The model input as text (template applied): shown to staff on the job's admin page.
+    rendered: str = ""
+
+
+RENDERED_MAX_CHARS = 200_000
 
 
 def job_prompt(*, job: Job, model: ServedModel) -> PromptPlan:
@@ -142,7 +159,7 @@ def job_prompt(*, job: Job, model: ServedModel) -> PromptPlan:
         truncate = job.params.get("truncate")
         if truncate:
             ids = ids[-int(truncate) :]  # TGI's truncate: keep the end of the prompt
-        plan = PromptPlan(prompt_ids=ids)
+        plan = PromptPlan(prompt_ids=ids, rendered=info.decode(ids))
     else:
         plan = _chat_prompt(job=job, model=model)
     if is_deterministic(job.params):
@@ -167,6 +184,7 @@ def _chat_prompt(*, job: Job, model: ServedModel) -> PromptPlan:
         query = next((m["content"] for m in reversed(new_messages) if m["role"] == "user"), "")
         if query.strip():
             rag = job.input.get("rag") or {}
+            began = time.monotonic()
             vector = local_embedder().embed([query])[0]
             hits = chunks_search(
                 kb_ids=kb_ids,
@@ -174,6 +192,7 @@ def _chat_prompt(*, job: Job, model: ServedModel) -> PromptPlan:
                 top_k=int(rag.get("top_k") or settings.SLUICE_RAG_TOP_K),
                 min_score=float(rag.get("min_score", settings.SLUICE_RAG_MIN_SCORE)),
             )
+            record_retrieval(model=job.model, seconds=time.monotonic() - began)
     budget = info.context_length - int(job.params["max_tokens"])
     assembled = assemble(
         new_messages=new_messages,
@@ -184,6 +203,7 @@ def _chat_prompt(*, job: Job, model: ServedModel) -> PromptPlan:
     )
     return PromptPlan(
         prompt_ids=info.chat_prompt_ids(assembled.messages),
+        rendered=info.render_chat(assembled.messages),
         citations=[hit.citation() for hit in hits[: assembled.passages_used]],
         knowledge_base_ids=kb_ids,
     )
@@ -204,6 +224,7 @@ def job_create(
     session_id: uuid.UUID | str | None = None,
     request_id: str = "",
     extra: dict[str, Any] | None = None,
+    timeline: dict[str, Any] | None = None,
 ) -> Job:
     """Persist a job and queue it once the row is committed (never before: a worker could
     otherwise pick up a job id that does not exist yet).
@@ -211,42 +232,70 @@ def job_create(
     ``admission`` is the grant of an admitted request (inference.admission.ratelimit.Ticket.grant):
     if the job cannot be created, it is released here; once created, the job releases it when
     it ends. ``extra``: protocol fields of the row (``previous_id``, ``store``, ``background``,
-    ``metadata``)."""
+    ``metadata``). ``timeline``: the gateway's side of the request's timeline (``received_at``
+    and ``admitted_at`` as epoch seconds, ``admission_wait_ms``, ``admission_waited_for``)."""
     now = timezone.now()
     extra = extra or {}
+    timeline = timeline or {}
     try:
-        with transaction.atomic():
-            job = Job.objects.create(
-                user=user,
-                api_key_id=api_key_id,
-                model=model.name,
-                kind=kind,
-                input=input,
-                params=params.as_dict(),
-                source=source,
-                prompt_tokens=prompt_tokens,
-                priority=priority,
-                admission=admission or {},
-                session_id=session_id,
-                model_version_id=model.version_id,
-                deadline_at=now + timedelta(seconds=settings.SLUICE_JOB_TIMEOUT_S),
-                request_id=request_id[:128],
-                previous_id=extra.get("previous_id"),
-                store=bool(extra.get("store", True)),
-                background=bool(extra.get("background", False)),
-                metadata=extra.get("metadata") or {},
-            )
-            # The stream exists before anyone can read it; a Redis failure rolls the row back.
-            get_streams().open(str(job.id))
-            transaction.on_commit(
-                lambda: job_publish(job_id=job.id, queue=model.queue, priority=priority), robust=True
-            )
+        for attempt in (1, 2):
+            try:
+                with transaction.atomic():
+                    job = Job.objects.create(
+                        user=user,
+                        api_key_id=api_key_id,
+                        model=model.name,
+                        kind=kind,
+                        input=input,
+                        params=params.as_dict(),
+                        source=source,
+                        prompt_tokens=prompt_tokens,
+                        priority=priority,
+                        admission=admission or {},
+                        session_id=session_id,
+                        model_version_id=model.version_id,
+                        deadline_at=now + timedelta(seconds=settings.SLUICE_JOB_TIMEOUT_S),
+                        request_id=request_id[:128],
+                        previous_id=extra.get("previous_id"),
+                        store=bool(extra.get("store", True)),
+                        background=bool(extra.get("background", False)),
+                        metadata=extra.get("metadata") or {},
+                        received_at=_from_epoch(timeline.get("received_at")),
+                        admitted_at=_from_epoch(timeline.get("admitted_at")),
+                        admission_wait_ms=timeline.get("admission_wait_ms"),
+                        admission_waited_for=str(timeline.get("admission_waited_for") or "")[:16],
+                    )
+                    # The stream exists before anyone can read it; a Redis failure rolls the row back.
+                    get_streams().open(str(job.id))
+                    transaction.on_commit(
+                        functools.partial(job_publish, job_id=job.id, queue=model.queue, priority=priority),
+                        robust=True,
+                    )
+                break
+            except IntegrityError:
+                # The version was deleted between routing and this insert (Django checks
+                # the foreign key at commit): route among the versions there are now, once.
+                gone = (
+                    model.version_id is not None
+                    and not ModelVersion.objects.filter(pk=model.version_id).exists()
+                )
+                if attempt == 2 or not gone:
+                    raise
+                registry_invalidate()
+                rerouted = route(model.name, f"u{user.pk}")
+                if rerouted is None:
+                    raise VersionGone(model.name) from None
+                model = rerouted
     except BaseException:
         if admission:
             admission_release(grant=admission, used_tokens=0)
         raise
     logger.info("job %s created for %s (request %s)", job.id, model.key, request_id or "-")
     return job
+
+
+def _from_epoch(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, tz=UTC) if value is not None else None
 
 
 def celery_priority(tier: int) -> int:
@@ -289,6 +338,7 @@ def job_cancel(*, job: Job) -> Job:
             ),
         )
         _release_admission(job, used_tokens=0, ran=False)
+        job_ended(job_id=job.id)
     else:
         streams.request_cancel(str(job.id))
     job.refresh_from_db()
@@ -437,6 +487,7 @@ def _run_on(*, job: Job, token: str, model: ServedModel, engine: Any) -> None:
     cached = None
     if plan.cache_key and not progress.token_ids:
         cached = result_cache_get(user_id=job.user_id, key=plan.cache_key)
+        record_cache(model=job.model, version=_version_label(job), hit=cached is not None)
         if cached is not None:
             plan.citations = list(cached.citations)
     if plan.citations and not progress.cited:
@@ -462,6 +513,8 @@ def _run_on(*, job: Job, token: str, model: ServedModel, engine: Any) -> None:
         meta={"lease": token},
     )
     handle = engine.submit(request)
+    # While the engine prefills (not before: the row write would add to the time to first token).
+    Job.objects.filter(id=job.id).update(rendered_prompt=pg_safe(plan.rendered[:RENDERED_MAX_CHARS]))
     # Give the database connection back to the pool while the engine works: a worker holds
     # max_batch_size tasks at once, far more than it needs connections.
     connection.close()
@@ -476,6 +529,11 @@ def _run_on(*, job: Job, token: str, model: ServedModel, engine: Any) -> None:
     assert result is not None
     if job_finish(job=job, attempt=attempt, token=token, result=result, progress=progress, plan=plan):
         _record_outcome(model, result)
+
+
+def _version_label(job: Job) -> str:
+    version = version_by_id(job.model_version_id, job.model)
+    return version.label if version is not None else "default"
 
 
 def _record_outcome(model: ServedModel, result: SequenceResult) -> None:
@@ -541,6 +599,7 @@ def _finish_from_cache(*, job: Job, token: str, entry: CachedResult, model: Serv
     session_record_turn(job=job, messages=_recorded_messages(job), reply=entry.output_text)
     # Nothing was generated: everything reserved beyond the prompt comes back.
     _release_admission(job, used_tokens=entry.prompt_tokens, ran=True)
+    job_ended(job_id=job.id)
 
 
 def _recorded_messages(job: Job) -> list[dict[str, str]]:
@@ -568,6 +627,7 @@ def _finish_without_run(
         _release_admission(job, used_tokens=0 if job.attempts <= 1 else reserved, ran=False)
         if version is not None and status == JobStatus.FAILED:
             version_record_outcome(version=version, ok=False)
+        job_ended(job_id=job.id)
 
 
 def _outcome(result: SequenceResult) -> tuple[str, str]:
@@ -652,6 +712,7 @@ def job_finish(
                 logprobs=progress.logprobs + result.logprobs,
             )
     _release_admission(job, used_tokens=usage["total_tokens"], ran=True)
+    job_ended(job_id=job.id)
     return True
 
 
@@ -670,6 +731,7 @@ def job_fail(*, job_id: uuid.UUID | str, error: str, reason: str = "error") -> b
         if job is not None and job.admission:
             # It may have run for a while before its worker died: refund nothing.
             _release_admission(job, used_tokens=int(job.admission.get("reserved_tokens", 0)), ran=False)
+        job_ended(job_id=job_id)
     return bool(updated)
 
 
@@ -767,6 +829,7 @@ def job_dead_letter(*, job_id: uuid.UUID | str, reason: str, error: str, token: 
     )
     if job.admission:
         _release_admission(job, used_tokens=int(job.admission.get("reserved_tokens", 0)), ran=False)
+    job_ended(job_id=job.id)
     return True
 
 

@@ -8,6 +8,7 @@ signals. Nothing here imports models at import time (Django may not be set up ye
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
@@ -30,6 +31,8 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
         from inference.rag.services import local_embedder
 
         local_embedder().embed(["warm-up"])
+        hostname = getattr(sender, "hostname", None) or "embeddings"
+        _serve_metrics(lambda: {"name": hostname, "versions": []})
         return
     # The engine thread holds the GIL through the Python parts of every forward pass; task
     # threads (database, Redis) would wait up to the default 5 ms for each hand-over.
@@ -37,7 +40,26 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
     from inference.runtime import start_runtime
 
     hostname = getattr(sender, "hostname", None)
-    start_runtime(name=hostname)
+    runtime = start_runtime(name=hostname)
+    _serve_metrics(runtime.heartbeat_payload)
+
+
+def _serve_metrics(payload: Callable[[], dict[str, Any]]) -> None:
+    """The worker's own /metrics, where SLUICE_WORKER_METRICS_PORT asks for it."""
+    if not settings.SLUICE_WORKER_METRICS_PORT:
+        return
+    from inference.worker_metrics import serve_worker_metrics
+
+    try:
+        serve_worker_metrics(
+            port=settings.SLUICE_WORKER_METRICS_PORT,
+            addr=settings.SLUICE_WORKER_METRICS_ADDR,
+            payload=payload,
+        )
+    except OSError:  # the port is taken: the worker still serves, Prometheus sees it down
+        logger.warning(
+            "could not serve worker metrics on port %s", settings.SLUICE_WORKER_METRICS_PORT, exc_info=True
+        )
 
 
 @worker_ready.connect

@@ -185,3 +185,7 @@ def make_api_user(transactional_db: None) -> Iterator[Callable[..., ApiUser]]:
 @pytest.fixture
 def api_user(make_api_user: Callable[..., ApiUser]) -> ApiUser:
     return make_api_user("alice")
+
+
+# The versions worker (a session fixture: one for every module that needs versions).
+from tests.support.versions import clean_versions, versions_worker  # noqa: E402, F401

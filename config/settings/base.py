@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 import dj_database_url
+from django.urls import reverse_lazy
 
 from config import env
 
@@ -71,7 +72,7 @@ ASGI_APPLICATION = "config.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "config" / "templates"],  # admin/index.html: the console card
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -232,6 +233,9 @@ SLUICE_DEFAULT_MAX_TOKENS = env.get_int("SLUICE_DEFAULT_MAX_TOKENS", 256)
 SLUICE_MAX_PROMPT_CHARS = env.get_int("SLUICE_MAX_PROMPT_CHARS", 200_000)
 SLUICE_JOB_LEASE_S = env.get_float("SLUICE_JOB_LEASE_S", 20.0)
 SLUICE_RECONCILE_INTERVAL_S = env.get_float("SLUICE_RECONCILE_INTERVAL_S", 5.0)
+# Prices of the settings-configured model (versions have their own, in the admin), per 1M tokens.
+SLUICE_PRICE_INPUT_PER_MTOK = env.get_str("SLUICE_PRICE_INPUT_PER_MTOK", "0")
+SLUICE_PRICE_OUTPUT_PER_MTOK = env.get_str("SLUICE_PRICE_OUTPUT_PER_MTOK", "0")
 SLUICE_MAX_ATTEMPTS = env.get_int("SLUICE_MAX_ATTEMPTS", 5)  # per version: ModelVersion.max_attempts
 # Backoff between attempts after a transient failure: base, 2x, 4x ... up to the cap.
 SLUICE_RETRY_BACKOFF_S = env.get_float("SLUICE_RETRY_BACKOFF_S", 1.0)
@@ -239,9 +243,21 @@ SLUICE_RETRY_MAX_BACKOFF_S = env.get_float("SLUICE_RETRY_MAX_BACKOFF_S", 60.0)
 SLUICE_STREAM_TTL_S = env.get_int("SLUICE_STREAM_TTL_S", 24 * 3600)
 SLUICE_WORKER_PRELOAD = env.get_bool("SLUICE_WORKER_PRELOAD", True)
 SLUICE_METRICS_FLUSH_S = env.get_float("SLUICE_METRICS_FLUSH_S", 5.0)
+# --- Operations console ---
+SLUICE_DASHBOARD_REFRESH_S = env.get_float("SLUICE_DASHBOARD_REFRESH_S", 1.0)
+# A worker whose heartbeat is older than this shows as stale (its key expires after 15 s: down).
+SLUICE_WORKER_STALE_S = env.get_float("SLUICE_WORKER_STALE_S", 8.0)
+# Banner thresholds over the last 5 minutes (the same as docker/prometheus/alerts.yml).
+SLUICE_ALERT_TTFT_P99_S = env.get_float("SLUICE_ALERT_TTFT_P99_S", 5.0)
+SLUICE_ALERT_E2E_P99_S = env.get_float("SLUICE_ALERT_E2E_P99_S", 60.0)
+SLUICE_ALERT_ERROR_RATE = env.get_float("SLUICE_ALERT_ERROR_RATE", 0.01)
+SLUICE_ALERT_ROLLBACK_WINDOW_S = env.get_float("SLUICE_ALERT_ROLLBACK_WINDOW_S", 900.0)
 SLUICE_WORKER_SWITCH_INTERVAL_S = env.get_float("SLUICE_WORKER_SWITCH_INTERVAL_S", 0.0005)
 # --- Knowledge bases, sessions, result cache ---
 SLUICE_WORKER_ROLE = env.get_str("SLUICE_WORKER_ROLE", "model")  # model | embeddings
+# A worker's own /metrics (process, engines) for Prometheus; 0: off. Loopback unless told.
+SLUICE_WORKER_METRICS_PORT = env.get_int("SLUICE_WORKER_METRICS_PORT", 0)
+SLUICE_WORKER_METRICS_ADDR = env.get_str("SLUICE_WORKER_METRICS_ADDR", "127.0.0.1")
 SLUICE_EMBEDDING_MODEL_PATH = str(env.embedding_model_path())
 # The embedding model's name in /v1/models and /v1/embeddings.
 SLUICE_EMBEDDING_MODEL_NAME = env.get_str("SLUICE_EMBEDDING_MODEL_NAME", "all-MiniLM-L6-v2")
@@ -333,9 +349,57 @@ LOGGING = {
     },
 }
 
+
+def _nav(title: str, url: str, icon: str) -> dict[str, Any]:
+    return {"title": title, "icon": icon, "link": reverse_lazy(url)}
+
+
 UNFOLD = {
     "SITE_TITLE": "Sluice",
     "SITE_HEADER": "Sluice",
     "SITE_SYMBOL": "water",
     "SHOW_HISTORY": True,
+    "SIDEBAR": {
+        "show_search": True,
+        "show_all_applications": True,
+        "navigation": [
+            {
+                "title": "Operations",
+                "items": [
+                    _nav("Live dashboard", "dashboard:overview", "monitoring"),
+                    _nav("Jobs", "admin:inference_job_changelist", "list_alt"),
+                    _nav("Dead letters", "admin:inference_deadletter_changelist", "report"),
+                    _nav("Usage and cost", "admin:inference_usagedaily_changelist", "payments"),
+                    _nav("Audit log", "admin:dashboard_auditentry_changelist", "history"),
+                    _nav("Authentication failures", "admin:dashboard_authfailure_changelist", "gpp_bad"),
+                ],
+            },
+            {
+                "title": "Models",
+                "items": [
+                    _nav("Model versions", "admin:inference_modelversion_changelist", "deployed_code"),
+                    _nav("Version events", "admin:inference_modelversionevent_changelist", "event"),
+                    _nav("Result cache", "admin:inference_cachedresult_changelist", "cached"),
+                ],
+            },
+            {
+                "title": "Access",
+                "items": [
+                    _nav("Users", "admin:auth_user_changelist", "person"),
+                    _nav("Groups", "admin:auth_group_changelist", "group"),
+                    _nav("API keys", "admin:gateway_apikey_changelist", "key"),
+                    _nav("Rate-limit policies", "admin:gateway_ratelimitpolicy_changelist", "speed"),
+                ],
+            },
+            {
+                "title": "Knowledge and chat",
+                "items": [
+                    _nav("Knowledge bases", "admin:inference_knowledgebase_changelist", "library_books"),
+                    _nav("Documents", "admin:inference_document_changelist", "description"),
+                    _nav("Chat sessions", "admin:inference_chatsession_changelist", "forum"),
+                    _nav("User profiles", "admin:inference_userprofile_changelist", "badge"),
+                ],
+            },
+        ],
+    },
 }

@@ -18,6 +18,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from dashboard.audit import audit_changed, audit_created, audit_deleted, object_state
 from gateway.apis.base import GatewayApiView
 from gateway.apis.sessions import PAGE, page_params
 from gateway.auth import request_user
@@ -172,6 +173,7 @@ class KnowledgeBaseCreateApi(GatewayApiView):
             )
         except IntegrityError as exc:
             raise _duplicate_name(data["name"]) from exc
+        audit_created(kb, actor=user, via="api", request=request._request)
         return Response(kb_representation(kb, viewer=user), status=status.HTTP_201_CREATED)
 
 
@@ -205,6 +207,7 @@ class KnowledgeBaseUpdateApi(GatewayApiView):
         kb = get_kb_or_404(request, kb_id, write=True)
         data = _validated(KnowledgeBaseWriteSerializer, request)
         users, groups = _sharing(data)
+        before = object_state(kb)
         try:
             kb = knowledge_base_update(
                 kb=kb,
@@ -216,13 +219,16 @@ class KnowledgeBaseUpdateApi(GatewayApiView):
             )
         except IntegrityError as exc:
             raise _duplicate_name(data.get("name", "")) from exc
+        audit_changed(kb, before, actor=request_user(request), via="api", request=request._request)
         return Response(kb_representation(kb, viewer=request_user(request)))
 
 
 class KnowledgeBaseDeleteApi(GatewayApiView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, kb_id: str) -> Response:
-        knowledge_base_delete(kb=get_kb_or_404(request, kb_id, write=True))
+        kb = get_kb_or_404(request, kb_id, write=True)
+        audit_deleted(kb, actor=request_user(request), via="api", request=request._request)
+        knowledge_base_delete(kb=kb)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -35,6 +35,7 @@ def job_representation(job: Job) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "first_token_at": iso(job.first_token_at),
         "finished_at": iso(job.finished_at),
+        "timings": job_client.timings(job),
         "links": {
             "self": f"/api/v1/jobs/{job.id}",
             "events": f"/api/v1/jobs/{job.id}/events",

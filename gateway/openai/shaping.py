@@ -177,7 +177,7 @@ def chat_stream(
     started: float,
     logprobs: Logprobs | None,
 ) -> AsyncIterator[bytes]:
-    timing = Timing(job.model, started)
+    timing = Timing(job, started)
     response_id = f"chatcmpl-{job.id.hex}"
     created = created_ts(job)
     system_fingerprint = fingerprint(model)
@@ -248,7 +248,7 @@ def completion_stream(
     """One stream for a batch of prompts: each chunk's choice ``index`` names its prompt;
     chunks of different prompts interleave as they are generated."""
     first = jobs[0]
-    timing = Timing(first.model, started)
+    timing = Timing(first, started)
     response_id = f"cmpl-{first.id.hex}"
     created = created_ts(first)
     system_fingerprint = fingerprint(model)

@@ -19,7 +19,7 @@ from gateway.openai import shaping
 from gateway.openai.serializers import ChatCompletionSerializer, CompletionSerializer, check_neutral
 from gateway.prepare import Sampling, prepare_chat, prepare_completion, resolve_chat_context, route_or_404
 from gateway.sse import observe_completed
-from gateway.submission import Caller, Submission, first_token_before_end_s, submit_all
+from gateway.submission import Caller, Submission, submit_all
 from inference.registry import ServedModel, served_models
 
 
@@ -95,11 +95,7 @@ class ChatCompletionCreateApi(OpenAIView):
                 refused=shaping.refused,
             )
         job = submission.run()
-        observe_completed(
-            model=job.model,
-            started=submission.started,
-            first_token_s_before_end=first_token_before_end_s(job),
-        )
+        observe_completed(job, started=submission.started)
         return Response(shaping.chat_body(job, model=model, logprobs=logprobs))
 
 
@@ -153,11 +149,7 @@ class CompletionCreateApi(OpenAIView):
 
             return sse_response(stream_for(*jobs))
         finished = [submission.finish(job) for submission, job in zip(submissions, jobs, strict=True)]
-        observe_completed(
-            model=finished[0].model,
-            started=started,
-            first_token_s_before_end=first_token_before_end_s(finished[0]),
-        )
+        observe_completed(finished[0], started=started)
         return Response(shaping.completion_body(finished, model=model, logprobs=logprobs))
 
 

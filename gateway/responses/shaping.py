@@ -258,7 +258,7 @@ def event_stream(
     job: Job, *, starting_after: int = -1, cancel_if_gone: bool, started: float | None = None
 ) -> AsyncIterator[bytes]:
     """The response's events after ``starting_after`` (every one with the default), as SSE."""
-    timing = Timing(job.model, started) if started is not None else None
+    timing = Timing(job, started) if started is not None else None
 
     async def events() -> AsyncIterator[bytes]:
         shaper = Events(job)

@@ -32,7 +32,7 @@ from gateway.prepare import Sampling, prepare_chat, route_or_404
 from gateway.responses import shaping
 from gateway.responses.serializers import ResponseCreateSerializer, check_neutral, input_messages
 from gateway.sse import observe_completed, sse, sse_response
-from gateway.submission import Caller, Submission, first_token_before_end_s, raise_for_failed
+from gateway.submission import Caller, Submission, raise_for_failed
 from inference.chat.selectors import response_history
 from inference.client import job_client
 from inference.models import Job, JobStatus
@@ -158,11 +158,7 @@ class ResponseCreateApi(ResponsesView):
         job = job_client.wait_end(submission.accept().id, timeout_s=_timeout())
         if job.status != JobStatus.CANCELLED:
             raise_for_failed(job)
-            observe_completed(
-                model=job.model,
-                started=submission.started,
-                first_token_s_before_end=first_token_before_end_s(job),
-            )
+            observe_completed(job, started=submission.started)
         return Response(shaping.response_object(job))
 
 

@@ -101,7 +101,7 @@ def refused(exc: ApiError) -> list[bytes]:
 
 def generate_stream(job: Job, *, options: TgiOptions, started: float) -> AsyncIterator[bytes]:
     """TGI's /generate_stream: one event per token; the last carries generated_text/details."""
-    timing = Timing(job.model, started)
+    timing = Timing(job, started)
 
     def event(index: int, token: _Token, last: dict[str, Any] | None = None) -> bytes:
         return sse(

@@ -27,7 +27,7 @@ from gateway.guards import guards_for
 from gateway.idempotency import IdempotencyClaim
 from gateway.prepare import Sampling, prepare_completion, route_or_404
 from gateway.sse import observe_completed
-from gateway.submission import Caller, Submission, first_token_before_end_s
+from gateway.submission import Caller, Submission
 from gateway.tgi import shaping
 from gateway.tgi.serializers import (
     TGI_DEFAULT_MAX_NEW_TOKENS,
@@ -109,9 +109,7 @@ def _run(request: Request, data: dict[str, Any], *, stream: bool, as_list: bool 
             refused=shaping.refused,
         )
     job = submission.run()
-    observe_completed(
-        model=job.model, started=submission.started, first_token_s_before_end=first_token_before_end_s(job)
-    )
+    observe_completed(job, started=submission.started)
     body = shaping.generate_body(job, options=options, details=bool(parameters.get("details")))
     return Response([body] if as_list else body)
 

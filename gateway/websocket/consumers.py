@@ -31,11 +31,13 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from rest_framework import serializers
 
+from dashboard.audit import auth_failure_record
 from gateway.auth import raw_key_from_headers
 from gateway.errors import ApiError, envelope, first_error
 from gateway.jobs.serializers import JobCreateSerializer, job_prepare
 from gateway.jobs.shaping import event_of
 from gateway.selectors import apikey_get_active, apikey_still_active
+from gateway.services import VISIBLE_CHARS
 from gateway.submission import Caller, Submission
 from inference.client import db, job_client, valid_cursor
 from inference.jobstream import EntryKind
@@ -78,6 +80,13 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
     async def _authenticate(self, raw_key: str) -> bool:
         api_key = await db(apikey_get_active, raw_key=raw_key)
         if api_key is None:
+            client = self.scope.get("client") or ("", 0)
+            await db(
+                auth_failure_record,
+                key_prefix=raw_key[:VISIBLE_CHARS],
+                source_ip=client[0] or None,
+                via="websocket",
+            )
             return False
         self.user, self.api_key = api_key.user, api_key
         return True

@@ -82,3 +82,9 @@ class ModelBackend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (GPU memory, connections)."""
+
+    def kv_usage(self) -> tuple[int, int]:
+        """Key/value cache positions in use and allocated (the console's KV usage); a
+        backend without a local cache (a remote server) reports ``(0, 0)``. Called from the
+        heartbeat thread while the engine runs: an approximate reading is fine."""
+        return 0, 0

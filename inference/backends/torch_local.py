@@ -407,6 +407,11 @@ class TorchCausalLMBackend(ModelBackend):
             self.cache.shift(len(self.keys), -low)
             self.starts = [s - low for s in self.starts]
 
+    def kv_usage(self) -> tuple[int, int]:
+        cache, starts = self.cache, list(self.starts)
+        used = sum(max(0, cache.t - start) for start in starts)
+        return used, cache.row_capacity * cache.col_capacity
+
     @torch.inference_mode()
     def step(self) -> dict[str, Sampled | Exception]:
         n = len(self.keys)

@@ -2,7 +2,15 @@
 
 from inference.models.cache import CachedResult
 from inference.models.chat import ChatSession, Message, MessageRole, UserProfile
-from inference.models.jobs import TERMINAL_STATUSES, DeadLetter, DeadLetterReason, Job, JobKind, JobStatus
+from inference.models.jobs import (
+    TERMINAL_STATUSES,
+    DeadLetter,
+    DeadLetterReason,
+    Job,
+    JobKind,
+    JobStatus,
+    UsageDaily,
+)
 from inference.models.knowledge import (
     EMBEDDING_DIMENSIONS,
     Chunk,
@@ -43,6 +51,7 @@ __all__ = [
     "MessageRole",
     "ModelVersion",
     "ModelVersionEvent",
+    "UsageDaily",
     "UserProfile",
     "VersionStatus",
     "Visibility",

@@ -83,6 +83,14 @@ class Job(models.Model):
     background = models.BooleanField(default=False)
     # Responses DELETE: hidden from its owner; the row stays for usage and audit.
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # The request's timeline (the console's "what did that one slow request wait for"): when the
+    # gateway received it, when admission let it in, how long it waited there and for what.
+    received_at = models.DateTimeField(null=True, blank=True)
+    admitted_at = models.DateTimeField(null=True, blank=True)
+    admission_wait_ms = models.PositiveIntegerField(null=True, blank=True)
+    admission_waited_for = models.CharField(max_length=16, blank=True, help_text="rate_limit or capacity")
+    # The exact prompt the worker ran (template, history, profile, retrieved passages): staff only.
+    rendered_prompt = models.TextField(blank=True)
     # One entry per attempt that did not finish the job: {attempt, worker, at, reason, error}.
     attempt_log = models.JSONField(default=list, blank=True)
     # A job waiting to be retried after a transient failure is published again at this time.
@@ -149,3 +157,37 @@ class DeadLetter(models.Model):
         if self.requeued_at is not None:
             return "requeued"
         return "open"
+
+
+class UsageDaily(models.Model):
+    """Usage per UTC day, user, API key, policy, model and version: one upsert per finished job
+    (``inference.usage.job_ended``), so totals are exact sums over the job rows."""
+
+    day = models.DateField(db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage")
+    api_key = models.ForeignKey("gateway.ApiKey", on_delete=models.SET_NULL, null=True, blank=True)
+    policy = models.CharField(max_length=100, blank=True)
+    model = models.CharField(max_length=200)
+    version = models.CharField(max_length=64, blank=True)
+    requests = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    #: Tokens answered from the result cache (not generated again).
+    cached_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=16, decimal_places=6, default=0)
+
+    class Meta:
+        ordering = ["-day", "user"]
+        verbose_name = "daily usage"
+        verbose_name_plural = "usage (daily)"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "user", "api_key", "policy", "model", "version"],
+                name="usage_daily_unique",
+                nulls_distinct=False,
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.user_id} {self.model}@{self.version}"

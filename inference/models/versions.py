@@ -46,6 +46,12 @@ class ModelVersion(models.Model):
     max_batch_size = models.PositiveIntegerField(default=0, help_text="0: SLUICE_MAX_BATCH_SIZE")
     max_batch_tokens = models.PositiveIntegerField(default=0, help_text="0: SLUICE_MAX_BATCH_TOKENS")
     context_length = models.PositiveIntegerField(default=0, help_text="0: from the model's config")
+    price_input_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, default=0, help_text="cost per 1M prompt tokens (usage pages)"
+    )
+    price_output_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, default=0, help_text="cost per 1M completion tokens"
+    )
     max_attempts = models.PositiveSmallIntegerField(
         default=0,
         help_text="attempts of a job after transient failures (lost worker, upstream error, load failure) "

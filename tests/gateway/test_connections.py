@@ -38,6 +38,9 @@ def small_pool(live: Live, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "SLUICE_METRICS_TOKEN": METRICS_TOKEN,
         "SLUICE_METRICS_ALLOWED_NETWORKS": "10.255.255.0/24",  # not loopback: the token is needed
         "SLUICE_MODEL_CAPACITY": "0",  # no waiting room: every job goes straight to the queue
+        # Room for 120 queued jobs on top of any an earlier test left cancelling (the default
+        # 16 x batch 8 = 128 answered 503 on a busy CI machine).
+        "SLUICE_MODEL_QUEUE_CAP": "1000",
     }
     port = free_port()
     web: ServerProcess = web_process(env, port, tmp_path_factory.mktemp("small-pool")).start()
@@ -235,16 +238,19 @@ def test_more_concurrent_streams_than_a_redis_pool_holds(
         timeout=30,
         what="the web server to see the unserved model",
     )
+
     # Jobs that wait in a queue nobody consumes: their followers all block in XREAD at once.
-    jobs = [
-        httpx.post(
+    def submit() -> str:
+        response = httpx.post(
             f"{small_pool}/api/v1/jobs",
             json={"model": unserved, "prompt": "x", "max_tokens": 8},
             headers=api_user.headers,
             timeout=60,
-        ).json()["id"]
-        for _ in range(streams)
-    ]
+        )
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    jobs = [submit() for _ in range(streams)]
     opened = threading.Barrier(streams, timeout=120)
 
     def follow(job_id: str) -> str:

@@ -43,8 +43,15 @@ def test_metrics_cover_the_request_path(live: Live, api_user: ApiUser) -> None:
     def grew(name: str, by: float) -> bool:
         return scrape(live).get(name, 0.0) - before.get(name, 0.0) >= by
 
-    deadline = time.monotonic() + 20  # workers add their series every second here
-    while time.monotonic() < deadline and not grew("sluice_generation_tokens_total", 24):
+    # Workers (tokens, outcomes) and the web (client-side latencies) each add their series to
+    # Redis every second: wait for both.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (
+        grew("sluice_generation_tokens_total", 24)
+        and grew("sluice_requests_total{succeeded}", 2)
+        and grew("sluice_time_to_first_token_seconds_count", 2)
+        and grew("sluice_e2e_request_latency_seconds_count", 2)
+    ):
         time.sleep(0.25)
     after = scrape(live)
 
@@ -53,7 +60,7 @@ def test_metrics_cover_the_request_path(live: Live, api_user: ApiUser) -> None:
 
     assert delta("sluice_generation_tokens_total") >= 24
     assert delta("sluice_prompt_tokens_total") > 0
-    assert delta("sluice_requests_total{length}") >= 2
+    assert delta("sluice_requests_total{succeeded}") >= 2
     assert delta("sluice_batch_size_count") >= 20  # one observation per decode step
     assert delta("sluice_batch_size_bucket[+Inf]") == delta("sluice_batch_size_count")
     assert delta("sluice_queue_time_seconds_count") >= 2

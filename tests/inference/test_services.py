@@ -154,3 +154,41 @@ def test_generated_nul_bytes_are_stored_safely(model: ServedModel) -> None:
     assert job_finish(job=job, attempt=1, token="", result=result, progress=Progress()) is True
     stored = Job.objects.get(id=job.id)
     assert stored.status == JobStatus.SUCCEEDED and stored.output_text == "a\ufffdb"
+
+
+def test_a_version_deleted_after_routing_gets_its_job_rerouted(
+    model: ServedModel, demo_model_dir: Path
+) -> None:
+    """A web process routes with a registry cached for a few seconds: a version deleted (and
+    replaced) meanwhile must not turn the insert's foreign-key failure into a 500."""
+    from inference.models import ModelVersion
+    from inference.registry import VersionGone, registry_invalidate, version_by_id, version_queue
+
+    user = User.objects.create(username="u-gone")
+    old = ModelVersion.objects.create(
+        served_name="gone", label="v1", path=str(demo_model_dir), status="stable"
+    )
+    registry_invalidate()
+    routed = version_by_id(old.pk)
+    assert routed is not None
+    old.delete()
+    new = ModelVersion.objects.create(
+        served_name="gone", label="v2", path=str(demo_model_dir), status="stable"
+    )
+    try:
+        job = create(routed, user)  # the stale ServedModel still names the deleted row
+        assert job.model_version_id == new.pk
+        assert Job.objects.filter(pk=job.pk, model_version_id=new.pk).exists()
+        # Nothing left to take it: a clear refusal (the gateway's 404), and no job row.
+        stale = version_by_id(new.pk)
+        assert stale is not None
+        new.delete()
+        before = Job.objects.count()
+        with pytest.raises(VersionGone):
+            create(stale, user)
+        assert Job.objects.count() == before
+    finally:
+        Job.objects.filter(user=user).delete()
+        ModelVersion.objects.filter(served_name="gone").delete()
+        get_redis().delete(*celery_queue_keys(version_queue(new.pk)))
+        registry_invalidate()
