@@ -397,4 +397,6 @@ def test_busy_model_makes_requests_wait_then_503_beyond_the_queue_cap(
     # The waiter went away: its place in the room is given back.
     from inference.admission.services import get_limiter
 
-    wait_until(lambda: get_limiter().model_load(IDLE_MODEL) == (2, 0), timeout=10, what="the room to empty")
+    # At once when the server sees the disconnect; at the latest when the waiter's TTL
+    # (SLUICE_WAITER_TTL_S) lapses. A busy machine may take a while to get there.
+    wait_until(lambda: get_limiter().model_load(IDLE_MODEL) == (2, 0), timeout=45, what="the room to empty")

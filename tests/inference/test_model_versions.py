@@ -133,7 +133,12 @@ def test_circuit_breaker_sends_traffic_to_the_fallback(
     wait_until(
         lambda: bool(get_redis().exists("sluice:breaker:versioned@broken")), timeout=10, what="the breaker"
     )
-    assert ModelVersionEvent.objects.filter(version=broken, kind=EventKind.BREAKER_OPEN).exists()
+    # The worker opens the breaker in Redis, then records the event: await the row too.
+    wait_until(
+        lambda: ModelVersionEvent.objects.filter(version=broken, kind=EventKind.BREAKER_OPEN).exists(),
+        timeout=30,
+        what="the breaker_open event",
+    )
     after = complete(live, user)
     assert after.status_code == 200 and job_of(after).model_version_id == fallback.pk
 
