@@ -10,12 +10,15 @@ Prints tables and writes bench/results/<time>.json and bench/results/latest.json
 
 Then the admission limiter (bench/ratelimit.py): decisions per second and the latency it adds.
 
-    python -m bench                      # everything (about 15 minutes on 2 CPU cores)
+    python -m bench                      # everything (about 18 minutes on 2 CPU cores)
     python -m bench --quick              # demo model, fewer levels (about 3 minutes)
-    python -m bench --only ratelimit     # one part: engine | ratelimit | rag | dtypes
+    python -m bench --only ratelimit     # one part: engine | ratelimit | rag | dtypes | gateway
+    python -m bench --peer none          # the gateway part without LiteLLM
 
 And retrieval (bench/rag.py): pgvector HNSW vs exact at 10k and 100k chunks, recall@10, ingestion;
-and model-version dtypes (bench/dtypes.py): float32 vs bfloat16 vs int8 tokens/s.
+and model-version dtypes (bench/dtypes.py): float32 vs bfloat16 vs int8 tokens/s;
+and gateway overhead (bench/gateway_overhead.py): the same load directly against an upstream
+engine, through Sluice's openai backend and through LiteLLM proxy (about 2.5 minutes).
 """
 
 from __future__ import annotations
@@ -208,17 +211,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
-        "--only", default="", help="comma-separated parts to run: engine,ratelimit,rag,dtypes (default: all)"
+        "--only",
+        default="",
+        help="comma-separated parts to run: engine,ratelimit,rag,dtypes,gateway (default: all)",
+    )
+    parser.add_argument(
+        "--peer", choices=["litellm", "none"], default="litellm", help="the gateway part's peer gateway"
     )
     args = parser.parse_args()
-    parts = set((args.only or "engine,ratelimit,rag,dtypes").split(","))
+    parts = set((args.only or "engine,ratelimit,rag,dtypes,gateway").split(","))
     import torch
 
     # On a GPU the realistic model is larger: a ~1B Llama (bfloat16) joins the run.
     default = "demo" if args.quick else ("demo,llama,llama-1b" if torch.cuda.is_available() else "demo,llama")
     names = [n for n in (args.models or default).split(",") if n]
     started = time.time()
-    stack = Stack(threads=args.threads) if "engine" in parts else None
+    stack = Stack(threads=args.threads) if parts & {"engine", "gateway"} else None
     models: dict[str, Callable[[], BenchModel]] = {
         "demo": demo_model,
         "llama": llama_110m,
@@ -241,9 +249,19 @@ def main() -> None:
 
         result["machine"]["torch"] = torch.__version__
         result["machine"]["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-        if stack is not None:
+        if stack is not None and "engine" in parts:
             for name in names:
                 result["models"].append(bench_model(models[name](), stack, args))
+        if stack is not None and "gateway" in parts:
+            from bench import gateway_overhead
+
+            print("\n=== gateway overhead (direct / sluice openai backend / litellm proxy)", flush=True)
+            gateway = gateway_overhead.measure(
+                stack, levels=[1, 16] if args.quick else [1, 16, 64], peer=args.peer
+            )
+            result["gateway"] = gateway
+            print(table(gateway["levels"], ["system", *LEVEL_COLUMNS[2:]], "gateway: levels"))
+            print(table(gateway["overhead"], list(gateway["overhead"][0]), "gateway overhead over direct"))
     finally:
         if stack is not None:
             stack.close()

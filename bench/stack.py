@@ -59,6 +59,9 @@ class Stack:
             "SLUICE_DTYPE": model.dtype,
             "SLUICE_MAX_BATCH_SIZE": str(max_batch_size),
             "SLUICE_MAX_NEW_TOKENS": "4096",
+            # Only this model: a version of another name (bench.gateway_overhead's "front") has
+            # workers of its own.
+            "SLUICE_WORKER_MODELS": model.name,
         }
 
     def start(

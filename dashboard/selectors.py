@@ -291,6 +291,45 @@ def _versions_table(window: Window, scope: Scope) -> list[dict[str, Any]]:
     return rows
 
 
+def _upstreams_table(client: Any, window: Window, scope: Scope) -> list[dict[str, Any]]:
+    """Every upstream replica of an openai version: health, fleet-wide load, and from the
+    window its time to first token and requests by result."""
+    from inference.upstreams import read_replicas, registered_versions
+
+    requests = window.groups("up_req")
+    rows: list[dict[str, Any]] = []
+    for key, urls in sorted(registered_versions(client).items()):
+        model, _, version = key.partition("@")
+        if not scope.matches(model, version):
+            continue
+        for replica in read_replicas(client, key, urls):
+
+            def match(
+                parts: list[str], model: str = model, version: str = version, url: str = replica.url
+            ) -> bool:
+                return parts[1:4] == [model, version, url]
+
+            results = {
+                result: int(n)
+                for (m, v, url, result), n in requests.items()
+                if (m, v, url) == (model, version, replica.url)
+            }
+            rows.append(
+                {
+                    "version": key,
+                    "replica": replica.url,
+                    "state": replica.state,
+                    "failures": replica.failures,
+                    "error": replica.error,
+                    "outstanding_requests": replica.outstanding_requests,
+                    "outstanding_tokens": replica.outstanding_tokens,
+                    "requests": results,
+                    "ttft": _quantiles(window.histogram("up_ttft", match)),
+                }
+            )
+    return rows
+
+
 def _admission_table(window: Window, scope: Scope) -> dict[str, Any]:
     decisions = window.groups("rl")
     refusals = [
@@ -469,7 +508,9 @@ def dashboard_snapshot(*, window: str = "5m", scope: Scope | None = None) -> dic
     except Exception as exc:
         logger.warning("dashboard: Redis unreachable", exc_info=True)
         alerts.append({"name": "RedisDown", "text": f"Redis is unreachable: {type(exc).__name__}"})
-        snapshot.update(alerts=alerts, charts={}, versions=[], workers=[], admission={}, top_users=[])
+        snapshot.update(
+            alerts=alerts, charts={}, versions=[], workers=[], upstreams=[], admission={}, top_users=[]
+        )
         return snapshot
     try:
         versions = _versions_table(current, scope)
@@ -492,6 +533,7 @@ def dashboard_snapshot(*, window: str = "5m", scope: Scope | None = None) -> dic
         charts=_charts(current, scope, now),
         versions=versions,
         workers=workers,
+        upstreams=_upstreams_table(client, current, scope),
         admission=_admission_table(current, scope),
         top_users=top,
         alerts=alerts,

@@ -12,6 +12,7 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from unfold.admin import ModelAdmin, TabularInline
 
 from dashboard.audit_admin import AuditedAdmin
@@ -31,7 +32,7 @@ from inference.models import (
 )
 from inference.rag.services import document_upload
 from inference.registry import registry_invalidate
-from inference.selectors import job_timings
+from inference.selectors import job_timings, version_replicas
 from inference.services import deadletter_discard, deadletter_requeue, job_cancel
 from inference.usage import usage_csv, usage_daily_chart
 from inference.versions import (
@@ -114,7 +115,8 @@ class JobAdmin(ModelAdmin):
             (
                 "started",
                 obj.started_at,
-                f"worker {t['worker'] or '-'}, version {t['version'] or '-'}, attempt {t['attempt']}",
+                f"worker {t['worker'] or '-'}, version {t['version'] or '-'}, attempt {t['attempt']}"
+                + (f", upstream {t['served_by']}" if t["served_by"] else ""),
             ),
             ("first token", obj.first_token_at, f"time to first token {t['time_to_first_token_ms']} ms"),
             (
@@ -372,15 +374,30 @@ class ModelVersionAdmin(AuditedAdmin, ModelAdmin):
         "traffic_weight",
         "health",
         "breaker",
+        "upstreams",
         "loaded_on",
         "updated_at",
     )
     list_filter = ("served_name", "status", "backend")
     search_fields = ("served_name", "label", "path", "url")
-    readonly_fields = ("created_at", "updated_at", "health_detail")
+    readonly_fields = ("created_at", "updated_at", "health_detail", "replica_table")
     fieldsets = (
         (None, {"fields": ("served_name", "label", "status", "traffic_weight", "fallback")}),
-        ("Backend", {"fields": ("backend", "path", "url", "api_key", "dtype")}),
+        ("Backend", {"fields": ("backend", "path", "dtype")}),
+        (
+            "Remote upstream (tgi, openai)",
+            {
+                "fields": (
+                    "url",
+                    "replica_urls",
+                    "upstream_model",
+                    "token_ids",
+                    "api_key",
+                    "api_key_env",
+                    "replica_table",
+                )
+            },
+        ),
         (
             "Limits (0: the settings' defaults)",
             {"fields": ("max_batch_size", "max_batch_tokens", "context_length", "max_attempts")},
@@ -424,6 +441,37 @@ class ModelVersionAdmin(AuditedAdmin, ModelAdmin):
     @admin.display(description="breaker")
     def breaker(self, obj: ModelVersion) -> str:
         return "OPEN" if open_breakers([self._key(obj)]) else "closed"
+
+    @admin.display(description="upstream replicas")
+    def upstreams(self, obj: ModelVersion) -> str:
+        replicas = version_replicas(obj)
+        if not replicas:
+            return "-"
+        up = sum(1 for r in replicas if r.state == "closed")
+        busy = sum(r.outstanding_requests for r in replicas)
+        return f"{up}/{len(replicas)} in rotation, {busy} in flight"
+
+    @admin.display(description="replicas: health and load")
+    def replica_table(self, obj: ModelVersion) -> str:
+        replicas = version_replicas(obj)
+        if not replicas:
+            return "-"
+        rows = format_html_join(
+            "",
+            '<tr><td class="pr-4">{}</td><td class="pr-4 font-semibold">{}</td>'
+            '<td class="pr-4 text-right">{}</td><td class="pr-4 text-right">{}</td>'
+            '<td class="pr-4 text-right">{}</td><td>{}</td></tr>',
+            (
+                (r.url, r.state, r.outstanding_requests, r.outstanding_tokens, r.failures, r.error or "")
+                for r in replicas
+            ),
+        )
+        head = (
+            "<tr><th class='pr-4 text-left'>replica</th><th class='pr-4 text-left'>state</th>"
+            "<th class='pr-4'>requests</th><th class='pr-4'>tokens</th><th class='pr-4'>failures</th>"
+            "<th class='text-left'>last error</th></tr>"
+        )
+        return format_html('<table class="text-sm" id="replicas">{}{}</table>', mark_safe(head), rows)  # noqa: S308
 
     @admin.display(description="loaded on (workers)")
     def loaded_on(self, obj: ModelVersion) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from inference.backends.base import ModelBackend, Sampled
+from inference.backends.base import NO_TOKEN, ModelBackend, Sampled
 from inference.batching import FinishReason, IncrementalDecoder, Scheduler, SequenceRequest, StopMatcher
 from inference.guards import OutputGuards
 
@@ -85,6 +85,8 @@ class SequenceResult:
     admitted_at: float | None = None
     first_token_at: float | None = None
     finished_at: float = 0.0
+    #: The replica that ran it (remote backends with several upstreams).
+    served_by: str = ""
 
 
 class SequenceHandle:
@@ -128,10 +130,14 @@ class _Active:
     finish: FinishReason | None = None
     error: str | None = None
     retryable: bool = False
+    served_by: str = ""
+    #: Completion tokens as a remote upstream counted them (it sent text, not token ids).
+    reported_tokens: int | None = None
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.request.resume_ids) + len(self.token_ids)
+        generated = len(self.token_ids) if self.reported_tokens is None else self.reported_tokens
+        return len(self.request.resume_ids) + generated
 
 
 class Engine:
@@ -179,6 +185,7 @@ class Engine:
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
+        self.backend.wake()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -190,12 +197,14 @@ class Engine:
                 raise RuntimeError("engine is stopping")
             self._inbox.append((request, handle, self.clock()))
             self._cv.notify_all()
+        self.backend.wake()
         return handle
 
     def cancel(self, key: str, reason: FinishReason = FinishReason.CANCELLED) -> None:
         with self._cv:
             self._cancel_requests[key] = reason
             self._cv.notify_all()
+        self.backend.wake()
 
     @property
     def load(self) -> dict[str, int]:
@@ -364,6 +373,9 @@ class Engine:
                 act.error = f"{type(sampled).__name__}: {sampled}"
                 act.retryable = bool(getattr(sampled, "retryable", False)) and not act.token_ids
                 continue
+            if sampled.token_id == NO_TOKEN:
+                self._end_from_upstream(act, sampled)
+                continue
             new_tokens += 1
             try:
                 self._append_token(act, sampled, now)
@@ -376,9 +388,16 @@ class Engine:
                 batch_size=len(results), new_tokens=new_tokens, seconds=seconds, prefill=prefill
             )
 
+    def _end_from_upstream(self, act: _Active, sampled: Sampled) -> None:
+        """A remote upstream ended the sequence (its own end of sequence, stop or limit)."""
+        if sampled.completion_tokens is not None:
+            act.reported_tokens = max(sampled.completion_tokens, len(act.token_ids))
+        act.finish = FinishReason.LENGTH if sampled.final == "length" else FinishReason.STOP
+
     def _append_token(self, act: _Active, sampled: Sampled, now: float) -> None:
         if act.first_token_at is None:
             act.first_token_at = now
+            act.served_by = self.backend.served_by(act.request.key)
         act.token_ids.append(sampled.token_id)
         act.logprobs.append(sampled.logprob)
         act.pending_ids.append(sampled.token_id)
@@ -390,7 +409,11 @@ class Engine:
         if sampled.token_id in self.backend.eos_token_ids and not act.request.params.ignore_eos:
             act.finish = FinishReason.STOP
             return
-        delta = act.stops.feed(act.decoder.push(sampled.token_id))
+        if sampled.final is not None:
+            # The upstream ended here: this token's text is the last (stop checks still run).
+            act.finish = FinishReason.LENGTH if sampled.final == "length" else FinishReason.STOP
+        piece = act.decoder.push(sampled.token_id) if sampled.text is None else sampled.text
+        delta = act.stops.feed(piece)
         if act.guards is not None:
             delta = act.guards.feed(delta)
             if act.guards.blocked:
@@ -465,6 +488,8 @@ class Engine:
     def _retire_marked(self) -> None:
         done = [act for act in self._active.values() if act.finish is not None]
         if done:
+            for act in done:
+                act.served_by = act.served_by or self.backend.served_by(act.request.key)
             self.backend.remove([act.request.key for act in done])
             for act in done:
                 del self._active[act.request.key]
@@ -491,6 +516,7 @@ class Engine:
             admitted_at=act.admitted_at,
             first_token_at=act.first_token_at,
             finished_at=self.clock(),
+            served_by=act.served_by,
         )
         if self.observer is not None:
             try:

@@ -69,6 +69,20 @@ FLEET_SERIES: dict[str, tuple[str, str, tuple[str, ...], Sequence[float]]] = {
         "histogram", "Knowledge-base retrieval for a job (query embedding and search)", ("model",),
         LATENCY_BUCKETS,
     ),
+    "sluice_upstream_time_to_first_token_seconds": (
+        "histogram", "Request sent to an upstream replica to its first token (openai versions)",
+        ("model", "version", "replica"), LATENCY_BUCKETS,
+    ),
+    "sluice_upstream_inter_token_latency_seconds": (
+        "histogram", "Time between two tokens from an upstream replica", ("model", "version", "replica"),
+        ITL_BUCKETS,
+    ),
+    "sluice_upstream_requests_total": (
+        "counter",
+        "Requests sent to an upstream replica, by result: ok (the upstream ended it), closed (Sluice "
+        "closed it after tokens: max tokens, a stop string, a cancel), cancelled (before any token), error",
+        ("model", "version", "replica", "result"), (),
+    ),
 }  # fmt: skip
 FLEET_KEY = "sluice:fleet"
 _FIELD_SEP = "\x1f"
@@ -154,6 +168,11 @@ def _series() -> Any:
 
     series.connect(get_redis)
     return series
+
+
+def series_buffer() -> Any:
+    """The console's time series buffer of this process (connected to Redis)."""
+    return _series()
 
 
 def record_request_end(*, model: str, version: str, status: str, reason: str) -> None:
@@ -613,6 +632,43 @@ class StoreCollector:
         yield gauge
 
 
+class UpstreamCollector:
+    """Each upstream replica's health and fleet-wide outstanding load (openai versions)."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        from inference.store import get_redis
+        from inference.upstreams import read_replicas, registered_versions
+
+        labels = ["model", "version", "replica"]
+        healthy = GaugeMetricFamily(
+            "sluice_upstream_healthy", "1: in rotation, 0.5: half-open (one trial), 0: out", labels=labels
+        )
+        requests = GaugeMetricFamily(
+            "sluice_upstream_outstanding_requests", "Requests in flight to the replica", labels=labels
+        )
+        tokens = GaugeMetricFamily(
+            "sluice_upstream_outstanding_tokens",
+            "Tokens reserved on the replica by requests in flight (prompt until the first token, "
+            "then max_tokens)",
+            labels=labels,
+        )
+        try:
+            client = get_redis()
+            for version, urls in registered_versions(client).items():
+                model, _, label = version.partition("@")
+                for replica in read_replicas(client, version, urls):
+                    values = [model, label or "default", replica.url]
+                    healthy.add_metric(values, replica.healthy)
+                    requests.add_metric(values, replica.outstanding_requests)
+                    tokens.add_metric(values, replica.outstanding_tokens)
+        except Exception:  # a scrape must not fail because Redis does
+            return
+        yield from (healthy, requests, tokens)
+
+
 _registered = False
 _register_lock = threading.Lock()
 
@@ -631,4 +687,5 @@ def register_fleet_collector() -> None:
             REGISTRY.register(DeadLetterCollector())
             REGISTRY.register(VersionEventCollector())
             REGISTRY.register(StoreCollector())
+            REGISTRY.register(UpstreamCollector())
             _registered = True

@@ -55,6 +55,12 @@ class ServedModel:
     backend: str = "local"
     url: str = ""
     api_key: str = field(default="", repr=False)
+    #: openai: every replica's base URL (``url`` first), the upstream's model id, where the
+    #: key comes from, and whether the upstream speaks token ids.
+    replicas: tuple[str, ...] = ()
+    upstream_model: str = ""
+    api_key_env: str = ""
+    token_ids: bool = True
     dtype: str = "auto"
     max_batch_size: int = 0
     max_batch_tokens: int = 0
@@ -80,7 +86,7 @@ class ServedModel:
     @property
     def cache_name(self) -> str:
         """Identifies the weights in result-cache keys: another version of a name misses."""
-        return f"{self.key}:{self.path}:{self.url}"
+        return f"{self.key}:{self.path}:{self.url}:{self.upstream_model}"
 
     @property
     def info(self) -> ModelInfo:
@@ -148,6 +154,12 @@ def _load() -> list[ServedModel]:
             backend=row.backend,
             url=row.url,
             api_key=row.api_key,
+            replicas=tuple(dict.fromkeys([row.url, *row.replica_list]))
+            if row.url
+            else tuple(row.replica_list),
+            upstream_model=row.upstream_model,
+            api_key_env=row.api_key_env,
+            token_ids=row.token_ids,
             dtype=row.dtype,
             max_batch_size=row.max_batch_size,
             max_batch_tokens=row.max_batch_tokens,

@@ -30,6 +30,7 @@ from inference.metrics import WORKERS_SEEN_KEY, EngineMetrics, celery_queue_keys
 from inference.registry import ServedModel, all_versions, queue_for
 from inference.store import get_redis, get_streams
 from inference.streams import RedisTokenSink
+from inference.upstreams import resolve_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +43,42 @@ def worker_key(name: str) -> str:
     return f"sluice:worker:{name}"
 
 
-def load_backend(model: ServedModel) -> ModelBackend:
+def load_backend(model: ServedModel, *, worker: str = "") -> ModelBackend:
     """Build the backend of a version (the only place that reaches for torch)."""
     info = model.info
+    if model.backend == "openai":
+        from inference.backends.openai_compat import OpenAICompatBackend
+        from inference.upstreams import ReplicaPool, UpstreamMetrics
+
+        pool = ReplicaPool(
+            model.key,
+            model.replicas or (model.url,),
+            worker=worker or socket.gethostname(),
+            client=get_redis,
+            failures=settings.SLUICE_UPSTREAM_FAILURES,
+            cooldown_s=settings.SLUICE_UPSTREAM_COOLDOWN_S,
+            trial_s=settings.SLUICE_UPSTREAM_TIMEOUT_S + 5,
+            load_ttl_s=max(30.0, settings.SLUICE_UPSTREAM_PROBE_S * 4),
+        )
+        return OpenAICompatBackend(
+            pool=pool,
+            info=info,
+            model_id=model.upstream_model or model.name,
+            api_key=resolve_api_key(model.api_key, model.api_key_env, dict(os.environ)),
+            token_ids=model.token_ids,
+            max_batch_size=model.batch_size,
+            retries=settings.SLUICE_UPSTREAM_RETRIES,
+            backoff_s=settings.SLUICE_UPSTREAM_BACKOFF_S,
+            timeout_s=settings.SLUICE_UPSTREAM_TIMEOUT_S,
+            probe_s=settings.SLUICE_UPSTREAM_PROBE_S,
+            observer=UpstreamMetrics(model.key),
+        )
     if model.backend == "tgi":
         from inference.backends.tgi import TgiBackend
 
         return TgiBackend(
             url=model.url,
-            api_key=model.api_key,
+            api_key=resolve_api_key(model.api_key, model.api_key_env, dict(os.environ)),
             info=info,
             max_batch_size=model.batch_size,
             retries=settings.SLUICE_TGI_RETRIES,
@@ -103,11 +131,11 @@ class LoadedVersion:
             self.backend.close()
 
 
-def load_version(model: ServedModel) -> LoadedVersion:
+def load_version(model: ServedModel, *, worker: str = "") -> LoadedVersion:
     """Load, warm up and start a version; a failure is kept (its jobs fail fast with it)."""
     started = time.monotonic()
     try:
-        backend = load_backend(model)
+        backend = load_backend(model, worker=worker)
         backend.warmup()
     except Exception as exc:
         logger.exception("could not load %s", model.key)
@@ -162,7 +190,7 @@ class WorkerRuntime:
         with version_lock:
             loaded = self.versions.get(model.key)
             if loaded is None:
-                loaded = load_version(model)
+                loaded = load_version(model, worker=self.name)
                 with self._lock:
                     self.versions[model.key] = loaded
                 self._event_loaded(loaded)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
-from inference.models import Job
+from inference.models import Job, ModelVersion
 from inference.store import get_redis
+
+if TYPE_CHECKING:
+    from inference.upstreams import ReplicaState
 
 
 def job_get_for_user(*, user: User, job_id: str | uuid.UUID) -> Job | None:
@@ -64,6 +67,7 @@ def job_timings(job: Job) -> dict[str, Any]:
         "generation_ms": _ms_between(job.first_token_at, job.finished_at),
         "total_ms": _ms_between(received, job.finished_at),
         "worker": job.worker or None,
+        "served_by": job.served_by or None,
         "version": version.label if version is not None else None,
         "attempt": job.attempts,
         "tokens_streamed": job.completion_tokens or 0,
@@ -85,3 +89,17 @@ def worker_heartbeats() -> list[dict[str, Any]]:
         if raw:
             beats.append(json.loads(raw))
     return beats
+
+
+def version_replicas(version: ModelVersion) -> list[ReplicaState]:
+    """An openai version's replicas with their health and fleet-wide load (empty for others,
+    or when Redis is unreachable)."""
+    from inference.upstreams import read_replicas
+
+    if version.backend != "openai" or not version.pk:
+        return []
+    urls = list(dict.fromkeys([u for u in [version.url, *version.replica_list] if u]))
+    try:
+        return read_replicas(get_redis(), f"{version.served_name}@{version.label}", urls)
+    except Exception:
+        return []

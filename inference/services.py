@@ -682,6 +682,7 @@ def job_finish(
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
         error=pg_safe(result.error or ""),
+        served_by=result.served_by,
         first_token_at=Coalesce(F("first_token_at"), first_token_at)
         if first_token_at
         else F("first_token_at"),

@@ -294,6 +294,16 @@ SLUICE_BREAKER_COOLDOWN_S = env.get_float("SLUICE_BREAKER_COOLDOWN_S", 30.0)
 SLUICE_TGI_RETRIES = env.get_int("SLUICE_TGI_RETRIES", 3)
 SLUICE_TGI_BACKOFF_S = env.get_float("SLUICE_TGI_BACKOFF_S", 0.5)
 SLUICE_TGI_TIMEOUT_S = env.get_float("SLUICE_TGI_TIMEOUT_S", 30.0)
+# OpenAI-compatible upstreams (inference/backends/openai_compat.py, inference/upstreams.py): the
+# same attempts, backoff and read timeout (defaulting to the TGI ones); consecutive failures
+# (requests or probes) that take a replica out of rotation, how long it stays out before one
+# trial request may go to it (half-open), and how often every worker probes every replica.
+SLUICE_UPSTREAM_RETRIES = env.get_int("SLUICE_UPSTREAM_RETRIES", SLUICE_TGI_RETRIES)
+SLUICE_UPSTREAM_BACKOFF_S = env.get_float("SLUICE_UPSTREAM_BACKOFF_S", SLUICE_TGI_BACKOFF_S)
+SLUICE_UPSTREAM_TIMEOUT_S = env.get_float("SLUICE_UPSTREAM_TIMEOUT_S", SLUICE_TGI_TIMEOUT_S)
+SLUICE_UPSTREAM_FAILURES = env.get_int("SLUICE_UPSTREAM_FAILURES", 3)
+SLUICE_UPSTREAM_COOLDOWN_S = env.get_float("SLUICE_UPSTREAM_COOLDOWN_S", 10.0)
+SLUICE_UPSTREAM_PROBE_S = env.get_float("SLUICE_UPSTREAM_PROBE_S", 5.0)
 
 # --- Admission (inference/admission/ratelimit.py) ---
 SLUICE_POLICY_CACHE_S = env.get_float("SLUICE_POLICY_CACHE_S", 2.0)  # admin edits apply within this

@@ -121,6 +121,9 @@ class SamplingSerializer(serializers.Serializer):
     metadata = serializers.DictField(child=StrictCharField(max_length=512), required=False, allow_null=True)
     # Extension (as in vLLM): keep generating past end-of-sequence, up to max_tokens.
     ignore_eos = StrictBooleanField(required=False, default=False)
+    # Extension (as in vLLM): log-probabilities name tokens "token_id:<id>" (a gateway in
+    # front of this one reads exact ids; Sluice's own openai backend does).
+    return_tokens_as_token_ids = StrictBooleanField(required=False, default=False)
 
     def validate_top_p(self, value: float | None) -> float | None:
         if value is not None and value <= 0:

@@ -54,6 +54,12 @@ class Logprobs:
     info: ModelInfo
     eos: frozenset[int]
     top: int  # alternatives per token
+    #: vLLM's ``return_tokens_as_token_ids``: tokens reported as ``token_id:<id>``, so that a
+    #: client (another gateway in front of this one) gets exact ids whatever the tokenizer.
+    as_ids: bool = False
+
+    def _label(self, token_id: int) -> str:
+        return f"token_id:{token_id}" if self.as_ids else self.info.token_text(token_id)
 
     def _tokens(self, entry: StreamEntry) -> list[tuple[int, float, list[tuple[int, float]]]]:
         tops = entry.top_logprobs or []
@@ -68,7 +74,7 @@ class Logprobs:
 
     def _item(self, token_id: int, logprob: float) -> dict[str, Any]:
         return {
-            "token": self.info.token_text(token_id),
+            "token": self._label(token_id),
             "logprob": logprob,
             "bytes": self.info.token_bytes(token_id),
         }
@@ -90,9 +96,9 @@ class Logprobs:
         for entry in entries:
             for token_id, logprob, alternatives in self._tokens(entry):
                 text = self.info.token_text(token_id)
-                tokens.append(text)
+                tokens.append(self._label(token_id))
                 token_logprobs.append(logprob)
-                top_logprobs.append({self.info.token_text(i): lp for i, lp in alternatives})
+                top_logprobs.append({self._label(i): lp for i, lp in alternatives})
                 text_offset.append(offset)
                 offset += len(text)
         return {

@@ -51,11 +51,11 @@ def sampling_of(data: dict[str, Any], *, max_tokens: int | None, top_logprobs: i
     )
 
 
-def _logprobs(model: ServedModel, wanted: bool, top: int) -> shaping.Logprobs | None:
+def _logprobs(model: ServedModel, wanted: bool, top: int, *, as_ids: bool = False) -> shaping.Logprobs | None:
     if not wanted:
         return None
     info = model.info
-    return shaping.Logprobs(info=info, eos=info.eos_token_ids, top=top)
+    return shaping.Logprobs(info=info, eos=info.eos_token_ids, top=top, as_ids=as_ids)
 
 
 class ChatCompletionCreateApi(OpenAIView):
@@ -81,7 +81,9 @@ class ChatCompletionCreateApi(OpenAIView):
         claim = IdempotencyClaim.begin(request, user_id=user.pk)
         submission = Submission(Caller.of(request), prepared, source="openai.chat", idempotency=claim)
         submission.admit(request)
-        logprobs = _logprobs(model, bool(data.get("logprobs")), top)
+        logprobs = _logprobs(
+            model, bool(data.get("logprobs")), top, as_ids=bool(data.get("return_tokens_as_token_ids"))
+        )
         if data["stream"]:
             include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
             return submission.stream(
@@ -131,7 +133,9 @@ class CompletionCreateApi(OpenAIView):
             )
             for index, prompt in enumerate(prompts)
         ]
-        logprobs = _logprobs(model, top is not None, int(top or 0))
+        logprobs = _logprobs(
+            model, top is not None, int(top or 0), as_ids=bool(data.get("return_tokens_as_token_ids"))
+        )
         started = submissions[0].started
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
 

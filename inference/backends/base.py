@@ -27,6 +27,18 @@ class Sampled:
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
     prompt_logprobs: tuple[float | None, ...] | None = None
+    #: Remote backends whose upstream sends text, not token ids: the token's text as the
+    #: upstream sent it (the engine uses it instead of detokenizing ``token_id``).
+    text: str | None = None
+    #: Remote backends: the upstream ended the sequence here ("stop": its end of sequence or
+    #: a stop string; "length": its token limit). With ``token_id == NO_TOKEN`` it carries no
+    #: token, only the end (and, when the upstream reported it, its count of completion tokens).
+    final: str | None = None
+    completion_tokens: int | None = None
+
+
+#: ``Sampled.token_id`` of an end marker that carries no token.
+NO_TOKEN = -1
 
 
 class ModelBackend(ABC):
@@ -82,6 +94,14 @@ class ModelBackend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (GPU memory, connections)."""
+
+    def wake(self) -> None:  # noqa: B027 - optional hook: a local step never waits
+        """New work arrived (called from any thread): a `step` that is waiting for remote
+        tokens returns now, so that a new sequence is not held up behind that wait."""
+
+    def served_by(self, key: str) -> str:
+        """Where a sequence runs (a remote backend's replica URL); "" for a local model."""
+        return ""
 
     def kv_usage(self) -> tuple[int, int]:
         """Key/value cache positions in use and allocated (the console's KV usage); a

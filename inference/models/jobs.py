@@ -89,6 +89,8 @@ class Job(models.Model):
     admitted_at = models.DateTimeField(null=True, blank=True)
     admission_wait_ms = models.PositiveIntegerField(null=True, blank=True)
     admission_waited_for = models.CharField(max_length=16, blank=True, help_text="rate_limit or capacity")
+    # The upstream replica that ran it (openai versions): its base URL.
+    served_by = models.CharField(max_length=500, blank=True)
     # The exact prompt the worker ran (template, history, profile, retrieved passages): staff only.
     rendered_prompt = models.TextField(blank=True)
     # One entry per attempt that did not finish the job: {attempt, worker, at, reason, error}.

@@ -10,6 +10,7 @@ from django.db import models
 class Backend(models.TextChoices):
     LOCAL = "local", "local torch model directory"
     TGI = "tgi", "remote text-generation-inference server"
+    OPENAI = "openai", "OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama, TGI /v1)"
 
 
 class VersionStatus(models.TextChoices):
@@ -36,12 +37,41 @@ class ModelVersion(models.Model):
     backend = models.CharField(max_length=8, choices=Backend.choices, default=Backend.LOCAL)
     path = models.CharField(
         max_length=500,
-        help_text="local: the HF model directory. tgi: a directory with the model's tokenizer and chat "
-        "template (prompts are counted and rendered here)",
+        help_text="local: the HF model directory. tgi, openai: a directory with the model's tokenizer and "
+        "chat template (prompts are counted and rendered here)",
     )
     # Only ever taken from here (an operator's setting), never from a request: no SSRF.
-    url = models.URLField(max_length=500, blank=True, help_text="tgi: the server's base URL")
-    api_key = models.CharField(max_length=500, blank=True, help_text="tgi: bearer token for the server")
+    url = models.URLField(
+        max_length=500,
+        blank=True,
+        help_text="tgi: the server's base URL. openai: the first replica's base URL (…/v1 is added to a "
+        "URL without a path)",
+    )
+    replica_urls = models.TextField(
+        blank=True,
+        help_text="openai: more replicas of the same upstream, one base URL per line; each request goes "
+        "to the healthy replica with the fewest outstanding tokens",
+    )
+    upstream_model = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="openai: the model id the upstream serves (empty: the served name)",
+    )
+    api_key = models.CharField(
+        max_length=500, blank=True, help_text="tgi, openai: bearer token for the server"
+    )
+    api_key_env = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="tgi, openai: the name of an environment variable (on the workers) holding the bearer "
+        "token, or NAME_FILE naming a file with it (a mounted secret); wins over api_key",
+    )
+    token_ids = models.BooleanField(
+        default=True,
+        help_text="openai: the upstream takes prompts as token ids and returns them "
+        "(vLLM's return_tokens_as_token_ids: vLLM, SGLang, Sluice). Off: text both ways, counted "
+        "with this version's tokenizer (llama.cpp, Ollama, OpenAI)",
+    )
     dtype = models.CharField(max_length=16, choices=Dtype.choices, default=Dtype.AUTO)
     max_batch_size = models.PositiveIntegerField(default=0, help_text="0: SLUICE_MAX_BATCH_SIZE")
     max_batch_tokens = models.PositiveIntegerField(default=0, help_text="0: SLUICE_MAX_BATCH_TOKENS")
@@ -86,6 +116,16 @@ class ModelVersion(models.Model):
     def clean(self) -> None:
         if self.backend == Backend.TGI and not self.url:
             raise ValidationError({"url": "A TGI version needs the server's URL."})
+        if self.backend == Backend.OPENAI and not self.url:
+            raise ValidationError({"url": "An OpenAI-compatible version needs its upstream's base URL."})
+        bad = [line for line in self.replica_list if not line.startswith(("http://", "https://"))]
+        if bad:
+            raise ValidationError({"replica_urls": f"Not an http(s) URL: {bad[0]!r}."})
+
+    @property
+    def replica_list(self) -> list[str]:
+        """The extra replicas' URLs (the first one is ``url``)."""
+        return [line.strip() for line in self.replica_urls.splitlines() if line.strip()]
         if self.fallback_id is not None and self.fallback_id == self.pk:
             raise ValidationError({"fallback": "A version cannot be its own fallback."})
 

@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # tests.conftest imports this module's fixtures
 NAME, REMOTE = "versioned", "remote"
 #: The versions worker's own /metrics port (SLUICE_WORKER_METRICS_PORT), set when it starts.
 metrics_port = 0
+#: The file behind the worker's SLUICE_TEST_UPSTREAM_KEY_FILE (an upstream key as a mounted
+#: secret: a version names the variable SLUICE_TEST_UPSTREAM_KEY in ``api_key_env``).
+upstream_key_file = Path()
 
 
 def heartbeat_versions() -> dict[str, dict[str, Any]]:
@@ -43,8 +46,10 @@ def versions_worker(
     from tests.conftest import child_env
 
     log_dir = tmp_path_factory.mktemp("versions-logs")
-    global metrics_port
+    global metrics_port, upstream_key_file
     metrics_port = free_port()
+    upstream_key_file = log_dir / "upstream-key"
+    upstream_key_file.write_text("")
     env = child_env(
         test_database_url,
         demo_model_dir,
@@ -59,6 +64,11 @@ def versions_worker(
         SLUICE_TGI_BACKOFF_S="0.2",
         SLUICE_TGI_TIMEOUT_S="5",
         SLUICE_WORKER_METRICS_PORT=str(metrics_port),
+        # openai versions: a dead replica is out after 2 failures, back (half-open) after 2 s.
+        SLUICE_UPSTREAM_FAILURES="2",
+        SLUICE_UPSTREAM_COOLDOWN_S="2",
+        SLUICE_UPSTREAM_PROBE_S="0.5",
+        SLUICE_TEST_UPSTREAM_KEY_FILE=str(upstream_key_file),
     )
     worker = worker_process(env, model=NAME, name="versions-worker", log_dir=log_dir).start()
     wait_until(
@@ -75,7 +85,7 @@ def clean_versions(versions_worker: ServerProcess, transactional_db: None) -> It
     yield
     # The next test starts with no versions: the worker unloads what it had.
     ModelVersion.objects.all().delete()
-    for pattern in ("sluice:vstats:*", "sluice:breaker:*", "sluice:breaker-opened:*"):
+    for pattern in ("sluice:vstats:*", "sluice:breaker:*", "sluice:breaker-opened:*", "sluice:upstream:*"):
         for key in get_redis().scan_iter(match=pattern):
             get_redis().delete(key)
     wait_until(lambda: not heartbeat_versions(), timeout=30, what="the worker to unload every version")
@@ -101,6 +111,12 @@ def loaded(version: ModelVersion, *, ok: bool = True) -> None:
 def complete(live: Live, user: ApiUser, model: str = NAME, **body: Any) -> httpx.Response:
     payload = {"model": model, "prompt": "The river", "max_tokens": 6, **body}
     return httpx.post(f"{live.base_url}/v1/completions", json=payload, headers=user.headers, timeout=60)
+
+
+def submit_job(live: Live, user: ApiUser, *, max_tokens: int, model: str = REMOTE) -> dict[str, Any]:
+    """A long generation (``ignore_eos``) as a native job, left running."""
+    payload = {"model": model, "prompt": "Once", "max_tokens": max_tokens, "ignore_eos": True}
+    return dict(httpx.post(f"{live.base_url}/api/v1/jobs", json=payload, headers=user.headers).json())
 
 
 def job_of(response: httpx.Response) -> Job:

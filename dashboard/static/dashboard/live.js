@@ -136,6 +136,20 @@
       }),
       "No worker has reported."
     );
+    fill(
+      "upstreams-table",
+      (s.upstreams || []).map((u) => {
+        const tone = u.state === "closed" ? "ok" : u.state === "half_open" ? "warn" : "bad";
+        const label = u.state === "closed" ? "in rotation" : u.state === "half_open" ? "half-open" : "out";
+        const r = u.requests || {};
+        return row(
+          [u.version, u.replica, badge(label, tone), `${u.outstanding_requests} / ${u.outstanding_tokens}`,
+           `${r.ok || 0} / ${r.error || 0} / ${r.cancelled || 0}`, pair(u.ttft), u.error || "-"],
+          u.state === "closed" ? "" : "bg-red-50"
+        );
+      }),
+      "No upstream replicas (no openai version is loaded)."
+    );
     const admission = s.admission || {};
     fill(
       "refusals-table",
