@@ -431,26 +431,24 @@ def _alerts(recent: Window, workers: list[dict[str, Any]]) -> list[dict[str, str
     from inference.models import EventKind, ModelVersionEvent
 
     alerts: list[dict[str, str]] = []
+    # Latency alerts: (alert, histogram, what it is called, its threshold setting, decimals).
+    latency_checks = (
+        ("TtftP99High", "ttft", "TTFT p99", "SLUICE_ALERT_TTFT_P99_S", 2),
+        ("E2eP99High", "e2e", "end-to-end p99", "SLUICE_ALERT_E2E_P99_S", 1),
+    )
     for model, version in sorted(recent.histogram_labels("ttft")):
         match = (lambda m, v: lambda parts: parts[1:3] == [m, v])(model, version)
-        p99 = recent.histogram("ttft", match).quantile(0.99)
-        if p99 is not None and p99 > settings.SLUICE_ALERT_TTFT_P99_S:
-            alerts.append(
-                {
-                    "name": "TtftP99High",
-                    "text": f"{model}@{version}: TTFT p99 {p99:.2f} s over 5 min "
-                    f"(threshold {settings.SLUICE_ALERT_TTFT_P99_S:g} s)",
-                }
-            )
-        e2e = recent.histogram("e2e", match).quantile(0.99)
-        if e2e is not None and e2e > settings.SLUICE_ALERT_E2E_P99_S:
-            alerts.append(
-                {
-                    "name": "E2eP99High",
-                    "text": f"{model}@{version}: end-to-end p99 {e2e:.1f} s over 5 min "
-                    f"(threshold {settings.SLUICE_ALERT_E2E_P99_S:g} s)",
-                }
-            )
+        for name, histogram, what, setting, decimals in latency_checks:
+            p99 = recent.histogram(histogram, match).quantile(0.99)
+            threshold = float(getattr(settings, setting))
+            if p99 is not None and p99 > threshold:
+                alerts.append(
+                    {
+                        "name": name,
+                        "text": f"{model}@{version}: {what} {p99:.{decimals}f} s over 5 min "
+                        f"(threshold {threshold:g} s)",
+                    }
+                )
     by_version: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for key, value in recent.groups("req").items():
         if len(key) >= 4:

@@ -206,6 +206,9 @@ class ReplicaPool:
             client = self._client()
             client.delete(load_key(self.version, self.worker))
             client.srem(workers_key(self.version), self.worker)
+            if not client.scard(workers_key(self.version)):
+                # No worker serves it any more: off /metrics and the console.
+                client.hdel(VERSIONS_KEY, self.version)
         except Exception:
             logger.debug("upstream %s: could not remove this worker's load", self.version, exc_info=True)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -285,7 +285,7 @@ class OpenAICompatBackend(RemoteStreamsBackend):
             # Whatever ended the stream, its reservations go back (release is idempotent).
             for lease in held:
                 if not lease.released:
-                    await asyncio.shield(asyncio.to_thread(self.pool.release, lease))
+                    await _surely(self.pool.release, lease)
 
     async def _attempts(
         self, sequence: RemoteSequence, ids: list[int], params: SamplingParams, held: list[Lease]
@@ -315,12 +315,12 @@ class OpenAICompatBackend(RemoteStreamsBackend):
                 # Sluice closed the stream (the sequence finished, was cancelled or expired):
                 # tokens received mean the replica served well.
                 result = "closed" if sequence.received else "cancelled"
-                await asyncio.shield(asyncio.to_thread(self._end, lease, result, None))
+                await _surely(self._end, lease, result, None)
                 raise
             except _AttemptFailed as failed:
                 cause, received = failed.cause, failed.received
                 fault = f"{type(cause).__name__}: {_short(cause)}" if _replica_fault(cause) else None
-                await asyncio.to_thread(self._end, lease, "error", fault)
+                await _surely(self._end, lease, "error", fault)
                 last_error = f"{lease.url}: {type(cause).__name__}: {_short(cause)}"
                 if received == 0 and attempt < self.retries and _retryable(cause):
                     # Another replica not tried yet: go there at once; else back off first.
@@ -333,16 +333,16 @@ class OpenAICompatBackend(RemoteStreamsBackend):
                         await asyncio.sleep(wait)
                         delay *= 2
                     continue
-                where = "mid-stream" if received else f"after {attempt} attempt(s)"
-                self._deliver(
+                self._fail(
                     sequence,
-                    RemoteError(
-                        f"upstream {lease.url} failed {where}: {type(cause).__name__}: {_short(cause)}",
-                        retryable=received == 0 and _retryable(cause),
-                    ),
+                    f"upstream {lease.url}",
+                    f"{type(cause).__name__}: {_short(cause)}",
+                    received=received,
+                    attempts=attempt,
+                    retryable=_retryable(cause),
                 )
                 return
-            await asyncio.to_thread(self._end, lease, "ok", None)
+            await _surely(self._end, lease, "ok", None)
             return
         self._deliver(
             sequence,
@@ -364,7 +364,7 @@ class OpenAICompatBackend(RemoteStreamsBackend):
                 lease = await acquiring
             except Exception:
                 raise asyncio.CancelledError from None
-            await asyncio.to_thread(self.pool.release, lease)
+            await _surely(self.pool.release, lease)
             raise
 
     def _end(self, lease: Lease, result: str, fault: str | None) -> None:
@@ -394,7 +394,7 @@ class OpenAICompatBackend(RemoteStreamsBackend):
                             now = time.monotonic()
                             if received == 0:
                                 self.observer.ttft(lease.url, now - started)
-                                await asyncio.to_thread(self.pool.prefilled, lease)
+                                await _surely(self.pool.prefilled, lease)
                             else:
                                 self.observer.itl(lease.url, now - last)
                             last = now
@@ -426,6 +426,14 @@ class _AttemptFailed(Exception):
     def __init__(self, cause: BaseException, received: int) -> None:
         super().__init__(str(cause))
         self.cause, self.received = cause, received
+
+
+async def _surely(fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``fn`` in a thread even if this task is cancelled meanwhile. A plain
+    ``await asyncio.to_thread(...)`` that is cancelled before the thread picks the call up
+    drops it (the executor cancels a pending work item): a reservation would never be given
+    back, an outcome never counted."""
+    await asyncio.shield(asyncio.to_thread(fn, *args))
 
 
 def _short(exc: BaseException) -> str:

@@ -70,6 +70,23 @@ class RemoteStreamsBackend(ModelBackend):
         sequence.tokens.put(item)
         self._ready.put(sequence.key)
 
+    def _fail(
+        self,
+        sequence: RemoteSequence,
+        server: str,
+        error: str,
+        *,
+        received: int,
+        attempts: int,
+        retryable: bool,
+    ) -> None:
+        """End a sequence on an upstream failure. Only one that sent no token may be retried
+        (the output would repeat); the message says which it was."""
+        where = "mid-stream" if received else f"after {attempts} attempt(s)"
+        self._deliver(
+            sequence, RemoteError(f"{server} failed {where}: {error}", retryable=received == 0 and retryable)
+        )
+
     # -- ModelBackend ----------------------------------------------------------------------
 
     @property

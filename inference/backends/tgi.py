@@ -140,12 +140,12 @@ class TgiBackend(RemoteStreamsBackend):
                     await asyncio.sleep(delay)
                     delay *= 2
                     continue
-                where = "mid-stream" if received else f"after {attempt} attempt(s)"
-                self._deliver(
+                self._fail(
                     sequence,
-                    RemoteError(
-                        f"remote server {self.url} failed {where}: {type(exc).__name__}: {exc}",
-                        retryable=received == 0 and _retryable(exc),
-                    ),
+                    f"remote server {self.url}",
+                    f"{type(exc).__name__}: {exc}",
+                    received=received,
+                    attempts=attempt,
+                    retryable=_retryable(exc),
                 )
                 return

@@ -8,42 +8,26 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from config.processes import wait_until
 from gateway.models import RateLimitPolicy, UserRateLimit
 from inference.store import get_redis
 from inference.timeseries import read
 from tests.conftest import ApiUser, Live
+from tests.support.metrics import Samples, parse, value
+from tests.support.metrics import scrape as scrape_url
 from tests.support.versions import NAME, REMOTE, broken_model_dir, complete, create, loaded
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
 
 def scrape(live: Live) -> Samples:
-    return parse(httpx.get(f"{live.base_url}/metrics", timeout=10).text)
-
-
-def parse(text: str) -> Samples:
-    samples: Samples = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] += sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+    return scrape_url(live.base_url)
 
 
 def test_every_counter_and_label_after_a_mix_of_outcomes(

@@ -35,6 +35,7 @@ from inference.store import get_redis
 from inference.upstreams import read_replicas
 from tests.conftest import TEST_MODEL_NAME, ApiUser, Live, child_env
 from tests.support import versions as versions_support
+from tests.support.metrics import scrape, value
 from tests.support.versions import REMOTE, complete, create, loaded, submit_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -278,14 +279,6 @@ def _long(live: Live, user: ApiUser, max_tokens: int, out: list[tuple[int, str]]
     out.append((response.status_code, response.json().get("id", response.text)))
 
 
-def _metric(base: str, name: str, replica: str) -> float:
-    text = httpx.get(f"{base}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith(name + "{") and f'replica="{replica}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return -1.0
-
-
 def test_least_outstanding_spread_across_two_replicas(
     live: Live,
     clean_versions: None,
@@ -305,7 +298,15 @@ def test_least_outstanding_spread_across_two_replicas(
     def busy() -> bool:
         # /metrics (every web process's fleet view) shows the load in flight per replica.
         for url in replicas.urls:
-            if _metric(live.base_url, "sluice_upstream_outstanding_requests", url) > 0:
+            if (
+                value(
+                    scrape(live.base_url),
+                    "sluice_upstream_outstanding_requests",
+                    version="spread",
+                    replica=url,
+                )
+                > 0
+            ):
                 seen_busy.add(url)
         return bool(seen_busy) or not any(t.is_alive() for t in threads)
 
@@ -414,4 +415,4 @@ def test_a_replica_killed_mid_stream_fails_its_job_then_traffic_moves_and_it_com
         return _replica_state(version, victim_url) == "closed"
 
     wait_until(back, timeout=60, interval=0.5, what="the victim back in rotation")
-    assert _metric(live.base_url, "sluice_upstream_healthy", victim_url) == 1.0
+    assert value(scrape(live.base_url), "sluice_upstream_healthy", version="kill", replica=victim_url) == 1.0
