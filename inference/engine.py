@@ -4,8 +4,9 @@ Every Celery task the worker holds hands its sequence to `Engine.submit` and wai
 returned handle. The engine thread loops:
 
 1. take new submissions and cancellations; expire sequences past their deadline;
-2. admit waiting sequences that fit (`batching.Scheduler`) and prefill them (first token);
-3. decode one token for every sequence in the batch;
+2. admit waiting sequences that fit (`batching.Scheduler`) and hand them to the backend
+   (the local backend prefills them in chunks inside the next steps, a remote one at once);
+3. run one step: a token for every sequence in the batch (and prefill chunks of new ones);
 4. publish each sequence's new text to its stream through the `TokenSink` (one round trip
    per step for the whole batch, which also reports cancel flags and lost leases);
 5. complete the handles of sequences that finished; their slots are free for step 2.
@@ -336,12 +337,12 @@ class Engine:
         self._after_tokens(results, time.perf_counter() - started, prefill=True)
 
     def _add_isolated(self, acts: list[_Active]) -> dict[str, Sampled | Exception]:
-        """Prefill together; if that fails, one by one, so one bad sequence fails alone."""
+        """Hand to the backend together; if that fails, one by one, so one bad sequence fails alone."""
         keys = [act.request.key for act in acts]
         tokens = [[*act.request.prompt_ids, *act.request.resume_ids] for act in acts]
         params = [act.request.params for act in acts]
         try:
-            return self.backend.add(keys, tokens, params)
+            return self.backend.enqueue(keys, tokens, params)
         except Exception:
             if len(acts) == 1:
                 raise
@@ -349,7 +350,7 @@ class Engine:
         results: dict[str, Sampled | Exception] = {}
         for key, ids, param in zip(keys, tokens, params, strict=True):
             try:
-                results.update(self.backend.add([key], [ids], [param]))
+                results.update(self.backend.enqueue([key], [ids], [param]))
             except Exception as exc:
                 results[key] = exc
         return results

@@ -437,6 +437,7 @@ class FleetCollector:
             "Key/value cache positions in use over those allocated, per worker and version",
             labels=["worker", "model", "version"],
         )
+        prefix = PrefixCacheFamilies(labels=["worker", "model", "version"])
         slots = GaugeMetricFamily(
             "sluice_batch_slots_usage_ratio",
             "Running sequences over the version's max batch size, per worker",
@@ -458,10 +459,12 @@ class FleetCollector:
                     kv.add_metric(labels, int(version.get("kv_used", 0)) / int(version["kv_capacity"]))
                 if int(version.get("max_batch_size") or 0):
                     slots.add_metric(labels, int(version.get("running", 0)) / int(version["max_batch_size"]))
+                prefix.add(labels, version.get("prefix_cache") or {})
         yield up
         yield age
         yield kv
         yield slots
+        yield from prefix.families()
         queues: dict[str, set[str]] = defaultdict(set)
         for version in all_versions():
             if version.status != "draft":
@@ -482,6 +485,48 @@ class FleetCollector:
 
 
 WORKERS_SEEN_KEY = "sluice:workers:seen"  # the same as inference.runtime's
+
+
+class PrefixCacheFamilies:
+    """Prefix-cache series from heartbeats (a worker's counters since it loaded the version):
+    shared by the web's fleet view and a worker's own endpoint."""
+
+    def __init__(self, labels: list[str]) -> None:
+        self.lookup = CounterMetricFamily(
+            "sluice_prefix_cache_lookup_tokens",
+            "Prompt tokens looked up in the prefix cache (the most a hit could have covered)",
+            labels=labels,
+        )
+        self.hit = CounterMetricFamily(
+            "sluice_prefix_cache_hit_tokens",
+            "Prompt tokens served from the prefix cache: prefill saved",
+            labels=labels,
+        )
+        self.ratio = GaugeMetricFamily(
+            "sluice_prefix_cache_hit_ratio", "Prefix-cache hit tokens over lookup tokens", labels=labels
+        )
+        self.blocks = GaugeMetricFamily(
+            "sluice_prefix_cache_blocks",
+            "Prefix-cache blocks in use (cached) and allocatable",
+            labels=[*labels, "kind"],
+        )
+        self.evicted = CounterMetricFamily(
+            "sluice_prefix_cache_evicted_blocks", "Prefix-cache blocks evicted for space", labels=labels
+        )
+
+    def add(self, labels: list[str], stats: dict[str, Any]) -> None:
+        if not stats:
+            return
+        lookup, hit = int(stats.get("lookup_tokens", 0)), int(stats.get("hit_tokens", 0))
+        self.lookup.add_metric(labels, lookup)
+        self.hit.add_metric(labels, hit)
+        self.ratio.add_metric(labels, hit / lookup if lookup else 0.0)
+        self.blocks.add_metric([*labels, "used"], int(stats.get("blocks_used", 0)))
+        self.blocks.add_metric([*labels, "capacity"], int(stats.get("blocks_capacity", 0)))
+        self.evicted.add_metric(labels, int(stats.get("evicted_blocks", 0)))
+
+    def families(self) -> Iterator[Metric]:
+        yield from (self.lookup, self.hit, self.ratio, self.blocks, self.evicted)
 
 
 def workers_seen(client: redis.Redis, *, now: float | None = None) -> list[tuple[str, dict[str, Any] | None]]:

@@ -65,6 +65,8 @@ class ServedModel:
     max_batch_size: int = 0
     max_batch_tokens: int = 0
     context_length: int = 0
+    #: MiB of prefix cache per worker (None: SLUICE_PREFIX_CACHE_MB).
+    prefix_cache_mb: int | None = None
     status: str = "stable"
     weight: int = 100
     fallback_id: int | None = None
@@ -99,6 +101,11 @@ class ServedModel:
     @property
     def batch_tokens(self) -> int:
         return self.max_batch_tokens or settings.SLUICE_MAX_BATCH_TOKENS
+
+    @property
+    def prefix_cache_bytes(self) -> int:
+        mb = settings.SLUICE_PREFIX_CACHE_MB if self.prefix_cache_mb is None else self.prefix_cache_mb
+        return int(mb) * 1024 * 1024
 
     @property
     def attempts_allowed(self) -> int:
@@ -164,6 +171,7 @@ def _load() -> list[ServedModel]:
             max_batch_size=row.max_batch_size,
             max_batch_tokens=row.max_batch_tokens,
             context_length=row.context_length,
+            prefix_cache_mb=row.prefix_cache_mb,
             status=row.status,
             weight=row.traffic_weight,
             fallback_id=row.fallback_id,

@@ -93,6 +93,9 @@ def load_backend(model: ServedModel, *, worker: str = "") -> ModelBackend:
         dtype=model.dtype if model.dtype != "auto" else settings.SLUICE_DTYPE,
         threads=settings.SLUICE_TORCH_THREADS,
         max_batch_size=model.batch_size,
+        step_tokens=settings.SLUICE_STEP_TOKENS,
+        prefix_cache_bytes=model.prefix_cache_bytes,
+        prefix_block_size=settings.SLUICE_PREFIX_BLOCK_SIZE,
         eos_token_ids=sorted(info.eos_token_ids),
         vocab_decode=info.decode,
     )
@@ -118,6 +121,14 @@ class LoadedVersion:
             return self.backend.kv_usage()
         except Exception:  # the engine thread changed the cache under us: skip one reading
             return 0, 0
+
+    def prefix_cache(self) -> dict[str, int]:
+        if self.backend is None:
+            return {}
+        try:
+            return self.backend.prefix_cache_stats() or {}
+        except Exception:  # read while the engine thread changes it: skip one reading
+            return {}
 
     def stop(self) -> None:
         if self.engine is not None:
@@ -353,6 +364,7 @@ class WorkerRuntime:
                     "max_batch_size": version.model.batch_size,
                     "kv_used": kv_used,
                     "kv_capacity": kv_capacity,
+                    "prefix_cache": version.prefix_cache(),
                     "queued": self._queued(version.model.queue),
                 }
             )

@@ -17,6 +17,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from inference.metrics import PrefixCacheFamilies
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +51,7 @@ class WorkerCollector:
             "Key/value cache positions of this worker's engines, used and allocated",
             labels=["worker", "model", "version", "kind"],
         )
+        prefix = PrefixCacheFamilies(labels=["worker", "model", "version"])
         for version in payload.get("versions", []):
             labels = [worker, str(version.get("name", "")), str(version.get("label", ""))]
             loaded.add_metric(labels, 0.0 if version.get("error") else 1.0)
@@ -56,9 +59,11 @@ class WorkerCollector:
             sequences.add_metric([*labels, "waiting"], float(version.get("waiting", 0)))
             kv.add_metric([*labels, "used"], float(version.get("kv_used", 0)))
             kv.add_metric([*labels, "capacity"], float(version.get("kv_capacity", 0)))
+            prefix.add(labels, version.get("prefix_cache") or {})
         yield loaded
         yield sequences
         yield kv
+        yield from prefix.families()
 
 
 def serve_worker_metrics(*, port: int, addr: str, payload: Callable[[], dict[str, Any]]) -> CollectorRegistry:

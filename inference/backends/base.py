@@ -45,9 +45,10 @@ class ModelBackend(ABC):
     """A causal LM that decodes many sequences together, one token per sequence per step.
 
     The engine calls, from a single thread:
-    - `add` to prefill new sequences (prompt plus any resumed tokens) and sample the first
-      token of each;
-    - `step` to decode one more token for every sequence currently held;
+    - `enqueue` to take new sequences (prompt plus any resumed tokens) into the batch; by
+      default that is `add`, which prefills them and samples the first token of each;
+    - `step` to decode one more token for every sequence currently held (and, for a backend
+      that fuses prefill into its steps, to prefill the next chunk of the new ones);
     - `remove` to drop sequences that finished, were cancelled or failed.
 
     A remote backend (a TGI server) cannot produce tokens on the engine's clock: its `add`
@@ -71,6 +72,19 @@ class ModelBackend(ABC):
         self, keys: Sequence[str], token_ids: Sequence[Sequence[int]], params: Sequence[SamplingParams]
     ) -> dict[str, Sampled | Exception]:
         """Prefill these sequences into the batch; return each one's first token (or its error)."""
+
+    def enqueue(
+        self, keys: Sequence[str], token_ids: Sequence[Sequence[int]], params: Sequence[SamplingParams]
+    ) -> dict[str, Sampled | Exception]:
+        """Take sequences into the batch; what the engine calls. A backend that fuses prefill
+        into its steps (the local torch one) only queues them here and returns their errors,
+        and their first tokens come from later `step`s; by default, `add`."""
+        return self.add(keys, token_ids, params)
+
+    def prefix_cache_stats(self) -> dict[str, int] | None:
+        """Prefix-cache counters (lookups, lookup_tokens, hit_tokens, inserted_blocks,
+        evicted_blocks, blocks_used, blocks_capacity, block_size); None without one."""
+        return None
 
     @abstractmethod
     def step(self) -> dict[str, Sampled | Exception]:

@@ -1,18 +1,19 @@
-"""A local Hugging Face causal LM, batched with a pre-allocated slot KV cache.
+"""A local Hugging Face causal LM, continuously batched, with fused prefill and a prefix cache.
 
 Why not `model.generate()`: it cannot take a new sequence into a running batch, and it costs
 ~26% over a hand-written loop on small models (DESIGN.md §2). Why not HF's `DynamicCache`: it
 concatenates every layer's whole cache on every step, which for a full batch on CPU is a
-large share of the step. Instead:
+large share of the step. Instead (`kv_cache.py` has the storage):
 
-- `SlotKVCache` holds, per layer, keys/values of shape [rows, kv_heads, columns, head_dim].
-  Rows are sequences (active rows are kept contiguous from 0); columns are positions shared by
-  the batch. Each row's valid columns are ``[start, t)``; a row that joined later starts
-  further right, and the columns before its start are masked out.
-- The model is called with our own 4D boolean attention mask and per-row position ids, so
-  rows of different lengths decode together in one forward pass.
-- New sequences are prefilled together (left-padded) in a temporary cache and copied into
-  free rows, right-aligned at the shared column ``t``.
+- every sequence owns a row of a pre-allocated `SlotKVCache`, its KV left-aligned;
+- one forward pass per `step` carries the decode token of every running sequence *and*
+  prefill chunks of new ones, packed into one ``[1, T]`` input under a per-step token budget
+  (as vLLM's chunked prefill and TGI's token budget do): a wave of new prompts delays the
+  running sequences by at most one budget's worth of compute per step, never a whole wave;
+- a step with nothing waiting is decode-only;
+- a new sequence first copies the longest cached block-aligned prefix of its prompt from the
+  `PrefixCache` (a shared system prompt, the same RAG passages, a session's earlier turns),
+  and prefills only the rest.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ import os
 import random
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from inference.backends.base import ModelBackend, Sampled
+from inference.backends.kv_cache import Chunk, PrefixCache, SlotKVCache, StepPlan, planned, register_attention
+from inference.backends.kv_cache import _Block as PrefixBlock
 from inference.batching import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -69,85 +73,6 @@ def configure_threads(threads: int) -> int:
     return count
 
 
-class SlotKVCache:
-    """Keys/values for a batch of rows sharing a column axis.
-
-    Implements the part of transformers' cache interface that decoder layers call
-    (``update``, ``get_seq_length``); the mask is always passed as a prepared 4D tensor, so
-    the mask helpers never query the cache.
-    """
-
-    def __init__(
-        self,
-        *,
-        layers: int,
-        kv_heads: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
-        rows: int,
-        cols: int,
-    ) -> None:
-        self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
-        self.dtype, self.device = dtype, device
-        self.keys = [self._alloc(rows, cols) for _ in range(layers)]
-        self.values = [self._alloc(rows, cols) for _ in range(layers)]
-        self.t = 0  # columns in use; the next token of every row is written at column t
-
-    def _alloc(self, rows: int, cols: int) -> torch.Tensor:
-        return torch.zeros(rows, self.kv_heads, cols, self.head_dim, dtype=self.dtype, device=self.device)
-
-    @property
-    def row_capacity(self) -> int:
-        return self.keys[0].shape[0]
-
-    @property
-    def col_capacity(self) -> int:
-        return self.keys[0].shape[2]
-
-    # -- transformers cache interface --
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, _, q_len, _ = key_states.shape
-        end = self.t + q_len
-        self.keys[layer_idx][:rows, :, self.t : end].copy_(key_states)
-        self.values[layer_idx][:rows, :, self.t : end].copy_(value_states)
-        return self.keys[layer_idx][:rows, :, :end], self.values[layer_idx][:rows, :, :end]
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.t
-
-    # -- capacity management --
-    def resize(self, rows: int, cols: int, used_rows: int) -> None:
-        """Grow (or shrink) buffers, keeping the first ``used_rows`` rows and ``t`` columns."""
-        for store in (self.keys, self.values):
-            for i, old in enumerate(store):
-                new = self._alloc(rows, cols)
-                keep_rows, keep_cols = min(used_rows, rows), min(self.t, cols)
-                if keep_rows and keep_cols:
-                    new[:keep_rows, :, :keep_cols].copy_(old[:keep_rows, :, :keep_cols])
-                store[i] = new
-
-    def shift(self, used_rows: int, offset: int) -> None:
-        """Move the used columns of the used rows by ``offset`` (right if > 0, left if < 0)."""
-        if offset == 0 or used_rows == 0:
-            self.t = max(0, self.t + offset)
-            return
-        src_lo = 0 if offset > 0 else -offset
-        length = self.t - src_lo
-        for store in (self.keys, self.values):
-            for buf in store:
-                moved = buf[:used_rows, :, src_lo : src_lo + length].clone()
-                buf[:used_rows, :, src_lo + offset : src_lo + offset + length].copy_(moved)
-        self.t += offset
-
-    def move_row(self, src: int, dst: int) -> None:
-        for store in (self.keys, self.values):
-            for buf in store:
-                buf[dst, :, : self.t].copy_(buf[src, :, : self.t])
-
-
 class TorchCausalLMBackend(ModelBackend):
     """Runs any local HF causal-LM directory (Llama, Mistral, Qwen2, ... with full attention)."""
 
@@ -160,6 +85,9 @@ class TorchCausalLMBackend(ModelBackend):
         threads: int = 0,
         max_batch_size: int = 32,
         max_prefill_tokens: int = 4096,
+        step_tokens: int = 512,
+        prefix_cache_bytes: int = 0,
+        prefix_block_size: int = 16,
         eos_token_ids: Sequence[int] | None = None,
         vocab_decode: Any = None,
     ) -> None:
@@ -171,7 +99,7 @@ class TorchCausalLMBackend(ModelBackend):
         config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
         self.dtype = resolve_dtype(dtype, self.device, getattr(config, "dtype", None))
         model: Any = AutoModelForCausalLM.from_pretrained(
-            self.model_dir, dtype=self.dtype, attn_implementation="sdpa", local_files_only=True
+            self.model_dir, dtype=self.dtype, attn_implementation=register_attention(), local_files_only=True
         )
         self.quantized = dtype == "int8"
         if self.quantized:
@@ -198,13 +126,33 @@ class TorchCausalLMBackend(ModelBackend):
         )
         self._decode_fn = vocab_decode
         self.max_batch_size = max_batch_size
+        #: Tokens one `add` prefills per forward pass (nothing else runs meanwhile).
         self.max_prefill_tokens = max_prefill_tokens
-        self.cache = self._new_cache(rows=min(8, max_batch_size), cols=256)
-        self.keys: list[str] = []
-        self.starts: list[int] = []
-        self.last_tokens: list[int] = []
-        self.params: list[SamplingParams] = []
-        self.generators: list[torch.Generator | None] = []
+        #: Tokens one `step` computes: a decode token per running sequence, the rest prefill.
+        self.step_tokens = max(1, step_tokens)
+        self.cache = SlotKVCache(
+            layers=self.n_layers,
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+            rows=min(8, max_batch_size),
+            cols=256,
+        )
+        self.prefix = PrefixCache(
+            layers=self.n_layers,
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+            block_size=prefix_block_size,
+            budget_bytes=prefix_cache_bytes,
+        )
+        self.rows: list[_Seq] = []  # row i of the cache holds rows[i]
+        self._by_key: dict[str, _Seq] = {}
+        self._pending: list[_Seq] = []  # still prefilling, first come first served
+        #: Prompt tokens computed by the last `step` (the rest of its tokens were decodes).
+        self.last_step_prefill = 0
         dtype_name = "int8-dynamic" if self.quantized else str(self.dtype).removeprefix("torch.")
         self.description = f"{self.device.type}/{dtype_name}"
         logger.info(
@@ -230,21 +178,10 @@ class TorchCausalLMBackend(ModelBackend):
                 ids.update(int(v) for v in value)
         return frozenset(ids)
 
-    def _new_cache(self, rows: int, cols: int) -> SlotKVCache:
-        return SlotKVCache(
-            layers=self.n_layers,
-            kv_heads=self.kv_heads,
-            head_dim=self.head_dim,
-            dtype=self.dtype,
-            device=self.device,
-            rows=rows,
-            cols=cols,
-        )
-
     # -- ModelBackend --
     @property
     def batch_keys(self) -> list[str]:
-        return list(self.keys)
+        return [seq.key for seq in self.rows]
 
     def decode(self, token_ids: Sequence[int]) -> str:
         if self._decode_fn is None:
@@ -254,36 +191,60 @@ class TorchCausalLMBackend(ModelBackend):
     # Every method that touches the cache runs in inference mode: tensors created there may
     # only be modified there.
     @torch.inference_mode()
-    def add(
+    def enqueue(
         self, keys: Sequence[str], token_ids: Sequence[Sequence[int]], params: Sequence[SamplingParams]
     ) -> dict[str, Sampled | Exception]:
+        """Take sequences into the batch without computing anything: the next `step`s prefill
+        them, chunk by chunk, alongside the running sequences' decodes. Returns only errors."""
         results: dict[str, Sampled | Exception] = {}
         todo: list[tuple[str, list[int], SamplingParams]] = []
         for key, ids, param in zip(keys, token_ids, params, strict=True):
             error = self._check_ids(ids)
             if error is not None:
                 results[key] = ValueError(error)
+            elif key in self._by_key:
+                results[key] = ValueError(f"sequence {key} is already in the batch")
             else:
                 todo.append((key, list(ids), param))
-        if len(self.keys) + len(todo) > self.max_batch_size:
+        if len(self.rows) + len(todo) > self.max_batch_size:
             raise RuntimeError("batch is full")
-        # A sequence that wants its prompt's log-probabilities needs logits at every position:
-        # it is prefilled alone, so that the others keep computing only the last one.
-        for item in [item for item in todo if item[2].prompt_logprobs]:
-            results.update(self._prefill_chunk([item], all_logits=True))
-        todo = [item for item in todo if not item[2].prompt_logprobs]
-        # Similar lengths together waste less padding; chunks bound the prefill's memory.
-        todo.sort(key=lambda item: len(item[1]))
-        chunk: list[tuple[str, list[int], SamplingParams]] = []
-        for item in todo:
-            longest = max([len(item[1])] + [len(c[1]) for c in chunk])
-            if chunk and longest * (len(chunk) + 1) > self.max_prefill_tokens:
-                results.update(self._prefill_chunk(chunk))
-                chunk = []
-            chunk.append(item)
-        if chunk:
-            results.update(self._prefill_chunk(chunk))
+        if not todo:
+            return results
+        self._ensure_capacity(len(self.rows) + len(todo), max(len(ids) for _, ids, _ in todo) + 1)
+        for key, ids, param in todo:
+            seq = _Seq(key=key, params=param, generator=self._generator(param), ids=ids, prompt_len=len(ids))
+            seq.row = len(self.rows)
+            self.rows.append(seq)
+            self._by_key[key] = seq
+            if param.prompt_logprobs:
+                seq.prompt_logprobs = [None]  # needs every prompt position's logits: no cache hit
+            else:
+                # At least the last prompt token is computed: its logits give the first token.
+                seq.blocks = self.prefix.match(ids, len(ids) - 1)
+                if seq.blocks:
+                    self.prefix.copy_into(seq.blocks, *self._row_views(seq.row))
+                    seq.computed = len(seq.blocks) * self.prefix.block_size
+                    seq.cached = seq.computed
+            self._pending.append(seq)
         return results
+
+    @torch.inference_mode()
+    def add(
+        self, keys: Sequence[str], token_ids: Sequence[Sequence[int]], params: Sequence[SamplingParams]
+    ) -> dict[str, Sampled | Exception]:
+        """Prefill these sequences now (nothing else advances) and return their first tokens."""
+        results = self.enqueue(keys, token_ids, params)
+        mine = {key for key in keys if key in self._by_key and self._by_key[key].prefilling}
+        while any(self._by_key[key].prefilling for key in mine):
+            results.update(self._forward(decode=False, budget=self.max_prefill_tokens, only=mine))
+        failed = [key for key in mine if isinstance(results.get(key), Exception)]
+        if failed:  # as if never added: the caller has nothing to remove
+            self.remove(failed)
+        return results
+
+    @torch.inference_mode()
+    def step(self) -> dict[str, Sampled | Exception]:
+        return self._forward(decode=True, budget=self.step_tokens)
 
     def _check_ids(self, ids: Sequence[int]) -> str | None:
         if not ids:
@@ -295,81 +256,119 @@ class TorchCausalLMBackend(ModelBackend):
             return f"token id {bad[0]} is outside the vocabulary (size {self.vocab_size})"
         return None
 
-    @torch.inference_mode()
-    def _prefill_chunk(
-        self, chunk: list[tuple[str, list[int], SamplingParams]], *, all_logits: bool = False
+    def _row_views(self, row: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return [k[row] for k in self.cache.keys], [v[row] for v in self.cache.values]
+
+    def _ensure_capacity(self, rows: int, cols: int) -> None:
+        if rows > self.cache.row_capacity or cols > self.cache.col_capacity:
+            self.cache.resize(
+                max(self.cache.row_capacity, min(self.max_batch_size, _grow(rows))),
+                max(self.cache.col_capacity, _grow(cols)),
+                [seq.computed for seq in self.rows],
+            )
+
+    def _forward(
+        self, *, decode: bool, budget: int, only: set[str] | None = None
     ) -> dict[str, Sampled | Exception]:
-        k = len(chunk)
-        lengths = [len(ids) for _, ids, _ in chunk]
-        width = max(lengths)
-        pads = [width - n for n in lengths]
-        input_ids = torch.zeros(k, width, dtype=torch.long)
-        for row, (_, ids, _) in enumerate(chunk):
-            input_ids[row, pads[row] :] = torch.tensor(ids, dtype=torch.long)
-        pad_t = torch.tensor(pads, dtype=torch.long)
-        cols = torch.arange(width)
-        positions = (cols[None, :] - pad_t[:, None]).clamp(min=0)
-        causal = cols[None, :, None] >= cols[None, None, :]  # [1, q, c]: c <= q
-        valid = cols[None, None, :] >= pad_t[:, None, None]  # [k, 1, c]: c >= pad
-        diagonal = torch.eye(width, dtype=torch.bool)[None]  # pads attend to themselves: no NaN rows
-        mask = ((causal & valid) | diagonal)[:, None]
-
-        tmp = self._new_cache(rows=k, cols=width)
-        output_logits = self.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
-            past_key_values=tmp,
-            use_cache=True,
-            logits_to_keep=0 if all_logits else 1,
-        ).logits
-        logits = output_logits[:, -1, :]
-        prompt_logprobs: list[tuple[float | None, ...] | None] = [None] * k
-        if all_logits:
-            for row in range(k):
-                prompt_logprobs[row] = _prompt_logprobs(output_logits[row], input_ids[row], pads[row])
-            del output_logits
-        tmp.t = width
-
-        self._make_room(new_rows=k, width=width)
-        base = len(self.keys)
-        left = self.cache.t - width
-        for layer in range(self.n_layers):
-            self.cache.keys[layer][base : base + k, :, left : self.cache.t].copy_(
-                tmp.keys[layer][:k, :, :width]
-            )
-            self.cache.values[layer][base : base + k, :, left : self.cache.t].copy_(
-                tmp.values[layer][:k, :, :width]
-            )
-        generators = [self._generator(param) for _, _, param in chunk]
-        sampled = self._sample(logits, [param for _, _, param in chunk], generators)
-        results: dict[str, Sampled | Exception] = {}
-        for row, (key, _, param) in enumerate(chunk):
-            outcome = sampled[row]
-            if not isinstance(outcome, Exception) and prompt_logprobs[row] is not None:
-                outcome = Sampled(outcome.token_id, outcome.logprob, outcome.top, prompt_logprobs[row])
-            results[key] = outcome
-            if isinstance(outcome, Exception):
+        """One packed forward pass: decodes (when ``decode``) then prefill chunks in arrival
+        order until ``budget`` tokens; returns the tokens sampled (decodes and completed
+        prompts)."""
+        decoding = [seq for seq in self.rows if not seq.prefilling] if decode else []
+        if decoding:
+            self._ensure_capacity(len(self.rows), max(seq.computed for seq in decoding) + 1)
+        plan = StepPlan(cache=self.cache)
+        input_ids: list[int] = []
+        positions: list[int] = []
+        for seq in decoding:
+            plan.decode_rows.append(seq.row)
+            plan.decode_positions.append(seq.computed)
+            input_ids.append(seq.ids[seq.computed])
+            positions.append(seq.computed)
+        # Logits wanted: every decode, the last prompt token of a completed prompt, and every
+        # position of a prompt whose log-probabilities were asked for.
+        keep: list[int] = list(range(len(decoding)))
+        sample: list[_Seq] = list(decoding)
+        sample_index: list[int] = list(range(len(decoding)))  # rows of the logits, in `sample` order
+        spans: list[tuple[_Seq, Chunk, int]] = []  # prompt-logprob chunks: their first row in keep
+        advanced: list[tuple[_Seq, int]] = []
+        left = max(budget - len(decoding), min(budget, self.prefix.block_size) if decoding else 1)
+        for seq in self._pending:
+            if left <= 0:
+                break
+            if only is not None and seq.key not in only:
                 continue
-            self.keys.append(key)
-            self.starts.append(self.cache.t - lengths[row])
-            self.last_tokens.append(outcome.token_id)
-            self.params.append(param)
-            self.generators.append(generators[row])
-        # Rows whose first sample failed were copied but not registered: the next row
-        # registered overwrites them, and they are never read (rows >= len(self.keys)).
-        self._compact_rows_after_failed(base, k, [isinstance(s, Exception) for s in sampled])
+            length = min(seq.prompt_len - seq.computed, left)
+            chunk = Chunk(row=seq.row, start=seq.computed, length=length, offset=len(input_ids))
+            plan.chunks.append(chunk)
+            advanced.append((seq, length))
+            input_ids.extend(seq.ids[seq.computed : seq.computed + length])
+            positions.extend(range(seq.computed, seq.computed + length))
+            left -= length
+            if seq.prompt_logprobs is not None:
+                spans.append((seq, chunk, len(keep)))
+                keep.extend(range(chunk.offset, chunk.offset + length))
+            elif seq.computed + length == seq.prompt_len:
+                keep.append(chunk.offset + length - 1)
+            if seq.computed + length == seq.prompt_len:
+                sample.append(seq)
+                sample_index.append(len(keep) - 1)
+        if not input_ids:
+            self.last_step_prefill = 0
+            return {}
+        plan.prepare(self.device)
+        with planned(plan):
+            hidden_logits = self.model(
+                input_ids=torch.tensor([input_ids], dtype=torch.long, device=self.device),
+                # Attention follows the plan; transformers only needs a mask that it leaves alone.
+                attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=self.device),
+                position_ids=torch.tensor([positions], dtype=torch.long, device=self.device),
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=torch.tensor(keep, dtype=torch.long, device=self.device),
+            ).logits[0]  # [len(keep), vocab]
+        self.last_step_prefill = sum(chunk.length for chunk in plan.chunks)
+        for seq, chunk, first in spans:
+            rows = hidden_logits[first : first + chunk.length]
+            self._collect_prompt_logprobs(
+                seq, rows, chunk.start, chunk.start + chunk.length == seq.prompt_len
+            )
+        for seq, length in advanced:
+            seq.computed += length
+        for seq in decoding:
+            seq.computed += 1
+
+        logits = hidden_logits if len(sample_index) == len(keep) else hidden_logits[sample_index]
+        sampled = self._sample(logits, [seq.params for seq in sample], [seq.generator for seq in sample])
+        results: dict[str, Sampled | Exception] = {}
+        for seq, outcome in zip(sample, sampled, strict=True):
+            if not isinstance(outcome, Exception):
+                if seq.prompt_logprobs is not None and len(seq.ids) == seq.prompt_len:
+                    outcome = Sampled(
+                        outcome.token_id, outcome.logprob, outcome.top, tuple(seq.prompt_logprobs)
+                    )
+                seq.ids.append(outcome.token_id)
+            results[seq.key] = outcome
+        completed = [seq for seq in self._pending if not seq.prefilling]
+        if completed:
+            self._pending = [seq for seq in self._pending if seq.prefilling]
+            for seq in completed:
+                if seq.prompt_logprobs is None:
+                    # Now, not at the end: sequences arriving meanwhile (n > 1, a shared system
+                    # prompt) reuse this prompt's blocks.
+                    self.prefix.extend(seq.blocks, seq.ids, seq.prompt_len, *self._row_views(seq.row))
         return results
 
-    def _compact_rows_after_failed(self, base: int, k: int, failed: list[bool]) -> None:
-        if not any(failed):
-            return
-        dst = base
-        for i in range(k):
-            if not failed[i]:
-                if dst != base + i:
-                    self.cache.move_row(base + i, dst)
-                dst += 1
+    def _collect_prompt_logprobs(self, seq: _Seq, logits: torch.Tensor, start: int, completes: bool) -> None:
+        """log p(prompt token i+1 | tokens up to i) for the chunk's positions ``start ..``."""
+        assert seq.prompt_logprobs is not None
+        count = logits.shape[0] - (1 if completes else 0)  # the last position predicts the first new token
+        for lo in range(0, count, 256):  # slices: a long prompt's full log-softmax would be large
+            hi = min(count, lo + 256)
+            block = torch.log_softmax(logits[lo:hi].float(), dim=-1)
+            targets = torch.tensor(
+                seq.ids[start + lo + 1 : start + hi + 1], dtype=torch.long, device=block.device
+            )
+            seq.prompt_logprobs += block.gather(1, targets[:, None])[:, 0].tolist()
 
     def _generator(self, param: SamplingParams) -> torch.Generator | None:
         if param.greedy:
@@ -378,73 +377,18 @@ class TorchCausalLMBackend(ModelBackend):
         generator.manual_seed(param.seed if param.seed is not None else random.getrandbits(63))
         return generator
 
-    def _make_room(self, *, new_rows: int, width: int) -> None:
-        """Ensure rows for newcomers and ``t >= width`` so they can be right-aligned at ``t``."""
-        used = len(self.keys)
-        if used == 0:
-            self.cache.t = 0
-        elif max(self.cache.t, width) + 1 > self.cache.col_capacity or min(self.starts) > self.cache.t // 2:
-            # Copying every row's cache is expensive: only when columns run out or when more
-            # than half of them are dead (they cost attention time on every step).
-            self._compact_left()
-        rows_needed = used + new_rows
-        cols_needed = max(self.cache.t, width) + 1
-        if rows_needed > self.cache.row_capacity or cols_needed > self.cache.col_capacity:
-            rows = max(self.cache.row_capacity, min(self.max_batch_size, _grow(rows_needed)))
-            cols = max(self.cache.col_capacity, _grow(cols_needed))
-            self.cache.resize(rows, cols, used)
-        if self.cache.t < width:
-            offset = width - self.cache.t
-            self.cache.shift(used, offset)
-            self.starts = [s + offset for s in self.starts]
-
-    def _compact_left(self) -> None:
-        """Drop columns that no active row uses any more (they only cost attention time)."""
-        if not self.keys:
-            return
-        low = min(self.starts)
-        if low > 0:
-            self.cache.shift(len(self.keys), -low)
-            self.starts = [s - low for s in self.starts]
-
     def kv_usage(self) -> tuple[int, int]:
-        cache, starts = self.cache, list(self.starts)
-        used = sum(max(0, cache.t - start) for start in starts)
-        return used, cache.row_capacity * cache.col_capacity
+        used = sum(seq.computed for seq in list(self.rows))
+        return used, self.cache.row_capacity * self.cache.col_capacity
 
-    @torch.inference_mode()
-    def step(self) -> dict[str, Sampled | Exception]:
-        n = len(self.keys)
-        if n == 0:
-            return {}
-        if self.cache.t + 1 > self.cache.col_capacity:
-            self._compact_left()
-            if self.cache.t + 1 > self.cache.col_capacity:
-                self.cache.resize(self.cache.row_capacity, _grow(self.cache.t + 1), n)
-        elif min(self.starts) > max(64, self.cache.t // 2):
-            self._compact_left()
-        t = self.cache.t
-        starts = torch.tensor(self.starts, dtype=torch.long)
-        input_ids = torch.tensor(self.last_tokens, dtype=torch.long)[:, None]
-        positions = (t - starts)[:, None]
-        mask = (torch.arange(t + 1)[None, :] >= starts[:, None])[:, None, None, :]
-        logits = self.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1, :]
-        self.cache.t = t + 1
-        sampled = self._sample(logits, self.params, self.generators)
-        results: dict[str, Sampled | Exception] = {}
-        for row, key in enumerate(self.keys):
-            outcome = sampled[row]
-            results[key] = outcome
-            if not isinstance(outcome, Exception):
-                self.last_tokens[row] = outcome.token_id
-        return results
+    def prefix_cache_stats(self) -> dict[str, int]:
+        stats = self.prefix.stats.as_dict()
+        stats.update(
+            blocks_used=self.prefix.blocks_used,
+            blocks_capacity=self.prefix.capacity,
+            block_size=self.prefix.block_size,
+        )
+        return stats
 
     def _sample(
         self,
@@ -497,25 +441,21 @@ class TorchCausalLMBackend(ModelBackend):
 
     @torch.inference_mode()
     def remove(self, keys: Sequence[str]) -> None:
-        drop = set(keys)
-        if not drop:
-            return
-        row = 0
-        while row < len(self.keys):
-            if self.keys[row] in drop:
-                last = len(self.keys) - 1
-                if row != last:
-                    # Keep active rows contiguous: move the last row into the hole.
-                    self.cache.move_row(last, row)
-                    for attr in ("keys", "starts", "last_tokens", "params", "generators"):
-                        values = getattr(self, attr)
-                        values[row] = values[last]
-                for attr in ("keys", "starts", "last_tokens", "params", "generators"):
-                    getattr(self, attr).pop()
-            else:
-                row += 1
-        if not self.keys:
-            self.cache.t = 0
+        for key in keys:
+            seq = self._by_key.pop(key, None)
+            if seq is None:
+                continue
+            # Its whole computed history (prompt and answer) stays cached for a next turn.
+            self.prefix.extend(seq.blocks, seq.ids, seq.computed, *self._row_views(seq.row))
+            self.prefix.release(seq.blocks)
+            seq.blocks = []
+            last = self.rows.pop()
+            if last is not seq:
+                # Keep rows contiguous: the last row moves into the hole.
+                self.cache.move_row(last.row, seq.row, last.computed)
+                last.row = seq.row
+                self.rows[seq.row] = last
+        self._pending = [seq for seq in self._pending if seq.key in self._by_key]
 
     @torch.inference_mode()
     def warmup(self) -> None:
@@ -524,6 +464,7 @@ class TorchCausalLMBackend(ModelBackend):
         for _ in range(3):
             self.step()
         self.remove(["__warmup__"])
+        self.prefix.clear()
 
     def close(self) -> None:
         del self.model
@@ -531,17 +472,24 @@ class TorchCausalLMBackend(ModelBackend):
             torch.cuda.empty_cache()
 
 
-def _prompt_logprobs(logits: torch.Tensor, ids: torch.Tensor, pad: int) -> tuple[float | None, ...]:
-    """log p(token i | tokens before it) for a prompt row (left-padded by ``pad``); the first
-    token has none. Computed in slices: a long prompt's full log-softmax would be large."""
-    values: list[float | None] = [None]
-    width = logits.shape[0]
-    for start in range(pad, width - 1, 256):
-        stop = min(width - 1, start + 256)
-        block = torch.log_softmax(logits[start:stop].float(), dim=-1)
-        targets = ids[start + 1 : stop + 1].to(block.device)
-        values += block.gather(1, targets[:, None])[:, 0].tolist()
-    return tuple(values)
+@dataclass(eq=False)
+class _Seq:
+    """A sequence in the batch: its row, its tokens and how many of them have KV."""
+
+    key: str
+    params: SamplingParams
+    generator: torch.Generator | None
+    ids: list[int]  # prompt (with any resumed tokens), then every token sampled
+    prompt_len: int
+    row: int = 0
+    computed: int = 0  # positions whose keys/values are in the row (columns [0, computed))
+    cached: int = 0  # of the prompt, positions copied from the prefix cache
+    blocks: list[PrefixBlock] = field(default_factory=list)  # prefix-cache blocks held
+    prompt_logprobs: list[float | None] | None = None  # collected while prefilling, when asked
+
+    @property
+    def prefilling(self) -> bool:
+        return self.computed < self.prompt_len
 
 
 _TOP_P_WINDOW = 1024  # nucleus search starts in the top 1024 tokens (exact: falls back to a full sort)

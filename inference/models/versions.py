@@ -76,6 +76,12 @@ class ModelVersion(models.Model):
     max_batch_size = models.PositiveIntegerField(default=0, help_text="0: SLUICE_MAX_BATCH_SIZE")
     max_batch_tokens = models.PositiveIntegerField(default=0, help_text="0: SLUICE_MAX_BATCH_TOKENS")
     context_length = models.PositiveIntegerField(default=0, help_text="0: from the model's config")
+    prefix_cache_mb = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="local: memory for the prefix cache (KV of prompt prefixes shared between requests and "
+        "kept for a session's next turn), MiB per worker. Empty: SLUICE_PREFIX_CACHE_MB; 0: off",
+    )
     price_input_per_mtok = models.DecimalField(
         max_digits=12, decimal_places=6, default=0, help_text="cost per 1M prompt tokens (usage pages)"
     )

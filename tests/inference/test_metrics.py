@@ -189,7 +189,11 @@ def test_every_counter_and_label_after_a_mix_of_outcomes(
 
 
 def test_a_workers_own_metrics_endpoint(
-    live: Live, clean_versions: None, demo_model_dir: Path, tmp_path: Path
+    live: Live,
+    clean_versions: None,
+    demo_model_dir: Path,
+    tmp_path: Path,
+    make_api_user: Callable[..., ApiUser],
 ) -> None:
     from tests.support import versions
 
@@ -210,3 +214,23 @@ def test_a_workers_own_metrics_endpoint(
     assert len(workers) == 1 and workers.pop().startswith("versions-worker")
     # The fleet series are the web's to serve: none here, so nothing is counted twice.
     assert not any(n.startswith("sluice_requests") for n, _ in samples)
+
+    # The prefix cache: the same long prompt twice (sampled, so the result cache stays out of
+    # it): the second prefills only what the first left uncached.
+    user = make_api_user()
+    prompt = " ".join(f"stone {i} in the river bed" for i in range(12))
+    for _ in range(2):
+        assert complete(live, user, prompt=prompt, max_tokens=2).status_code == 200
+    own = parse(httpx.get(f"http://127.0.0.1:{versions.metrics_port}/metrics", timeout=10).text)
+    hit = value(own, "sluice_prefix_cache_hit_tokens_total", version=good.label)
+    lookup = value(own, "sluice_prefix_cache_lookup_tokens_total", version=good.label)
+    assert hit >= 32 and lookup > hit
+    assert value(own, "sluice_prefix_cache_hit_ratio", version=good.label) == pytest.approx(hit / lookup)
+    assert value(own, "sluice_prefix_cache_blocks", version=good.label, kind="capacity") > 0
+    assert value(own, "sluice_prefix_cache_blocks", version=good.label, kind="used") > 0
+    # The web's fleet view reads the same counters from the heartbeats.
+    wait_until(
+        lambda: value(scrape(live), "sluice_prefix_cache_hit_tokens_total", version=good.label) >= hit,
+        timeout=30,
+        what="the prefix-cache counters in a heartbeat",
+    )

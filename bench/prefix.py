@@ -1,0 +1,123 @@
+"""The engine's own mechanics on the ~110M Llama, driven directly (no HTTP): what the prefix
+cache saves on a session's turns, and what fused prefill costs the sequences already decoding.
+
+- session: three turns of one conversation, each prompt the whole history plus ~650 new
+  tokens (turn 3 is ~2k tokens), 32 new tokens per turn; time to first token of each turn
+  with the prefix cache and without it (a fresh backend each way, same prompts).
+- fused: 16 sequences decoding while a wave of 16 new 64-token prompts arrives; the longest
+  gap between two tokens of a running sequence (ITL p99 / max) against the decode-only step,
+  at the default step budget (SLUICE_STEP_TOKENS).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from bench.models import BenchModel
+from inference.backends.torch_local import TorchCausalLMBackend
+from inference.batching import SamplingParams
+
+GREEDY = SamplingParams(max_new_tokens=4096, temperature=0.0, ignore_eos=True)
+
+
+def _tokens(seed: int, n: int, vocab: int) -> list[int]:
+    return [(seed * 7919 + i * 104729) % (vocab - 10) + 10 for i in range(n)]
+
+
+def _first_token_s(backend: TorchCausalLMBackend, key: str, ids: list[int]) -> float:
+    started = time.perf_counter()
+    backend.enqueue([key], [ids], [GREEDY])
+    while key not in backend.step():
+        pass
+    return time.perf_counter() - started
+
+
+def session(model: BenchModel, *, threads: int, cache_mb: int = 256) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for cached in (True, False):
+        backend = TorchCausalLMBackend(
+            model.path,
+            dtype=model.dtype,
+            threads=threads,
+            max_batch_size=4,
+            eos_token_ids=[],
+            prefix_cache_bytes=(cache_mb if cached else 0) * 1024 * 1024,
+        )
+        backend.warmup()
+        history: list[int] = []
+        for turn in range(1, 4):
+            prompt = [*history, *_tokens(turn, 650, backend.vocab_size)]
+            key = f"turn{turn}"
+            ttft = _first_token_s(backend, key, prompt)
+            for _ in range(31):
+                backend.step()
+            history = list(backend._by_key[key].ids)
+            backend.remove([key])
+            rows.append(
+                {
+                    "prefix_cache": "on" if cached else "off",
+                    "turn": turn,
+                    "prompt_tokens": len(prompt),
+                    "ttft_ms": round(ttft * 1000, 1),
+                    "cached_tokens": backend.prefix.stats.hit_tokens,
+                }
+            )
+        backend.close()
+    return rows
+
+
+def fused(model: BenchModel, *, threads: int, step_tokens: int = 512) -> dict[str, Any]:
+    backend = TorchCausalLMBackend(
+        model.path,
+        dtype=model.dtype,
+        threads=threads,
+        max_batch_size=32,
+        eos_token_ids=[],
+        step_tokens=step_tokens,
+    )
+    backend.warmup()
+    running = [f"r{i}" for i in range(16)]
+    backend.add(running, [_tokens(100 + i, 64, backend.vocab_size) for i in range(16)], [GREEDY] * 16)
+    decode_only = []
+    for _ in range(8):
+        started = time.perf_counter()
+        backend.step()
+        decode_only.append(time.perf_counter() - started)
+    wave = [f"w{i}" for i in range(16)]
+    backend.enqueue(wave, [_tokens(200 + i, 64, backend.vocab_size) for i in range(16)], [GREEDY] * 16)
+    gaps: list[float] = []
+    first_tokens: dict[str, float] = {}
+    started_wave = time.perf_counter()
+    while len(first_tokens) < len(wave):
+        started = time.perf_counter()
+        results = backend.step()
+        gaps.append(time.perf_counter() - started)
+        assert all(key in results for key in running)  # never stalled
+        for key in wave:
+            if key in results and key not in first_tokens:
+                first_tokens[key] = time.perf_counter() - started_wave
+    backend.remove([*running, *wave])
+    backend.close()
+    step = statistics.median(decode_only)
+    return {
+        "step_tokens": step_tokens,
+        "decode_step_ms": round(step * 1000, 1),
+        "mixed_steps": len(gaps),
+        "itl_during_wave_max_ms": round(max(gaps) * 1000, 1),
+        "itl_during_wave_over_decode_step": round(max(gaps) / step, 2),
+        "wave_ttft_p50_ms": round(statistics.median(first_tokens.values()) * 1000, 1),
+        "wave_ttft_max_ms": round(max(first_tokens.values()) * 1000, 1),
+    }
+
+
+def measure(model: BenchModel, *, threads: int) -> dict[str, Any]:
+    turns = session(model, threads=threads)
+    on = {row["turn"]: row for row in turns if row["prefix_cache"] == "on"}
+    off = {row["turn"]: row for row in turns if row["prefix_cache"] == "off"}
+    return {
+        "session": turns,
+        "turn3_ttft_cached_over_uncached": round(on[3]["ttft_ms"] / off[3]["ttft_ms"], 3),
+        "fused": fused(model, threads=threads),
+    }

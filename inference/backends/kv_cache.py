@@ -1,0 +1,455 @@
+"""Key/value storage for the local torch backend: per-row slots, packed steps, a prefix cache.
+
+One forward pass per engine step carries every token the step computes, packed into a single
+row of the model's input (``[1, T]``): the decode token of each running sequence, then prefill
+chunks of sequences still reading their prompt. The linear layers see ``T`` tokens however
+they are split between sequences; only attention needs to know which token belongs to which
+sequence, so the backend installs its own attention function (`packed_attention`) that reads
+a `StepPlan`:
+
+- decode tokens attend, batched, over their rows of `SlotKVCache` (a zero-copy view of rows
+  ``[0, n)``; rows that are not decoding this step get a zero query whose output is dropped);
+- each prefill chunk attends over its own row, causally, from column 0 to its end.
+
+`PrefixCache` keeps KV of full prompt blocks (``block_size`` tokens) keyed by the exact token
+prefix, so a sequence that starts like an earlier one (a shared system prompt, a session's
+history) copies those columns into its row instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+#: Name under which `packed_attention` is registered with transformers.
+ATTENTION_NAME = "sluice_packed"
+
+
+@dataclass
+class Chunk:
+    """Prompt tokens ``[start, start + length)`` of the sequence in ``row``, at ``offset`` in
+    the packed input."""
+
+    row: int
+    start: int
+    length: int
+    offset: int
+
+
+@dataclass
+class StepPlan:
+    """Where each packed token of one forward pass reads and writes its keys/values."""
+
+    cache: SlotKVCache
+    #: Decode tokens come first in the packed input: their rows and positions (= the column
+    #: their key/value is written to).
+    decode_rows: list[int] = field(default_factory=list)
+    decode_positions: list[int] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)
+    # Tensors derived once per step (not per layer).
+    _rows_t: torch.Tensor | None = None
+    _cols_t: torch.Tensor | None = None
+    _mask: torch.Tensor | None = None
+    _chunk_masks: dict[int, torch.Tensor | None] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        return len(self.decode_rows) + sum(chunk.length for chunk in self.chunks)
+
+    def prepare(self, device: torch.device) -> None:
+        if self.decode_rows:
+            self._rows_t = torch.tensor(self.decode_rows, dtype=torch.long, device=device)
+            self._cols_t = torch.tensor(self.decode_positions, dtype=torch.long, device=device)
+            rows = self.decode_span
+            width = max(self.decode_positions) + 1
+            limit = torch.zeros(rows, dtype=torch.long)  # rows not decoding see column 0 only
+            limit[torch.tensor(self.decode_rows)] = torch.tensor(self.decode_positions)
+            self._mask = (torch.arange(width)[None, :] <= limit[:, None])[:, None, None, :].to(device)
+        for i, chunk in enumerate(self.chunks):
+            if chunk.start == 0:
+                self._chunk_masks[i] = None  # plain causal
+            else:
+                q = torch.arange(chunk.length)[:, None] + chunk.start
+                self._chunk_masks[i] = (torch.arange(chunk.start + chunk.length)[None, :] <= q)[
+                    None, None
+                ].to(device)
+
+    @property
+    def decode_span(self) -> int:
+        """Rows ``[0, span)`` the batched decode attention runs over."""
+        return max(self.decode_rows) + 1 if self.decode_rows else 0
+
+    @property
+    def decode_dense(self) -> bool:
+        return self.decode_rows == list(range(len(self.decode_rows)))
+
+
+_current = threading.local()
+
+
+class SlotKVCache:
+    """Keys/values of shape ``[rows, kv_heads, columns, head_dim]`` per layer.
+
+    A row is a sequence; its valid columns are ``[0, length)`` (left-aligned, positions are
+    columns). Implements what transformers' decoder layers call (``update``,
+    ``get_seq_length``); writes follow the current `StepPlan`.
+    """
+
+    def __init__(
+        self,
+        *,
+        layers: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        rows: int,
+        cols: int,
+    ) -> None:
+        self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
+        self.dtype, self.device = dtype, device
+        self.keys = [self._alloc(rows, cols) for _ in range(layers)]
+        self.values = [self._alloc(rows, cols) for _ in range(layers)]
+        self.plan: StepPlan | None = None
+
+    def _alloc(self, rows: int, cols: int) -> torch.Tensor:
+        return torch.zeros(rows, self.kv_heads, cols, self.head_dim, dtype=self.dtype, device=self.device)
+
+    @property
+    def row_capacity(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def col_capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def bytes_per_position(self) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.keys[0].element_size()
+
+    # -- transformers cache interface --
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        plan = self.plan
+        assert plan is not None, "the cache is written only inside a planned step"
+        n = len(plan.decode_rows)
+        for store, states in ((self.keys[layer_idx], key_states), (self.values[layer_idx], value_states)):
+            if n:
+                assert plan._rows_t is not None and plan._cols_t is not None
+                # [kv, n, d] -> [n, kv, d]: one column per decoding row.
+                store[plan._rows_t, :, plan._cols_t] = states[0, :, :n].transpose(0, 1)
+            for chunk in plan.chunks:
+                end = chunk.start + chunk.length
+                store[chunk.row, :, chunk.start : end].copy_(
+                    states[0, :, chunk.offset : chunk.offset + chunk.length]
+                )
+        return key_states, value_states
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    # -- capacity and rows --
+    def resize(self, rows: int, cols: int, lengths: Sequence[int]) -> None:
+        """New buffers of ``rows`` x ``cols``, keeping row ``i``'s first ``lengths[i]`` columns."""
+        used = len(lengths)
+        keep = min(max(lengths, default=0), cols)
+        for store in (self.keys, self.values):
+            for i, old in enumerate(store):
+                new = self._alloc(rows, cols)
+                if used and keep:
+                    new[:used, :, :keep].copy_(old[:used, :, :keep])
+                store[i] = new
+
+    def move_row(self, src: int, dst: int, length: int) -> None:
+        for store in (self.keys, self.values):
+            for buf in store:
+                buf[dst, :, :length].copy_(buf[src, :, :length])
+
+    def copy_row(self, src: int, dst: int, length: int) -> None:
+        self.move_row(src, dst, length)
+
+
+def packed_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention for a packed step (see the module docstring); ``key``/``value`` are the
+    step's own new states, already written to the cache by ``SlotKVCache.update``."""
+    plan: StepPlan | None = getattr(_current, "plan", None)
+    if plan is None:
+        # The model called outside a planned step (a reference run, a plain HF cache).
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    layer = module.layer_idx
+    cache = plan.cache
+    keys, values = cache.keys[layer], cache.values[layer]
+    heads, total, head_dim = query.shape[1], query.shape[2], query.shape[3]
+    gqa = heads != keys.shape[1]
+    out = query.new_empty(1, total, heads, head_dim)
+    q = query[0]  # [heads, T, d]
+    n = len(plan.decode_rows)
+    if n:
+        assert plan._mask is not None and plan._rows_t is not None
+        width = plan._mask.shape[-1]
+        span = plan.decode_span
+        q_dec = q[:, :n].transpose(0, 1)[:, :, None, :]  # [n, heads, 1, d]
+        if not plan.decode_dense:
+            full = q_dec.new_zeros(span, heads, 1, head_dim)
+            full[plan._rows_t] = q_dec
+            q_dec = full
+        attended = F.scaled_dot_product_attention(
+            q_dec,
+            keys[:span, :, :width],
+            values[:span, :, :width],
+            attn_mask=plan._mask,
+            scale=scaling,
+            enable_gqa=gqa,
+        )  # [span, heads, 1, d]
+        if not plan.decode_dense:
+            attended = attended[plan._rows_t]
+        out[0, :n] = attended[:, :, 0]
+    for i, chunk in enumerate(plan.chunks):
+        end = chunk.start + chunk.length
+        q_chunk = q[None, :, chunk.offset : chunk.offset + chunk.length]
+        mask = plan._chunk_masks[i]
+        attended = F.scaled_dot_product_attention(
+            q_chunk,
+            keys[chunk.row : chunk.row + 1, :, :end],
+            values[chunk.row : chunk.row + 1, :, :end],
+            attn_mask=mask,
+            is_causal=mask is None,
+            scale=scaling,
+            enable_gqa=gqa,
+        )  # [1, heads, length, d]
+        out[0, chunk.offset : chunk.offset + chunk.length] = attended[0].transpose(0, 1)
+    return out, None
+
+
+@contextlib.contextmanager
+def planned(plan: StepPlan) -> Iterator[StepPlan]:
+    """Make ``plan`` the one `packed_attention` and the cache follow during a forward pass."""
+    plan.cache.plan = plan
+    _current.plan = plan
+    try:
+        yield plan
+    finally:
+        plan.cache.plan = None
+        _current.plan = None
+
+
+def register_attention() -> str:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, packed_attention)
+    return ATTENTION_NAME
+
+
+@dataclass
+class _Block:
+    id: int  # never reused: children are keyed by it, so an evicted parent's stale children never match
+    slot: int
+    depth: int
+    refs: int = 0
+
+
+@dataclass
+class PrefixStats:
+    lookups: int = 0  # sequences that asked
+    lookup_tokens: int = 0  # prompt tokens they asked about (the most a hit could cover)
+    hit_tokens: int = 0  # prompt tokens copied from the cache instead of prefilled
+    inserted_blocks: int = 0
+    evicted_blocks: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class PrefixCache:
+    """KV of token prefixes in fixed-size blocks, shared by every sequence that starts the same.
+
+    A block is identified by (parent block, its ``block_size`` tokens): an exact match of the
+    whole prefix, no hash collisions. Sequences hold a reference on the blocks they matched
+    or inserted until they end; a block without references stays cached (and matchable) until
+    the space is needed, least recently released first, deepest first among blocks released
+    together (a child is useless without its parent).
+    """
+
+    def __init__(
+        self,
+        *,
+        layers: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        block_size: int,
+        budget_bytes: int,
+    ) -> None:
+        self.block_size = block_size
+        self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
+        self.dtype, self.device = dtype, device
+        element = torch.empty((), dtype=dtype).element_size()
+        self.block_bytes = 2 * layers * kv_heads * block_size * head_dim * element
+        self.capacity = max(0, budget_bytes // self.block_bytes)
+        self.keys: list[torch.Tensor] = []  # per layer [capacity, kv_heads, block_size, head_dim]
+        self.values: list[torch.Tensor] = []
+        self._index: dict[tuple[int, tuple[int, ...]], _Block] = {}
+        self._key_of: dict[int, tuple[int, tuple[int, ...]]] = {}
+        self._free_slots: list[int] = []
+        self._unused: OrderedDict[int, _Block] = OrderedDict()  # refs == 0, eviction order
+        self._next_id = 1
+        self.stats = PrefixStats()
+
+    @property
+    def enabled(self) -> bool:
+        return self.capacity > 0
+
+    @property
+    def blocks_used(self) -> int:
+        return len(self._key_of)
+
+    def clear(self) -> None:
+        """Forget every unreferenced block and the statistics (after the warm-up)."""
+        for block_id in list(self._unused):
+            self._evict(block_id)
+        self.stats = PrefixStats()
+
+    def _evict(self, block_id: int) -> int:
+        block = self._unused.pop(block_id)
+        del self._index[self._key_of.pop(block_id)]
+        self._free_slots.append(block.slot)
+        return block.slot
+
+    def _ensure_storage(self) -> None:
+        if self.keys or not self.enabled:
+            return
+        shape = (self.capacity, self.kv_heads, self.block_size, self.head_dim)
+        self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
+        self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
+        self._free_slots = list(range(self.capacity - 1, -1, -1))
+
+    def _blocks_of(self, ids: Sequence[int], limit: int) -> list[tuple[int, ...]]:
+        size = self.block_size
+        return [tuple(ids[i : i + size]) for i in range(0, limit - limit % size, size)]
+
+    def match(self, ids: Sequence[int], limit: int) -> list[_Block]:
+        """The cached blocks that cover the longest block-aligned prefix of ``ids[:limit]``,
+        referenced for the caller (release them with `release`)."""
+        if not self.enabled:
+            return []
+        self.stats.lookups += 1
+        self.stats.lookup_tokens += limit
+        found: list[_Block] = []
+        parent = 0
+        for tokens in self._blocks_of(ids, limit):
+            block = self._index.get((parent, tokens))
+            if block is None:
+                break
+            found.append(block)
+            parent = block.id
+        for block in found:
+            self._acquire(block)
+        self.stats.hit_tokens += len(found) * self.block_size
+        return found
+
+    def _acquire(self, block: _Block) -> None:
+        if block.refs == 0:
+            self._unused.pop(block.id, None)
+        block.refs += 1
+
+    def release(self, blocks: Sequence[_Block]) -> None:
+        # Deepest first into the eviction order: a chain is evicted from its tail.
+        for block in reversed(blocks):
+            block.refs -= 1
+            if block.refs == 0 and block.id in self._key_of:
+                self._unused[block.id] = block
+
+    def extend(
+        self,
+        held: list[_Block],
+        ids: Sequence[int],
+        limit: int,
+        row_keys: list[torch.Tensor],
+        row_values: list[torch.Tensor],
+    ) -> None:
+        """Cache the full blocks of ``ids[:limit]`` beyond the ``held`` ones (whose KV is in
+        the given per-layer ``[kv_heads, columns, head_dim]`` row views), and hold them."""
+        if not self.enabled:
+            return
+        blocks = self._blocks_of(ids, limit)
+        parent = held[-1].id if held else 0
+        for depth in range(len(held), len(blocks)):
+            tokens = blocks[depth]
+            block = self._index.get((parent, tokens))
+            if block is None:
+                slot = self._take_slot()
+                if slot is None:
+                    return  # every block is in use: nothing more can be cached now
+                block = _Block(id=self._next_id, slot=slot, depth=depth)
+                self._next_id += 1
+                key = (parent, tokens)
+                self._index[key] = block
+                self._key_of[block.id] = key
+                lo = depth * self.block_size
+                for layer in range(self.layers):
+                    self.keys[layer][slot].copy_(row_keys[layer][:, lo : lo + self.block_size])
+                    self.values[layer][slot].copy_(row_values[layer][:, lo : lo + self.block_size])
+                self.stats.inserted_blocks += 1
+            self._acquire(block)
+            held.append(block)
+            parent = block.id
+
+    def _take_slot(self) -> int | None:
+        self._ensure_storage()
+        if self._free_slots:
+            return self._free_slots.pop()
+        if not self._unused:
+            return None
+        self._evict(next(iter(self._unused)))
+        self.stats.evicted_blocks += 1
+        return self._free_slots.pop()
+
+    def copy_into(
+        self, blocks: Sequence[_Block], row_keys: list[torch.Tensor], row_values: list[torch.Tensor]
+    ) -> None:
+        """Write the blocks' KV into a row's first ``len(blocks) * block_size`` columns."""
+        if not blocks:
+            return
+        slots = torch.tensor([block.slot for block in blocks], dtype=torch.long, device=self.device)
+        width = len(blocks) * self.block_size
+        for layer in range(self.layers):
+            for pool, row in ((self.keys[layer], row_keys[layer]), (self.values[layer], row_values[layer])):
+                # [n, kv, size, d] -> [kv, n * size, d]
+                gathered = (
+                    pool.index_select(0, slots).transpose(0, 1).reshape(self.kv_heads, width, self.head_dim)
+                )
+                row[:, :width].copy_(gathered)
+
+    def refs(self, ids: Sequence[int]) -> list[int]:
+        """References held on each cached block of ``ids`` (tests and diagnostics)."""
+        out: list[int] = []
+        parent = 0
+        for tokens in self._blocks_of(ids, len(ids)):
+            block = self._index.get((parent, tokens))
+            if block is None:
+                break
+            out.append(block.refs)
+            parent = block.id
+        return out

@@ -1,0 +1,217 @@
+"""Fused prefill/decode steps and the prefix cache, through the real torch backend.
+
+The tiny random model's near-uniform logits make greedy decoding sensitive to any mistake in
+which keys/values a token attends to: a wrong column, position or copied block changes the
+tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference.backends.torch_local import TorchCausalLMBackend
+from inference.batching import SamplingParams
+from inference.prompts import ModelInfo
+
+GREEDY = SamplingParams(max_new_tokens=64, temperature=0.0)
+
+
+def _backend(model_dir: Path, **kwargs: object) -> TorchCausalLMBackend:
+    info = ModelInfo("m", model_dir)
+    return TorchCausalLMBackend(
+        model_dir,
+        dtype="float32",
+        threads=1,
+        max_batch_size=8,
+        eos_token_ids=[],
+        vocab_decode=info.decode,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _prompt(seed: int, length: int) -> list[int]:
+    return [(seed * 37 + j * 11) % 1000 + 5 for j in range(length)]
+
+
+def _alone(backend: TorchCausalLMBackend, key: str, ids: list[int], steps: int) -> list[tuple[int, float]]:
+    """The sequence run by itself: one prefill, then one decode per step."""
+    out = _alone_keep(backend, key, ids, steps)
+    backend.remove([key])
+    return out
+
+
+@pytest.fixture(scope="module")
+def fused(random_model_dir: Path) -> TorchCausalLMBackend:
+    # A budget of 24 tokens per step: a 90-token prompt takes several steps beside the decodes.
+    return _backend(random_model_dir, step_tokens=24)
+
+
+def test_prefill_chunks_and_decodes_in_one_pass_match_separate_passes(fused: TorchCausalLMBackend) -> None:
+    """A and B decode while C's long prompt is prefilled in chunks inside the same forward
+    passes: every sequence gets the tokens it gets alone (greedy, float32, exact ids), and A
+    and B receive a token on every step of C's prefill (they are never stalled)."""
+    prompts = {"a": _prompt(1, 9), "b": _prompt(2, 17), "c": _prompt(3, 90)}
+    steps = 20
+    expected = {key: _alone(fused, key, ids, steps) for key, ids in prompts.items()}
+
+    got: dict[str, list[tuple[int, float]]] = {key: [] for key in prompts}
+    assert fused.enqueue(["a", "b"], [prompts["a"], prompts["b"]], [GREEDY, GREEDY]) == {}
+    mixed_steps = 0
+    for step in range(60):
+        if step == 2:
+            assert fused.enqueue(["c"], [prompts["c"]], [GREEDY]) == {}
+        results = fused.step()
+        running = [key for key in ("a", "b") if len(got[key]) < steps]
+        if fused.last_step_prefill and step > 2:
+            mixed_steps += 1
+            assert fused.last_step_prefill <= 24 - 2  # the budget, less the two decode tokens
+            assert set(running) <= set(results), "a decoding sequence was stalled by a prefill"
+        for key, sampled in results.items():
+            assert not isinstance(sampled, Exception)
+            got[key].append((sampled.token_id, sampled.logprob))
+        done = [key for key in prompts if len(got[key]) == steps and key in fused.batch_keys]
+        fused.remove(done)
+        if all(len(got[key]) >= steps for key in prompts):
+            break
+    assert mixed_steps >= 3  # 90 prompt tokens at <= 22 per step
+    assert fused.batch_keys == []
+    for key in prompts:
+        assert [t for t, _ in got[key]] == [t for t, _ in expected[key]], key
+        for (_, lp_got), (_, lp_alone) in zip(got[key], expected[key], strict=True):
+            assert lp_got == pytest.approx(lp_alone, abs=1e-5)
+
+
+def test_steps_are_decode_only_when_nothing_waits(fused: TorchCausalLMBackend) -> None:
+    fused.enqueue(["d"], [_prompt(4, 40)], [GREEDY])
+    prefill_steps = 0
+    while not fused.step():  # no token until the whole prompt is in
+        prefill_steps += 1
+    assert prefill_steps == 1  # 40 tokens: 24, then 16 and the first token
+    for _ in range(5):
+        assert "d" in fused.step()
+        assert fused.last_step_prefill == 0
+    fused.remove(["d"])
+
+
+def test_a_wave_of_prompts_delays_decodes_by_one_budget_per_step(random_model_dir: Path) -> None:
+    backend = _backend(random_model_dir, step_tokens=32)
+    backend.add(["run"], [_prompt(5, 8)], [GREEDY])
+    wave = [f"w{i}" for i in range(6)]
+    backend.enqueue(wave, [_prompt(10 + i, 30) for i in range(6)], [GREEDY] * 6)
+    computed = []
+    while any(key not in backend.batch_keys or backend._by_key[key].prefilling for key in wave):
+        results = backend.step()
+        assert "run" in results
+        computed.append(backend.last_step_prefill)
+    assert max(computed) <= 31 and sum(computed) == 180
+    backend.remove(["run", *wave])
+
+
+@pytest.fixture()
+def cached(random_model_dir: Path) -> TorchCausalLMBackend:
+    backend = _backend(random_model_dir, prefix_block_size=16, prefix_cache_bytes=0)
+    block_bytes = backend.prefix.block_bytes
+    # Room for 12 blocks (192 tokens) of prefix cache.
+    return _backend(random_model_dir, prefix_block_size=16, prefix_cache_bytes=12 * block_bytes)
+
+
+def test_a_shared_prefix_is_copied_not_recomputed(
+    cached: TorchCausalLMBackend, random_model_dir: Path
+) -> None:
+    plain = _backend(random_model_dir)
+    system = _prompt(7, 50)  # 3 full blocks + 2 tokens
+    first, second = [*system, *_prompt(8, 5)], [*system, *_prompt(9, 12)]
+    want_first, want_second = _alone(plain, "x", first, 12), _alone(plain, "y", second, 12)
+
+    got_first = _alone_keep(cached, "first", first, 12)
+    assert cached.prefix.stats.hit_tokens == 0
+    # While "first" runs, "second" starts with the same 48-token (3-block) system prompt.
+    got_second = _alone(cached, "second", second, 12)
+    assert cached.prefix.stats.hit_tokens == 48
+    assert [t for t, _ in got_first] == [t for t, _ in want_first]
+    assert [t for t, _ in got_second] == [t for t, _ in want_second]
+    for (_, a), (_, b) in zip(got_second, want_second, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    cached.remove(["first"])
+
+
+def _alone_keep(
+    backend: TorchCausalLMBackend, key: str, ids: list[int], steps: int
+) -> list[tuple[int, float]]:
+    """Like `_alone`, but the sequence stays in the batch afterwards."""
+    first = backend.add([key], [ids], [GREEDY])[key]
+    assert not isinstance(first, Exception)
+    out = [(first.token_id, first.logprob)]
+    for _ in range(steps - 1):
+        sampled = backend.step()[key]
+        assert not isinstance(sampled, Exception)
+        out.append((sampled.token_id, sampled.logprob))
+    return out
+
+
+def test_the_next_turn_reuses_the_answer_as_well(
+    cached: TorchCausalLMBackend, random_model_dir: Path
+) -> None:
+    """A finished sequence leaves prompt *and* answer cached: a session's next turn, whose
+    prompt is the whole history plus a new message, prefills only the new part."""
+    turn1 = _prompt(11, 30)
+    answer = [t for t, _ in _alone(cached, "t1", turn1, 40)]  # 30 + 40 = 70 tokens, 69 computed
+    turn2 = [*turn1, *answer, *_prompt(12, 10)]
+    plain = _backend(random_model_dir)
+    want = _alone(plain, "t2", turn2, 10)
+    # Another sequence takes turn 1's old row: turn 2's KV can only come from the cache.
+    _alone_keep(cached, "filler", _prompt(15, 80), 1)
+    got = _alone(cached, "t2", turn2, 10)
+    assert cached.prefix.stats.hit_tokens == 64  # 4 blocks of the 69 computed positions
+    assert [t for t, _ in got] == [t for t, _ in want]
+    for (_, a), (_, b) in zip(got, want, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    cached.remove(["filler"])
+
+
+def test_a_shared_block_is_freed_only_when_its_last_user_ends(cached: TorchCausalLMBackend) -> None:
+    shared = _prompt(13, 33)  # two full blocks
+    cached.add(["u1"], [shared], [GREEDY])
+    cached.add(["u2"], [[*shared, 1, 2, 3]], [GREEDY])
+    assert cached.prefix.refs(shared) == [2, 2]
+    cached.remove(["u1"])
+    assert cached.prefix.refs(shared) == [1, 1]  # still held by u2 (u1's own tail block: none)
+
+    # Fill the rest of the cache (12 blocks) many times over: the held blocks must survive.
+    for i in range(6):
+        other = _prompt(100 + i, 50)
+        _alone(cached, f"o{i}", other, 2)
+    assert cached.prefix.stats.evicted_blocks > 0
+    assert cached.prefix.refs(shared) == [1, 1]
+    hits = cached.prefix.stats.hit_tokens
+    _alone(cached, "u3", [*shared, 9], 2)  # still a hit
+    assert cached.prefix.stats.hit_tokens == hits + 32
+
+    cached.remove(["u2"])
+    assert cached.prefix.refs(shared) == [0, 0]  # unreferenced: cached until the space is needed
+    for i in range(6):
+        _alone(cached, f"p{i}", _prompt(200 + i, 50), 2)
+    assert cached.prefix.refs(shared) == []  # evicted
+    assert cached.prefix.blocks_used <= cached.prefix.capacity
+
+
+def test_prompt_logprobs_skip_the_cache_but_stay_exact(cached: TorchCausalLMBackend) -> None:
+    ids = _prompt(14, 40)
+    _alone(cached, "warm", ids, 2)
+    asked = SamplingParams(max_new_tokens=2, temperature=0.0, prompt_logprobs=True)
+    hits = cached.prefix.stats.hit_tokens
+    first = cached.add(["lp"], [ids], [asked])["lp"]
+    cached.remove(["lp"])
+    assert not isinstance(first, Exception) and first.prompt_logprobs is not None
+    assert cached.prefix.stats.hit_tokens == hits
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(cached.model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    expected = [logprobs[i, ids[i + 1]].item() for i in range(len(ids) - 1)]
+    assert len(first.prompt_logprobs) == len(ids)
+    assert all(
+        abs(got - want) < 1e-4  # type: ignore[operator]
+        for got, want in zip(first.prompt_logprobs[1:], expected, strict=True)
+    )
