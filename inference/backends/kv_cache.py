@@ -337,6 +337,10 @@ class PrefixCache:
         self._free_slots.append(block.slot)
         return block.slot
 
+    def allocate(self) -> None:
+        """Allocate the whole budget now (the warm-up), not on a request's path."""
+        self._ensure_storage()
+
     def _ensure_storage(self) -> None:
         if self.keys or not self.enabled:
             return

@@ -85,7 +85,7 @@ class TorchCausalLMBackend(ModelBackend):
         threads: int = 0,
         max_batch_size: int = 32,
         max_prefill_tokens: int = 4096,
-        step_tokens: int = 512,
+        step_tokens: int = 256,
         prefix_cache_bytes: int = 0,
         prefix_block_size: int = 16,
         eos_token_ids: Sequence[int] | None = None,
@@ -465,6 +465,7 @@ class TorchCausalLMBackend(ModelBackend):
             self.step()
         self.remove(["__warmup__"])
         self.prefix.clear()
+        self.prefix.allocate()
 
     def close(self) -> None:
         del self.model
