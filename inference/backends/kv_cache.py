@@ -173,9 +173,6 @@ class SlotKVCache:
             for buf in store:
                 buf[dst, :, :length].copy_(buf[src, :, :length])
 
-    def copy_row(self, src: int, dst: int, length: int) -> None:
-        self.move_row(src, dst, length)
-
 
 def packed_attention(
     module: Any,

@@ -224,7 +224,6 @@ class TorchCausalLMBackend(ModelBackend):
                 if seq.blocks:
                     self.prefix.copy_into(seq.blocks, *self._row_views(seq.row))
                     seq.computed = len(seq.blocks) * self.prefix.block_size
-                    seq.cached = seq.computed
             self._pending.append(seq)
         return results
 
@@ -484,7 +483,6 @@ class _Seq:
     prompt_len: int
     row: int = 0
     computed: int = 0  # positions whose keys/values are in the row (columns [0, computed))
-    cached: int = 0  # of the prompt, positions copied from the prefix cache
     blocks: list[PrefixBlock] = field(default_factory=list)  # prefix-cache blocks held
     prompt_logprobs: list[float | None] | None = None  # collected while prefilling, when asked
 
