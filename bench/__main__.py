@@ -12,13 +12,15 @@ Then the admission limiter (bench/ratelimit.py): decisions per second and the la
 
     python -m bench                      # everything (about 18 minutes on 2 CPU cores)
     python -m bench --quick              # demo model, fewer levels (about 3 minutes)
-    python -m bench --only vllm          # one part: engine|vllm|prefix|ratelimit|rag|dtypes|gateway
+    python -m bench --only vllm          # one part: engine|vllm|prefix|affinity|ratelimit|rag|dtypes|gateway
     python -m bench --peer none          # no peers: the gateway part without LiteLLM, no vLLM part
 
 And retrieval (bench/rag.py): pgvector HNSW vs exact at 10k and 100k chunks, recall@10, ingestion;
 and Sluice against vLLM-CPU on the ~110M Llama (bench/vllm_peer.py: best dtype of each, levels
 1/16/64/128, about 25 minutes + vLLM's install the first time);
 and the engine's prefix cache and fused prefill (bench/prefix.py, about 1 minute);
+and session affinity (bench/affinity.py): two workers, TTFT of each session turn with affinity
+on and off (about 3 minutes);
 and model-version dtypes (bench/dtypes.py): float32 vs bfloat16 vs int8 tokens/s;
 and gateway overhead (bench/gateway_overhead.py): the same load directly against an upstream
 engine, through Sluice's openai backend and through LiteLLM proxy (about 2.5 minutes).
@@ -216,7 +218,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated parts to run: engine,vllm,prefix,ratelimit,rag,dtypes,gateway (default: all)",
+        help="comma-separated parts: engine,vllm,prefix,affinity,ratelimit,rag,dtypes,gateway (default: all)",
     )
     parser.add_argument(
         "--peer",
@@ -225,7 +227,7 @@ def main() -> None:
         help="none: no peer systems (LiteLLM in the gateway part, the vllm part)",
     )
     args = parser.parse_args()
-    parts = set((args.only or "engine,vllm,prefix,ratelimit,rag,dtypes,gateway").split(","))
+    parts = set((args.only or "engine,vllm,prefix,affinity,ratelimit,rag,dtypes,gateway").split(","))
     if args.peer == "none":
         parts.discard("vllm")
     import torch
@@ -234,7 +236,7 @@ def main() -> None:
     default = "demo" if args.quick else ("demo,llama,llama-1b" if torch.cuda.is_available() else "demo,llama")
     names = [n for n in (args.models or default).split(",") if n]
     started = time.time()
-    stack = Stack(threads=args.threads) if parts & {"engine", "gateway", "vllm"} else None
+    stack = Stack(threads=args.threads) if parts & {"engine", "gateway", "vllm", "affinity"} else None
     models: dict[str, Callable[[], BenchModel]] = {
         "demo": demo_model,
         "llama": llama_110m,
@@ -281,6 +283,15 @@ def main() -> None:
                     "Sluice over vLLM (tokens/s: > 1 is better; latencies: < 1)",
                 )
             )
+        if stack is not None and "affinity" in parts:
+            from bench import affinity
+
+            print("\n=== session affinity (~110M Llama, two workers)", flush=True)
+            sticky = affinity.measure(llama_110m(), stack)
+            result["affinity"] = sticky
+            columns = ["affinity", "turn", "ttft_p50_ms", "ttft_mean_ms", "same_worker_as_turn_before"]
+            print(table(sticky["rows"], columns, "session turns: TTFT with and without affinity"))
+            print(f"turns 2+ mean TTFT, affinity on over off: {sticky['later_turns_ttft_on_over_off']}")
         if stack is not None and "gateway" in parts:
             from bench import gateway_overhead
 

@@ -65,17 +65,38 @@ class Stack:
         }
 
     def start(
-        self, model: BenchModel, *, max_batch_size: int, worker: str = "sluice", label: str = ""
+        self,
+        model: BenchModel,
+        *,
+        max_batch_size: int,
+        worker: str = "sluice",
+        label: str = "",
+        workers: int = 1,
+        extra_env: dict[str, str] | None = None,
     ) -> str:
-        """Start web + worker for ``model``; return the base URL once ready."""
+        """Start web + worker(s) for ``model``; return the base URL once ready. Several
+        workers share the cores (``threads // workers`` torch threads each)."""
         self.stop()
-        env = self.model_env(model, max_batch_size)
+        env = {**self.model_env(model, max_batch_size), **(extra_env or {})}
         port = free_port()
         # The web process gets one torch-free core's worth of work; the worker the cores.
         web = web_process({**env, "OMP_NUM_THREADS": "1"}, port, self.log_dir)
         web.argv += ["--no-access-log", "--log-level", "warning"]
-        worker_env = {**env, "SLUICE_TORCH_THREADS": str(self.threads), "OMP_NUM_THREADS": str(self.threads)}
+        threads = str(max(1, self.threads // max(1, workers)))
+        worker_env = {**env, "SLUICE_TORCH_THREADS": threads, "OMP_NUM_THREADS": threads}
         name = f"{label or worker}-{model.name}"
+        if workers > 1:
+            procs = [
+                worker_process(
+                    worker_env, model=model.name, name=f"{name}-{i}", log_dir=self.log_dir,
+                    max_batch_size=max_batch_size,
+                )
+                for i in range(workers)
+            ]  # fmt: skip
+            self.processes = [web.start(), *(proc.start() for proc in procs)]
+            base_url = f"http://127.0.0.1:{port}"
+            wait_ready(base_url, self.processes, timeout=300)
+            return base_url
         if worker == "celery-batches":
             argv = [
                 sys.executable, "-m", "celery", "-A", "bench.celery_batches_worker", "worker",

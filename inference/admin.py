@@ -46,6 +46,15 @@ from inference.versions import (
 )
 
 
+def _queued_note(t: dict[str, Any]) -> str:
+    affinity = {
+        "pinned": f"published to {t['routed_worker']}'s own queue: the turn before ran there",
+        "busy": "published to the shared queue: the worker of the turn before was too busy",
+        "gone": "published to the shared queue: the worker of the turn before was gone",
+    }
+    return affinity.get(t["affinity"] or "", "job created, published to its model's queue")
+
+
 @admin.register(Job)
 class JobAdmin(ModelAdmin):
     list_display = (
@@ -111,7 +120,7 @@ class JobAdmin(ModelAdmin):
         steps = [
             ("received", obj.received_at, "at the gateway"),
             ("admitted", obj.admitted_at, f"admission wait {wait} ms{why}" if wait is not None else ""),
-            ("queued", obj.queued_at, "job created, published to its model's queue"),
+            ("queued", obj.queued_at, _queued_note(t)),
             (
                 "started",
                 obj.started_at,

@@ -83,6 +83,13 @@ FLEET_SERIES: dict[str, tuple[str, str, tuple[str, ...], Sequence[float]]] = {
         "closed it after tokens: max tokens, a stop string, a cancel), cancelled (before any token), error",
         ("model", "version", "replica", "result"), (),
     ),
+    "sluice_affinity_routes_total": (
+        "counter",
+        "Jobs continuing a session (local versions with a prefix cache), by placement: pinned (to the "
+        "worker that ran the turn before), busy or gone (that worker too loaded or gone: the shared "
+        "queue), new (nothing ran before)",
+        ("model", "version", "outcome"), (),
+    ),
 }  # fmt: skip
 FLEET_KEY = "sluice:fleet"
 _FIELD_SEP = "\x1f"

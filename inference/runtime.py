@@ -24,6 +24,7 @@ from typing import Any
 
 from django.conf import settings
 
+from inference.affinity import affinity_queue
 from inference.backends.base import ModelBackend
 from inference.engine import Engine
 from inference.metrics import WORKERS_SEEN_KEY, EngineMetrics, celery_queue_keys, record_heartbeat
@@ -280,7 +281,11 @@ class WorkerRuntime:
         load = loaded.load()
         key = loaded.model.key
         return bool(
-            self._inflight[key] > 0 or load["running"] or load["waiting"] or self._queued(loaded.model.queue)
+            self._inflight[key] > 0
+            or load["running"]
+            or load["waiting"]
+            or self._queued(loaded.model.queue)
+            or self._queued(affinity_queue(loaded.model.queue, self.name))
         )
 
     def _queued(self, queue: str) -> int:
@@ -288,22 +293,27 @@ class WorkerRuntime:
         return sum(int(client.llen(key) or 0) for key in celery_queue_keys(queue))
 
     def _consume(self, queue: str) -> None:
-        if queue in self.consumed or not self.ready:
+        """Take a version's shared queue and this worker's own queue of it (session affinity)."""
+        if not self.ready:
             return
         from config.celery import app
 
-        app.control.add_consumer(queue, destination=[self.name], reply=True, timeout=5)
-        self.consumed.add(queue)
+        for name in (queue, affinity_queue(queue, self.name)):
+            if name not in self.consumed:
+                app.control.add_consumer(name, destination=[self.name], reply=True, timeout=5)
+                self.consumed.add(name)
 
     def _cancel(self, queue: str) -> None:
         # The served name's settings queue stays: it is the worker's -Q (and where jobs from
-        # before versions wait).
+        # before versions wait). Jobs left in the own queue go to the shared one (reconciler).
         if queue not in self.consumed or not self.ready or queue == queue_for(settings.SLUICE_MODEL_NAME):
             return
         from config.celery import app
 
-        app.control.cancel_consumer(queue, destination=[self.name], reply=True, timeout=5)
-        self.consumed.discard(queue)
+        for name in (queue, affinity_queue(queue, self.name)):
+            if name in self.consumed:
+                app.control.cancel_consumer(name, destination=[self.name], reply=True, timeout=5)
+                self.consumed.discard(name)
 
     def on_consumer_ready(self, consumer: Any) -> None:
         """Celery's consumer is up (worker_ready): take the queues of the loaded versions, and
@@ -319,10 +329,14 @@ class WorkerRuntime:
         self.consumed.update(q.name for q in consumer.task_consumer.queues)
         with self._lock:
             queues = [loaded.model.queue for loaded in self.versions.values()]
-        for queue in queues:
-            if queue not in self.consumed:
-                consumer.add_task_queue(queue)
-                self.consumed.add(queue)
+        own = affinity_queue("", self.name)
+        prefixes = ("sluice.model.", "sluice.version.")
+        shared = [q for q in self.consumed if q.startswith(prefixes) and not q.endswith(own)]
+        for queue in {*queues, *shared}:
+            for name in (queue, affinity_queue(queue, self.name)):
+                if name not in self.consumed:
+                    consumer.add_task_queue(name)
+                    self.consumed.add(name)
         self.ready = True
 
     # -- background ----------------------------------------------------------------------------

@@ -68,6 +68,9 @@ def job_timings(job: Job) -> dict[str, Any]:
         "total_ms": _ms_between(received, job.finished_at),
         "worker": job.worker or None,
         "served_by": job.served_by or None,
+        # Session affinity: the worker whose own queue took it (None: the shared queue), and why.
+        "routed_worker": job.routed_worker or None,
+        "affinity": job.affinity or None,
         "version": version.label if version is not None else None,
         "attempt": job.attempts,
         "tokens_streamed": job.completion_tokens or 0,

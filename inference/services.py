@@ -19,6 +19,8 @@ from django.utils import timezone
 
 from inference.admission.ratelimit import MAX_TIER
 from inference.admission.services import admission_release
+from inference.affinity import affinity_reconcile
+from inference.affinity import place as affinity_place
 from inference.batching import FinishReason, SamplingParams, SequenceRequest
 from inference.cache import cache_key, is_deterministic, replay_deltas, result_cache_get, result_cache_put
 from inference.chat.prompting import ContextPassage, assemble, profile_text
@@ -239,6 +241,8 @@ def job_create(
     timeline = timeline or {}
     try:
         for attempt in (1, 2):
+            previous_id = extra.get("previous_id")
+            placement = affinity_place(model=model, session_id=session_id, previous_id=previous_id)
             try:
                 with transaction.atomic():
                     job = Job.objects.create(
@@ -264,11 +268,15 @@ def job_create(
                         admitted_at=_from_epoch(timeline.get("admitted_at")),
                         admission_wait_ms=timeline.get("admission_wait_ms"),
                         admission_waited_for=str(timeline.get("admission_waited_for") or "")[:16],
+                        routed_worker=placement.worker[:200],
+                        affinity=placement.affinity.value if placement.affinity else "",
                     )
                     # The stream exists before anyone can read it; a Redis failure rolls the row back.
                     get_streams().open(str(job.id))
                     transaction.on_commit(
-                        functools.partial(job_publish, job_id=job.id, queue=model.queue, priority=priority),
+                        functools.partial(
+                            job_publish, job_id=job.id, queue=placement.queue, priority=priority
+                        ),
                         robust=True,
                     )
                 break
@@ -893,6 +901,7 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     """Find jobs nobody will run and make sure somebody does (or fail them).
 
     - queued but never published (the broker was down at commit): publish;
+    - queued in the own queue of a worker that is gone (session affinity): to the shared queue;
     - running with no live lease (its worker died or shut down): re-send, so another
       worker resumes it from its stream; the original message is acked as a no-op when the
       broker redelivers it after the visibility timeout;
@@ -900,7 +909,7 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     """
     now = now or timezone.now()
     streams = get_streams()
-    counts = {"published": 0, "requeued": 0, "failed": 0}
+    counts = {"published": 0, "rerouted": 0, "requeued": 0, "failed": 0}
     grace = timedelta(seconds=10)
     # Any worker reconciles for the whole fleet: queues follow from the job's model name, not
     # from what this worker serves.
@@ -917,6 +926,12 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
             logger.warning("could not publish job %s; the next pass tries again", job_id, exc_info=True)
             continue
         counts["published"] += 1
+    # Published to a worker's own queue (session affinity) that left before taking it.
+    counts["rerouted"] = affinity_reconcile(
+        Job.objects.filter(status=JobStatus.QUEUED, published_at__isnull=False)
+        .exclude(routed_worker="")
+        .values_list("id", "model", "model_version_id", "priority", "routed_worker")[:500]
+    )
     for job_id, published_at, attempts in Job.objects.filter(
         status__in=[JobStatus.QUEUED, JobStatus.RUNNING], deadline_at__lt=now - grace
     ).values_list("id", "published_at", "attempts")[:200]:

@@ -235,6 +235,12 @@ SLUICE_STEP_TOKENS = env.get_int("SLUICE_STEP_TOKENS", 256)
 # tokens) per worker and version, MiB; 0 turns it off. A version's prefix_cache_mb wins.
 SLUICE_PREFIX_CACHE_MB = env.get_int("SLUICE_PREFIX_CACHE_MB", 256)
 SLUICE_PREFIX_BLOCK_SIZE = env.get_int("SLUICE_PREFIX_BLOCK_SIZE", 16)
+# Session affinity (local versions with a prefix cache): a session's next turn, or a
+# Responses previous_response_id, goes to the worker that ran the turn before (its KV is in
+# that worker's prefix cache) unless that worker carries more than SLUICE_AFFINITY_LOAD_GAP
+# sequences over the least-busy worker of the version, or is gone: then the shared queue.
+SLUICE_AFFINITY = env.get_bool("SLUICE_AFFINITY", True)
+SLUICE_AFFINITY_LOAD_GAP = env.get_int("SLUICE_AFFINITY_LOAD_GAP", 8)
 SLUICE_MAX_NEW_TOKENS = env.get_int("SLUICE_MAX_NEW_TOKENS", 4096)
 SLUICE_DEFAULT_MAX_TOKENS = env.get_int("SLUICE_DEFAULT_MAX_TOKENS", 256)
 SLUICE_MAX_PROMPT_CHARS = env.get_int("SLUICE_MAX_PROMPT_CHARS", 200_000)

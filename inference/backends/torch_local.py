@@ -216,8 +216,13 @@ class TorchCausalLMBackend(ModelBackend):
             seq.row = len(self.rows)
             self.rows.append(seq)
             self._by_key[key] = seq
+            leader = None if param.prompt_logprobs else self._same_prompt(ids)
             if param.prompt_logprobs:
                 seq.prompt_logprobs = [None]  # needs every prompt position's logits: no cache hit
+            elif leader is not None:
+                # The same prompt is being prefilled (n > 1, best_of): prefilled once, then
+                # this one copies its KV and samples its first token from the same logits.
+                seq.leader = leader
             else:
                 # At least the last prompt token is computed: its logits give the first token.
                 seq.blocks = self.prefix.match(ids, len(ids) - 1)
@@ -234,6 +239,10 @@ class TorchCausalLMBackend(ModelBackend):
         """Prefill these sequences now (nothing else advances) and return their first tokens."""
         results = self.enqueue(keys, token_ids, params)
         mine = {key for key in keys if key in self._by_key and self._by_key[key].prefilling}
+        for key in mine:
+            seq = self._by_key[key]
+            if seq.leader is not None and seq.leader.key not in mine:
+                seq.leader = None  # its leader is not prefilled by this call: do it itself
         while any(self._by_key[key].prefilling for key in mine):
             results.update(self._forward(decode=False, budget=self.max_prefill_tokens, only=mine))
         failed = [key for key in mine if isinstance(results.get(key), Exception)]
@@ -244,6 +253,18 @@ class TorchCausalLMBackend(ModelBackend):
     @torch.inference_mode()
     def step(self) -> dict[str, Sampled | Exception]:
         return self._forward(decode=True, budget=self.step_tokens)
+
+    def _same_prompt(self, ids: list[int]) -> _Seq | None:
+        """A waiting sequence that prefills exactly ``ids`` itself (no logprobs of the prompt)."""
+        for seq in self._pending:
+            if (
+                seq.leader is None
+                and seq.prompt_logprobs is None
+                and seq.prompt_len == len(ids)
+                and seq.ids[: seq.prompt_len] == ids
+            ):
+                return seq
+        return None
 
     def _check_ids(self, ids: Sequence[int]) -> str | None:
         if not ids:
@@ -291,10 +312,11 @@ class TorchCausalLMBackend(ModelBackend):
         spans: list[tuple[_Seq, Chunk, int]] = []  # prompt-logprob chunks: their first row in keep
         advanced: list[tuple[_Seq, int]] = []
         left = max(budget - len(decoding), min(budget, self.prefix.block_size) if decoding else 1)
+        forks: list[tuple[_Seq, _Seq]] = []  # (leader, follower) when the leader's prompt completes
         for seq in self._pending:
             if left <= 0:
                 break
-            if only is not None and seq.key not in only:
+            if seq.leader is not None or (only is not None and seq.key not in only):
                 continue
             length = min(seq.prompt_len - seq.computed, left)
             chunk = Chunk(row=seq.row, start=seq.computed, length=length, offset=len(input_ids))
@@ -311,6 +333,11 @@ class TorchCausalLMBackend(ModelBackend):
             if seq.computed + length == seq.prompt_len:
                 sample.append(seq)
                 sample_index.append(len(keep) - 1)
+                for follower in self._pending:
+                    if follower.leader is seq and (only is None or follower.key in only):
+                        forks.append((seq, follower))
+                        sample.append(follower)
+                        sample_index.append(len(keep) - 1)  # the leader's last-position logits
         if not input_ids:
             self.last_step_prefill = 0
             return {}
@@ -335,6 +362,9 @@ class TorchCausalLMBackend(ModelBackend):
             seq.computed += length
         for seq in decoding:
             seq.computed += 1
+        for leader, follower in forks:
+            self.cache.move_row(leader.row, follower.row, leader.prompt_len)
+            follower.computed, follower.leader = follower.prompt_len, None
 
         logits = hidden_logits if len(sample_index) == len(keep) else hidden_logits[sample_index]
         sampled = self._sample(logits, [seq.params for seq in sample], [seq.generator for seq in sample])
@@ -350,6 +380,9 @@ class TorchCausalLMBackend(ModelBackend):
         completed = [seq for seq in self._pending if not seq.prefilling]
         if completed:
             self._pending = [seq for seq in self._pending if seq.prefilling]
+            for seq in self._pending:
+                if seq.leader is not None and not seq.leader.prefilling:
+                    seq.leader = None  # not forked with it (outside ``only``): prefill it itself
             for seq in completed:
                 if seq.prompt_logprobs is None:
                     # Now, not at the end: sequences arriving meanwhile (n > 1, a shared system
@@ -455,6 +488,9 @@ class TorchCausalLMBackend(ModelBackend):
                 last.row = seq.row
                 self.rows[seq.row] = last
         self._pending = [seq for seq in self._pending if seq.key in self._by_key]
+        for seq in self._pending:
+            if seq.leader is not None and seq.leader.key not in self._by_key:
+                seq.leader = None  # its leader left before its prompt was done: prefill it itself
 
     @torch.inference_mode()
     def warmup(self) -> None:
@@ -485,6 +521,7 @@ class _Seq:
     computed: int = 0  # positions whose keys/values are in the row (columns [0, computed))
     blocks: list[PrefixBlock] = field(default_factory=list)  # prefix-cache blocks held
     prompt_logprobs: list[float | None] | None = None  # collected while prefilling, when asked
+    leader: _Seq | None = field(default=None, repr=False)  # prefills the same prompt for it
 
     @property
     def prefilling(self) -> bool:

@@ -89,6 +89,11 @@ class Job(models.Model):
     admitted_at = models.DateTimeField(null=True, blank=True)
     admission_wait_ms = models.PositiveIntegerField(null=True, blank=True)
     admission_waited_for = models.CharField(max_length=16, blank=True, help_text="rate_limit or capacity")
+    # Session affinity: the worker whose own queue it was published to ("": the shared queue)
+    # and why: pinned (to the worker that ran the turn before), busy or gone (that worker was
+    # too loaded or had left: the shared queue), new (nothing before it to be near).
+    routed_worker = models.CharField(max_length=200, blank=True)
+    affinity = models.CharField(max_length=8, blank=True)
     # The upstream replica that ran it (openai versions): its base URL.
     served_by = models.CharField(max_length=500, blank=True)
     # The exact prompt the worker ran (template, history, profile, retrieved passages): staff only.

@@ -215,3 +215,56 @@ def test_prompt_logprobs_skip_the_cache_but_stay_exact(cached: TorchCausalLMBack
         abs(got - want) < 1e-4  # type: ignore[operator]
         for got, want in zip(first.prompt_logprobs[1:], expected, strict=True)
     )
+
+
+def _run(backend: TorchCausalLMBackend, keys: list[str], steps: int) -> tuple[dict[str, list[int]], int]:
+    """Step until every key has ``steps`` tokens: the tokens, and the prompt tokens prefilled."""
+    got: dict[str, list[int]] = {key: [] for key in keys}
+    prefilled = 0
+    for _ in range(steps * 4):
+        results = backend.step()
+        prefilled += backend.last_step_prefill
+        for key, sampled in results.items():
+            assert not isinstance(sampled, Exception)
+            got[key].append(sampled.token_id)
+        done = [key for key in keys if len(got[key]) == steps and key in backend.batch_keys]
+        backend.remove(done)
+        if all(len(got[key]) >= steps for key in keys):
+            break
+    return got, prefilled
+
+
+def test_parallel_samples_prefill_their_prompt_once(fused: TorchCausalLMBackend) -> None:
+    """n sequences of one prompt, each with its own seed: the prompt is prefilled once (its
+    KV copied to the others, their first tokens drawn from the same logits), and each
+    sequence samples exactly what it samples alone with its seed."""
+    prompt = _prompt(21, 70)  # 3 chunks at a 24-token budget
+    seeds = [11, 12, 13, 14]
+    params = [SamplingParams(max_new_tokens=64, temperature=1.0, seed=seed) for seed in seeds]
+    keys = [f"n{i}" for i in range(len(seeds))]
+    alone: dict[str, list[int]] = {}
+    for key, param in zip(keys, params, strict=True):
+        assert fused.enqueue([key], [prompt], [param]) == {}
+        tokens, prefilled = _run(fused, [key], 12)
+        alone[key] = tokens[key]
+        assert prefilled == len(prompt)
+
+    assert fused.enqueue(keys, [prompt] * len(keys), params) == {}
+    together, prefilled = _run(fused, keys, 12)
+    assert prefilled == len(prompt)  # once, not 4 times
+    assert together == alone
+    assert len({tuple(tokens) for tokens in together.values()}) == len(keys)  # the seeds differ
+
+
+def test_a_parallel_sample_outlives_its_leader(fused: TorchCausalLMBackend) -> None:
+    """The sequence that prefills for the others is cancelled before its prompt is done: the
+    others prefill it themselves and are not stuck."""
+    prompt = _prompt(22, 70)
+    param = SamplingParams(max_new_tokens=64, temperature=1.0, seed=5)
+    assert fused.enqueue(["solo"], [prompt], [param]) == {}
+    expected = _run(fused, ["solo"], 8)[0]["solo"]
+    assert fused.enqueue(["lead", "follow"], [prompt, prompt], [param, param]) == {}
+    assert fused.step() == {}  # the first chunk of the leader's prompt only
+    fused.remove(["lead"])
+    assert _run(fused, ["follow"], 8)[0]["follow"] == expected
+    assert fused.batch_keys == []
