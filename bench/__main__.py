@@ -331,6 +331,8 @@ def main() -> None:
         print(f"turn 3 TTFT, cached over uncached: {mechanics['turn3_ttft_cached_over_uncached']}")
         fused = mechanics["fused"]
         print(table(fused, list(fused[0]), "fused prefill: 16 decoding while 16 new prompts arrive"))
+        together = mechanics["parallel"]
+        print(table(together, list(together[0]), "parallel sampling: one prompt n times vs n prompts"))
     if "dtypes" in parts:
         from bench import dtypes
 

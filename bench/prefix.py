@@ -8,6 +8,8 @@ cache saves on a session's turns, and what fused prefill costs the sequences alr
 - fused: 16 sequences decoding while a wave of 16 new 64-token prompts arrives; the longest
   gap between two tokens of a running sequence (ITL p99 / max) against the decode-only step,
   at step budgets (SLUICE_STEP_TOKENS) of 256 (the default) and 512.
+- parallel: n = 4 samples of one 1024-token prompt (prefilled once, forked) against 4
+  different prompts of that length: prompt tokens computed, time to every first token.
 """
 
 from __future__ import annotations
@@ -113,6 +115,42 @@ def fused(model: BenchModel, *, threads: int, step_tokens: int = 512) -> dict[st
     }
 
 
+def parallel(
+    model: BenchModel, *, threads: int, n: int = 4, prompt_tokens: int = 1024
+) -> list[dict[str, Any]]:
+    """n samples of one prompt (n > 1, best_of: prefilled once, the others fork from it)
+    against n different prompts of the same length (n prefills): prompt tokens computed and
+    the time until every sequence has its first token. No prefix cache: the fork alone."""
+    backend = TorchCausalLMBackend(
+        model.path, dtype=model.dtype, threads=threads, max_batch_size=n, eos_token_ids=[]
+    )
+    backend.warmup()
+    rows = []
+    for shared in (True, False):
+        prompts = [_tokens(300 if shared else 300 + i, prompt_tokens, backend.vocab_size) for i in range(n)]
+        keys = [f"p{i}" for i in range(n)]
+        params = [SamplingParams(max_new_tokens=64, temperature=1.0, seed=i) for i in range(n)]
+        started = time.perf_counter()
+        backend.enqueue(keys, prompts, params)
+        firsts: set[str] = set()
+        computed = 0
+        while len(firsts) < n:
+            firsts.update(backend.step())
+            computed += backend.last_step_prefill
+        rows.append(
+            {
+                "prompts": "one prompt, n samples" if shared else "n different prompts",
+                "n": n,
+                "prompt_tokens": prompt_tokens,
+                "prefilled_tokens": computed,
+                "all_first_tokens_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+        )
+        backend.remove(keys)
+    backend.close()
+    return rows
+
+
 def measure(model: BenchModel, *, threads: int) -> dict[str, Any]:
     turns = session(model, threads=threads)
     on = {row["turn"]: row for row in turns if row["prefix_cache"] == "on"}
@@ -121,4 +159,5 @@ def measure(model: BenchModel, *, threads: int) -> dict[str, Any]:
         "session": turns,
         "turn3_ttft_cached_over_uncached": round(on[3]["ttft_ms"] / off[3]["ttft_ms"], 3),
         "fused": [fused(model, threads=threads, step_tokens=budget) for budget in (256, 512)],
+        "parallel": parallel(model, threads=threads),
     }

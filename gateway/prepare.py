@@ -10,6 +10,7 @@ status its clients expect for a bad value (OpenAI 400, TGI 422).
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -47,8 +48,26 @@ class PreparedRequest:
 
     @property
     def cost(self) -> int:
-        """Tokens admission reserves: the prompt and every token it may generate."""
-        return self.prompt_tokens + self.params.max_tokens
+        """Tokens admission reserves: the prompt and every token it may generate (a later
+        choice of an n > 1 request shares the first one's prompt: its own tokens only)."""
+        return (0 if self.params.choice else self.prompt_tokens) + self.params.max_tokens
+
+
+def with_choices(prepared: PreparedRequest, n: int) -> list[PreparedRequest]:
+    """Parallel sampling (OpenAI ``n``, TGI ``best_of``): one job per choice, placed together
+    (``extra.group``: the same worker, which prefills their shared prompt once). A seeded
+    request stays reproducible: choice ``i`` samples with ``seed + i``."""
+    if n <= 1:
+        return [prepared]
+    group = uuid.uuid4().hex
+    out = []
+    for index in range(n):
+        seed = prepared.params.seed
+        if seed is not None and index:
+            seed = (seed + index) % 2**63
+        params = replace(prepared.params, choice=index, seed=seed)
+        out.append(replace(prepared, params=params, extra={**prepared.extra, "group": group}))
+    return out
 
 
 @dataclass(frozen=True)

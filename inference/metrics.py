@@ -87,7 +87,7 @@ FLEET_SERIES: dict[str, tuple[str, str, tuple[str, ...], Sequence[float]]] = {
         "counter",
         "Jobs continuing a session (local versions with a prefix cache), by placement: pinned (to the "
         "worker that ran the turn before), busy or gone (that worker too loaded or gone: the shared "
-        "queue), new (nothing ran before)",
+        "queue), new (nothing ran before), group (a choice of an n > 1 request, with its siblings)",
         ("model", "version", "outcome"), (),
     ),
 }  # fmt: skip

@@ -75,6 +75,9 @@ class JobParams:
     truncate: int | None = None
     #: The policy's output guards (inference/guards.py), applied by the engine to the text.
     output_guards: tuple[dict[str, Any], ...] = ()
+    #: Parallel sampling (OpenAI n, TGI best_of): which of the request's choices this job is.
+    #: Choices after the first share its prompt: billed once, recorded in a session once.
+    choice: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -97,6 +100,8 @@ class JobParams:
             data["truncate"] = self.truncate
         if self.output_guards:
             data["output_guards"] = list(self.output_guards)
+        if self.choice:
+            data["choice"] = self.choice
         return data
 
     @classmethod
@@ -115,6 +120,7 @@ class JobParams:
             include_stop=bool(data.get("include_stop", False)),
             truncate=int(truncate) if truncate is not None else None,
             output_guards=tuple(data.get("output_guards") or ()),
+            choice=int(data.get("choice") or 0),
         )
 
     def sampling(self, *, prompt_logprobs: bool | None = None) -> SamplingParams:
@@ -234,15 +240,20 @@ def job_create(
     ``admission`` is the grant of an admitted request (inference.admission.ratelimit.Ticket.grant):
     if the job cannot be created, it is released here; once created, the job releases it when
     it ends. ``extra``: protocol fields of the row (``previous_id``, ``store``, ``background``,
-    ``metadata``). ``timeline``: the gateway's side of the request's timeline (``received_at``
-    and ``admitted_at`` as epoch seconds, ``admission_wait_ms``, ``admission_waited_for``)."""
+    ``metadata``) and ``group``: the jobs of one request's choices (n > 1), placed together.
+    ``timeline``: the gateway's side of the request's timeline (``received_at`` and
+    ``admitted_at`` as epoch seconds, ``admission_wait_ms``, ``admission_waited_for``)."""
     now = timezone.now()
     extra = extra or {}
     timeline = timeline or {}
     try:
         for attempt in (1, 2):
-            previous_id = extra.get("previous_id")
-            placement = affinity_place(model=model, session_id=session_id, previous_id=previous_id)
+            placement = affinity_place(
+                model=model,
+                session_id=session_id,
+                previous_id=extra.get("previous_id"),
+                group=extra.get("group"),
+            )
             try:
                 with transaction.atomic():
                     job = Job.objects.create(
@@ -604,7 +615,8 @@ def _finish_from_cache(*, job: Job, token: str, entry: CachedResult, model: Serv
         lease_token=token,
     )
     job.status, job.output_text = JobStatus.SUCCEEDED, entry.output_text
-    session_record_turn(job=job, messages=_recorded_messages(job), reply=entry.output_text)
+    if not job.params.get("choice"):
+        session_record_turn(job=job, messages=_recorded_messages(job), reply=entry.output_text)
     # Nothing was generated: everything reserved beyond the prompt comes back.
     _release_admission(job, used_tokens=entry.prompt_tokens, ran=True)
     job_ended(job_id=job.id)
@@ -705,7 +717,8 @@ def job_finish(
     )
     output = pg_safe(progress.text + result.text)
     if status == JobStatus.SUCCEEDED:
-        session_record_turn(job=job, messages=_recorded_messages(job), reply=output)
+        if not job.params.get("choice"):  # n > 1: the first choice is the session's answer
+            session_record_turn(job=job, messages=_recorded_messages(job), reply=output)
         if plan is not None and plan.cache_key:
             result_cache_put(
                 user_id=job.user_id,
@@ -720,7 +733,9 @@ def job_finish(
                 token_ids=progress.token_ids + result.token_ids,
                 logprobs=progress.logprobs + result.logprobs,
             )
-    _release_admission(job, used_tokens=usage["total_tokens"], ran=True)
+    # A later choice of an n > 1 request shares its prompt with the first: only its own tokens.
+    used = usage["completion_tokens"] if job.params.get("choice") else usage["total_tokens"]
+    _release_admission(job, used_tokens=used, ran=True)
     job_ended(job_id=job.id)
     return True
 

@@ -69,6 +69,7 @@ def job_ended(*, job_id: uuid.UUID | str) -> None:
                 "finish_reason",
                 "prompt_tokens",
                 "completion_tokens",
+                "params",
                 "cache_hit",
                 "finished_at",
                 "queued_at",
@@ -81,7 +82,8 @@ def job_ended(*, job_id: uuid.UUID | str) -> None:
         version = version_by_id(job.model_version_id, job.model)
         label = version.label if version is not None else "default"
         record_request_end(model=job.model, version=label, status=job.status, reason=job.finish_reason)
-        prompt = int(job.prompt_tokens or 0)
+        # n > 1: the prompt was computed once for all the request's choices, billed once.
+        prompt = 0 if job.params.get("choice") else int(job.prompt_tokens or 0)
         completion = int(job.completion_tokens or 0)
         record_usage(user=job.user.username, key=str(job.api_key_id or "-"), tokens=prompt + completion)
         cost = job_cost(

@@ -241,6 +241,9 @@ SLUICE_PREFIX_BLOCK_SIZE = env.get_int("SLUICE_PREFIX_BLOCK_SIZE", 16)
 # sequences over the least-busy worker of the version, or is gone: then the shared queue.
 SLUICE_AFFINITY = env.get_bool("SLUICE_AFFINITY", True)
 SLUICE_AFFINITY_LOAD_GAP = env.get_int("SLUICE_AFFINITY_LOAD_GAP", 8)
+# Parallel sampling: the most choices one request may ask for (OpenAI n, TGI best_of); each
+# choice is a job of its own, the jobs of one request placed on one worker (one prefill).
+SLUICE_MAX_N = env.get_int("SLUICE_MAX_N", 8)
 SLUICE_MAX_NEW_TOKENS = env.get_int("SLUICE_MAX_NEW_TOKENS", 4096)
 SLUICE_DEFAULT_MAX_TOKENS = env.get_int("SLUICE_DEFAULT_MAX_TOKENS", 256)
 SLUICE_MAX_PROMPT_CHARS = env.get_int("SLUICE_MAX_PROMPT_CHARS", 200_000)

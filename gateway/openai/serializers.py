@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -114,7 +115,8 @@ class SamplingSerializer(serializers.Serializer):
     top_k = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=100_000)
     seed = StrictIntegerField(required=False, allow_null=True, min_value=-(2**63), max_value=2**63 - 1)
     stop = StopField()
-    n = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1)
+    # Parallel sampling: up to SLUICE_MAX_N choices (checked in validate_n: a setting).
+    n = StrictIntegerField(required=False, allow_null=True, min_value=1)
     stream = StrictBooleanField(required=False, default=False, allow_null=True)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
     user = StrictCharField(required=False, allow_blank=True, max_length=256)
@@ -124,6 +126,13 @@ class SamplingSerializer(serializers.Serializer):
     # Extension (as in vLLM): log-probabilities name tokens "token_id:<id>" (a gateway in
     # front of this one reads exact ids; Sluice's own openai backend does).
     return_tokens_as_token_ids = StrictBooleanField(required=False, default=False)
+
+    def validate_n(self, value: int | None) -> int | None:
+        if value is not None and value > settings.SLUICE_MAX_N:
+            raise serializers.ValidationError(
+                f"Ensure this value is less than or equal to {settings.SLUICE_MAX_N} (SLUICE_MAX_N)."
+            )
+        return value
 
     def validate_top_p(self, value: float | None) -> float | None:
         if value is not None and value <= 0:

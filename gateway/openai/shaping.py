@@ -37,6 +37,33 @@ def usage_or_zero(job: Job) -> dict[str, int]:
     return job.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
+def shares_prompt(job: Job) -> bool:
+    """A second or later choice of an n > 1 request: its prompt is counted with the first's."""
+    return bool((job.params or {}).get("choice"))
+
+
+def add_usage(total: dict[str, int], usage: dict[str, int] | None, *, shared_prompt: bool) -> None:
+    """Usage over a request's jobs: every completion, each distinct prompt once."""
+    usage = usage or {}
+    prompt = 0 if shared_prompt else int(usage.get("prompt_tokens", 0))
+    completion = int(usage.get("completion_tokens", 0))
+    total["prompt_tokens"] += prompt
+    total["completion_tokens"] += completion
+    total["total_tokens"] += prompt + completion
+
+
+def usage_only(usage: dict[str, int]) -> dict[str, Any]:
+    """The last chunk of a stream with ``include_usage``: no choices, the request's usage."""
+    return {"choices": [], "usage": usage}
+
+
+def usage_of(jobs: Sequence[Job]) -> dict[str, int]:
+    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for job in jobs:
+        add_usage(total, job.usage, shared_prompt=shares_prompt(job))
+    return total
+
+
 def sluice_extras(job: Job) -> dict[str, Any]:
     """Fields Sluice adds to OpenAI bodies (clients ignore fields they do not know)."""
     extras: dict[str, Any] = {"cache_hit": job.cache_hit}
@@ -113,33 +140,33 @@ def _token_entries(job: Job) -> list[StreamEntry]:
     return [e for e in job_client.entries(str(job.id)) if e.kind == EntryKind.TOKEN]
 
 
-def chat_body(job: Job, *, model: ServedModel, logprobs: Logprobs | None) -> dict[str, Any]:
+def chat_body(jobs: Sequence[Job], *, model: ServedModel, logprobs: Logprobs | None) -> dict[str, Any]:
+    """One choice per job (n > 1: one job per choice, in order); the prompt counted once."""
+    first = jobs[0]
     return {
-        "id": f"chatcmpl-{job.id.hex}",
+        "id": f"chatcmpl-{first.id.hex}",
         "object": "chat.completion",
-        "created": created_ts(job),
-        "model": job.model,
+        "created": created_ts(first),
+        "model": first.model,
         "system_fingerprint": fingerprint(model),
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": {"role": "assistant", "content": job.output_text, "refusal": None},
                 "finish_reason": finish_reason(job.finish_reason),
                 "logprobs": logprobs.chat(_token_entries(job)) if logprobs is not None else None,
             }
+            for index, job in enumerate(jobs)
         ],
-        "usage": usage_or_zero(job),
-        **sluice_extras(job),
+        "usage": usage_of(jobs),
+        **sluice_extras(first),
     }
 
 
 def completion_body(jobs: Sequence[Job], *, model: ServedModel, logprobs: Logprobs | None) -> dict[str, Any]:
-    """One choice per prompt, in order; usage summed over them."""
+    """One choice per job: prompts in order, each prompt's ``n`` choices together (OpenAI's
+    ``index = prompt * n + choice``); usage counts each prompt once."""
     first = jobs[0]
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    for job in jobs:
-        for name, value in usage_or_zero(job).items():
-            usage[name] += value
     body = {
         "id": f"cmpl-{first.id.hex}",
         "object": "text_completion",
@@ -155,10 +182,40 @@ def completion_body(jobs: Sequence[Job], *, model: ServedModel, logprobs: Logpro
             }
             for index, job in enumerate(jobs)
         ],
-        "usage": usage,
+        "usage": usage_of(jobs),
         **sluice_extras(first),
     }
     return body
+
+
+async def follow_all(jobs: Sequence[Job]) -> AsyncIterator[tuple[int, StreamEntry | None]]:
+    """The entries of several jobs' streams as they come, each with its job's index (None
+    entries: keepalive ticks). Ends when every stream has ended."""
+    if len(jobs) == 1:
+        async for entry in job_client.follow(str(jobs[0].id)):
+            yield 0, entry
+        return
+
+    async def one(index: int, job: Job, out: asyncio.Queue[tuple[int, StreamEntry | None] | None]) -> None:
+        try:
+            async for entry in job_client.follow(str(job.id)):
+                await out.put((index, entry))
+        finally:
+            await out.put(None)
+
+    queue: asyncio.Queue[tuple[int, StreamEntry | None] | None] = asyncio.Queue()
+    tasks = [asyncio.ensure_future(one(i, job, queue)) for i, job in enumerate(jobs)]
+    running = len(jobs)
+    try:
+        while running:
+            item = await queue.get()
+            if item is None:
+                running -= 1
+                continue
+            yield item
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _error_chunk(entry: StreamEntry) -> dict[str, Any]:
@@ -176,27 +233,32 @@ def refused(exc: ApiError) -> list[bytes]:
 
 
 def chat_stream(
-    job: Job,
+    jobs: Sequence[Job],
     *,
     model: ServedModel,
     include_usage: bool,
     started: float,
     logprobs: Logprobs | None,
 ) -> AsyncIterator[bytes]:
-    timing = Timing(job, started)
-    response_id = f"chatcmpl-{job.id.hex}"
-    created = created_ts(job)
+    """One stream for a request's choices (one job each): a chunk's choice ``index`` names
+    its job; chunks of different choices interleave as they are generated."""
+    first = jobs[0]
+    timing = Timing(first, started)
+    response_id = f"chatcmpl-{first.id.hex}"
+    created = created_ts(first)
     system_fingerprint = fingerprint(model)
 
-    def chunk(delta: dict[str, Any], reason: str | None = None, lp: Any = None, **extra: Any) -> bytes:
+    def chunk(
+        index: int, delta: dict[str, Any], reason: str | None = None, lp: Any = None, **extra: Any
+    ) -> bytes:
         return sse(
             {
                 "id": response_id,
                 "object": "chat.completion.chunk",
                 "created": created,
-                "model": job.model,
+                "model": first.model,
                 "system_fingerprint": system_fingerprint,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": lp}],
+                "choices": [{"index": index, "delta": delta, "finish_reason": reason, "logprobs": lp}],
                 **extra,
             }
         )
@@ -207,40 +269,44 @@ def chat_stream(
         return {"role": "assistant", "content": text, "tool_calls": None}
 
     async def events() -> AsyncIterator[bytes]:
-        yield chunk(delta(""))
-        async for entry in job_client.follow(str(job.id)):
+        for index in range(len(jobs)):
+            yield chunk(index, delta(""))
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        async for index, entry in follow_all(jobs):
             if entry is None:
                 yield KEEPALIVE
             elif entry.kind == EntryKind.CITATIONS:
                 # Sources before the tokens, as an extra field (as Perplexity's API does).
-                yield chunk(delta(""), citations=entry.citations)
+                yield chunk(index, delta(""), citations=entry.citations)
             elif entry.kind == EntryKind.TOKEN and (entry.text or (logprobs and entry.token_ids)):
                 timing.token()
                 lp = logprobs.chat([entry]) if logprobs is not None else None
-                yield chunk(delta(entry.text), lp=lp)
+                yield chunk(index, delta(entry.text), lp=lp)
             elif entry.kind == EntryKind.END:
                 if entry.full_text:
-                    yield chunk(delta(entry.full_text))
+                    yield chunk(index, delta(entry.full_text))
                 if entry.failed:
                     yield sse(_error_chunk(entry))
                 else:
-                    yield chunk(delta(""), finish_reason(entry.finish_reason), cache_hit=entry.cache_hit)
-                    if include_usage:
-                        yield sse(
-                            {
-                                "id": response_id,
-                                "object": "chat.completion.chunk",
-                                "created": created,
-                                "model": job.model,
-                                "system_fingerprint": system_fingerprint,
-                                "choices": [],
-                                "usage": entry.usage,
-                            }
-                        )
+                    yield chunk(
+                        index, delta(""), finish_reason(entry.finish_reason), cache_hit=entry.cache_hit
+                    )
+                add_usage(usage, entry.usage, shared_prompt=shares_prompt(jobs[index]))
+        if include_usage:
+            yield sse(
+                {
+                    "id": response_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": first.model,
+                    "system_fingerprint": system_fingerprint,
+                    **usage_only(usage),
+                }
+            )
         timing.done()
         yield sse("[DONE]")
 
-    return cancel_on_disconnect([str(job.id)], events())
+    return cancel_on_disconnect([str(job.id) for job in jobs], events())
 
 
 def completion_stream(
@@ -251,8 +317,8 @@ def completion_stream(
     started: float,
     logprobs: Logprobs | None,
 ) -> AsyncIterator[bytes]:
-    """One stream for a batch of prompts: each chunk's choice ``index`` names its prompt;
-    chunks of different prompts interleave as they are generated."""
+    """One stream for a batch of prompts (each with its ``n`` choices): a chunk's choice
+    ``index`` names its job; chunks of different jobs interleave as they are generated."""
     first = jobs[0]
     timing = Timing(first, started)
     response_id = f"cmpl-{first.id.hex}"
@@ -272,61 +338,39 @@ def completion_stream(
             }
         )
 
-    async def one(index: int, job: Job, out: asyncio.Queue[tuple[int, StreamEntry | None] | None]) -> None:
-        try:
-            async for entry in job_client.follow(str(job.id)):
-                await out.put((index, entry))
-        finally:
-            await out.put(None)
-
     async def events() -> AsyncIterator[bytes]:
-        queue: asyncio.Queue[tuple[int, StreamEntry | None] | None] = asyncio.Queue()
-        tasks = [asyncio.ensure_future(one(i, job, queue)) for i, job in enumerate(jobs)]
         offsets = [0] * len(jobs)
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        running = len(jobs)
-        try:
-            while running:
-                item = await queue.get()
-                if item is None:
-                    running -= 1
-                    continue
-                index, entry = item
-                if entry is None:
-                    yield KEEPALIVE
-                elif entry.kind == EntryKind.TOKEN and (entry.text or (logprobs and entry.token_ids)):
-                    timing.token()
-                    lp = None
-                    if logprobs is not None:
-                        lp = logprobs.completion([entry], offset=offsets[index])
-                        offsets[index] += sum(len(t) for t in lp["tokens"])
-                    yield chunk(index, entry.text, lp=lp)
-                elif entry.kind == EntryKind.END:
-                    if entry.full_text:
-                        yield chunk(index, entry.full_text)
-                    if entry.failed:
-                        yield sse(_error_chunk(entry))
-                    else:
-                        yield chunk(index, "", finish_reason(entry.finish_reason), cache_hit=entry.cache_hit)
-                    for name, value in (entry.usage or {}).items():
-                        if name in usage:
-                            usage[name] += value
-            if include_usage:
-                yield sse(
-                    {
-                        "id": response_id,
-                        "object": "text_completion",
-                        "created": created,
-                        "model": first.model,
-                        "system_fingerprint": system_fingerprint,
-                        "choices": [],
-                        "usage": usage,
-                    }
-                )
-            timing.done()
-            yield sse("[DONE]")
-        finally:
-            for task in tasks:
-                task.cancel()
+        async for index, entry in follow_all(jobs):
+            if entry is None:
+                yield KEEPALIVE
+            elif entry.kind == EntryKind.TOKEN and (entry.text or (logprobs and entry.token_ids)):
+                timing.token()
+                lp = None
+                if logprobs is not None:
+                    lp = logprobs.completion([entry], offset=offsets[index])
+                    offsets[index] += sum(len(t) for t in lp["tokens"])
+                yield chunk(index, entry.text, lp=lp)
+            elif entry.kind == EntryKind.END:
+                if entry.full_text:
+                    yield chunk(index, entry.full_text)
+                if entry.failed:
+                    yield sse(_error_chunk(entry))
+                else:
+                    yield chunk(index, "", finish_reason(entry.finish_reason), cache_hit=entry.cache_hit)
+                add_usage(usage, entry.usage, shared_prompt=shares_prompt(jobs[index]))
+        if include_usage:
+            yield sse(
+                {
+                    "id": response_id,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": first.model,
+                    "system_fingerprint": system_fingerprint,
+                    **usage_only(usage),
+                }
+            )
+        timing.done()
+        yield sse("[DONE]")
 
     return cancel_on_disconnect([str(job.id) for job in jobs], events())

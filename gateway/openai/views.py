@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -17,8 +18,15 @@ from gateway.guards import guards_for
 from gateway.idempotency import IdempotencyClaim
 from gateway.openai import shaping
 from gateway.openai.serializers import ChatCompletionSerializer, CompletionSerializer, check_neutral
-from gateway.prepare import Sampling, prepare_chat, prepare_completion, resolve_chat_context, route_or_404
-from gateway.sse import observe_completed
+from gateway.prepare import (
+    Sampling,
+    prepare_chat,
+    prepare_completion,
+    resolve_chat_context,
+    route_or_404,
+    with_choices,
+)
+from gateway.sse import observe_completed, sse_response
 from gateway.submission import Caller, Submission, submit_all
 from inference.registry import ServedModel, served_models
 
@@ -79,26 +87,29 @@ class ChatCompletionCreateApi(OpenAIView):
             ),
         )
         claim = IdempotencyClaim.begin(request, user_id=user.pk)
-        submission = Submission(Caller.of(request), prepared, source="openai.chat", idempotency=claim)
-        submission.admit(request)
+        caller = Caller.of(request)
+        submissions = [
+            Submission(caller, choice, source="openai.chat", idempotency=claim, index=index)
+            for index, choice in enumerate(with_choices(prepared, int(data.get("n") or 1)))
+        ]
         logprobs = _logprobs(
             model, bool(data.get("logprobs")), top, as_ids=bool(data.get("return_tokens_as_token_ids"))
         )
-        if data["stream"]:
-            include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-            return submission.stream(
-                lambda job: shaping.chat_stream(
-                    job,
-                    model=model,
-                    include_usage=include_usage,
-                    started=submission.started,
-                    logprobs=logprobs,
-                ),
-                refused=shaping.refused,
+        started = submissions[0].started
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+
+        def stream_for(*jobs: Any) -> Any:
+            return shaping.chat_stream(
+                jobs, model=model, include_usage=include_usage, started=started, logprobs=logprobs
             )
-        job = submission.run()
-        observe_completed(job, started=submission.started)
-        return Response(shaping.chat_body(job, model=model, logprobs=logprobs))
+
+        return _respond(
+            request,
+            submissions,
+            stream=bool(data["stream"]),
+            stream_for=stream_for,
+            body=lambda jobs: shaping.chat_body(jobs, model=model, logprobs=logprobs),
+        )
 
 
 class CompletionCreateApi(OpenAIView):
@@ -116,9 +127,11 @@ class CompletionCreateApi(OpenAIView):
         prompts = data["prompt"]
         caller = Caller.of(request)
         claim = IdempotencyClaim.begin(request, user_id=caller.user.pk)
-        submissions = [
-            Submission(
-                caller,
+        # One job per prompt and choice: prompt 0's n choices, then prompt 1's, ...
+        prepared = [
+            choice
+            for index, prompt in enumerate(prompts)
+            for choice in with_choices(
                 prepare_completion(
                     model=model,
                     prompt=prompt,
@@ -127,11 +140,12 @@ class CompletionCreateApi(OpenAIView):
                     default_max_tokens=16,  # OpenAI's default for /v1/completions
                     prompt_param="prompt" if len(prompts) == 1 else f"prompt[{index}]",
                 ),
-                source="openai.completions",
-                idempotency=claim,
-                index=index,
+                int(data.get("n") or 1),
             )
-            for index, prompt in enumerate(prompts)
+        ]
+        submissions = [
+            Submission(caller, one, source="openai.completions", idempotency=claim, index=index)
+            for index, one in enumerate(prepared)
         ]
         logprobs = _logprobs(
             model, top is not None, int(top or 0), as_ids=bool(data.get("return_tokens_as_token_ids"))
@@ -144,17 +158,35 @@ class CompletionCreateApi(OpenAIView):
                 jobs, model=model, include_usage=include_usage, started=started, logprobs=logprobs
             )
 
-        if data["stream"] and len(submissions) == 1:
-            submissions[0].admit(request)
-            return submissions[0].stream(stream_for, refused=shaping.refused)
-        jobs = submit_all(submissions, request=request)
-        if data["stream"]:
-            from gateway.sse import sse_response
+        return _respond(
+            request,
+            submissions,
+            stream=bool(data["stream"]),
+            stream_for=stream_for,
+            body=lambda jobs: shaping.completion_body(jobs, model=model, logprobs=logprobs),
+        )
 
-            return sse_response(stream_for(*jobs))
-        finished = [submission.finish(job) for submission, job in zip(submissions, jobs, strict=True)]
-        observe_completed(finished[0], started=started)
-        return Response(shaping.completion_body(finished, model=model, logprobs=logprobs))
+
+def _respond(
+    request: Request,
+    submissions: list[Submission],
+    *,
+    stream: bool,
+    stream_for: Callable[..., Any],
+    body: Callable[[list[Any]], dict[str, Any]],
+) -> Any:
+    """One request's jobs (several: prompts of a batch, choices of n > 1) answered as one
+    stream or one body. A single streamed job shows its admission wait as queue comments;
+    several are all admitted (waiting if they must), then created together."""
+    if stream and len(submissions) == 1:
+        submissions[0].admit(request)
+        return submissions[0].stream(stream_for, refused=shaping.refused)
+    jobs = submit_all(submissions, request=request)
+    if stream:
+        return sse_response(stream_for(*jobs))
+    finished = [submission.finish(job) for submission, job in zip(submissions, jobs, strict=True)]
+    observe_completed(finished[0], started=submissions[0].started)
+    return Response(body(finished))
 
 
 def _model_object(name: str, owned_by: str = "sluice") -> dict[str, Any]:

@@ -26,7 +26,6 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (None, 0, 0.0),
     "typical_p": (None, 1, 1.0),
     "watermark": (None, False),
-    "best_of": (None, 1),
     "grammar": (None,),
     "adapter_id": (None, ""),
 }
@@ -52,7 +51,8 @@ class TgiParametersSerializer(serializers.Serializer):
     frequency_penalty = AnyJSONField()
     typical_p = AnyJSONField()
     watermark = AnyJSONField()
-    best_of = AnyJSONField()
+    # Parallel sampling: the best of this many sequences (by total log-probability).
+    best_of = StrictIntegerField(required=False, allow_null=True)
     grammar = AnyJSONField()
     adapter_id = AnyJSONField()
 

@@ -77,21 +77,50 @@ def _prefill(entries: Sequence[StreamEntry], options: TgiOptions) -> list[dict[s
     return []
 
 
+def _sequence(
+    job: Job, entries: Sequence[StreamEntry], options: TgiOptions, seed: int | None
+) -> dict[str, Any]:
+    """A generated sequence as TGI details (and a BestOfSequence) show it."""
+    tokens = [t for entry in entries for t in _tokens(entry)]
+    return {
+        "generated_text": options.prefix + job.output_text,
+        "finish_reason": finish_reason(job.finish_reason),
+        "generated_tokens": (job.usage or {}).get("completion_tokens", len(tokens)),
+        "seed": seed,
+        "prefill": _prefill(entries, options) if options.prefill else [],
+        "tokens": [options.token(t.id, t.text, t.logprob) for t in tokens],
+        "top_tokens": [options.top(t.top) for t in tokens] if options.top_n_tokens else None,
+    }
+
+
+def _token_entries(job: Job) -> list[StreamEntry]:
+    return [e for e in job_client.entries(str(job.id)) if e.kind == EntryKind.TOKEN]
+
+
 def generate_body(job: Job, *, options: TgiOptions, details: bool) -> dict[str, Any]:
     body: dict[str, Any] = {"generated_text": options.prefix + job.output_text}
     if not details:
         return body
-    entries = [e for e in job_client.entries(str(job.id)) if e.kind == EntryKind.TOKEN]
-    tokens = [t for entry in entries for t in _tokens(entry)]
-    body["details"] = {
-        "finish_reason": finish_reason(job.finish_reason),
-        "generated_tokens": (job.usage or {}).get("completion_tokens", len(tokens)),
-        "seed": options.seed,
-        "prefill": _prefill(entries, options) if options.prefill else [],
-        "tokens": [options.token(t.id, t.text, t.logprob) for t in tokens],
-        "top_tokens": [options.top(t.top) for t in tokens] if options.top_n_tokens else None,
-        "best_of_sequences": None,
-    }
+    sequence = _sequence(job, _token_entries(job), options, options.seed)
+    del sequence["generated_text"]
+    body["details"] = {**sequence, "best_of_sequences": None}
+    return body
+
+
+def best_of_body(jobs: Sequence[Job], *, options: TgiOptions, details: bool) -> dict[str, Any]:
+    """``best_of``: the sequence with the highest total log-probability answers; with
+    ``details``, the others follow in ``best_of_sequences`` (as TGI does)."""
+    entries = [_token_entries(job) for job in jobs]
+    scores = [sum(lp for entry in job_entries for lp in entry.logprobs) for job_entries in entries]
+    order = sorted(range(len(jobs)), key=lambda i: -scores[i])
+    best = order[0]
+    body: dict[str, Any] = {"generated_text": options.prefix + jobs[best].output_text}
+    if not details:
+        return body
+    sequences = [_sequence(jobs[i], entries[i], options, jobs[i].params.get("seed")) for i in order]
+    head = sequences[0]
+    del head["generated_text"]
+    body["details"] = {**head, "best_of_sequences": sequences[1:]}
     return body
 
 

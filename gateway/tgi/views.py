@@ -5,7 +5,9 @@ one-element list, or a stream when the body says ``stream``), ``GET /info``, ``G
 
 TGI's behaviour where it differs from OpenAI's: invalid parameters are 422, errors are
 ``{"error", "error_type"}``, a matched stop sequence stays in ``generated_text``, sampling
-without a seed reports the seed it drew, ``truncate`` keeps the end of the prompt.
+without a seed reports the seed it drew, ``truncate`` keeps the end of the prompt,
+``best_of`` answers with the most likely of that many sampled sequences (the others in
+``details.best_of_sequences``).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError, tgi_exception_handler
 from gateway.guards import guards_for
 from gateway.idempotency import IdempotencyClaim
-from gateway.prepare import Sampling, prepare_completion, route_or_404
+from gateway.prepare import Sampling, prepare_completion, route_or_404, with_choices
 from gateway.sse import observe_completed
-from gateway.submission import Caller, Submission
+from gateway.submission import Caller, Submission, submit_all
 from gateway.tgi import shaping
 from gateway.tgi.serializers import (
     TGI_DEFAULT_MAX_NEW_TOKENS,
@@ -75,8 +77,31 @@ def _sampling(parameters: dict[str, Any]) -> Sampling:
     )
 
 
+def _best_of(parameters: dict[str, Any], *, stream: bool) -> int:
+    """TGI's rules (and messages) for ``best_of``: sampled, unseeded, not streamed."""
+    best_of = parameters.get("best_of")
+    if best_of is None or best_of == 1:
+        return 1
+    if not 0 < best_of <= settings.SLUICE_MAX_N:
+        raise unprocessable(
+            f"`best_of` must be > 0 and <= {settings.SLUICE_MAX_N}. Given: {best_of}",
+            param="parameters.best_of",
+        )
+    if parameters.get("seed") is not None:
+        raise unprocessable("`seed` must not be set when `best_of` > 1", param="parameters.seed")
+    sampled = parameters.get("do_sample") or any(
+        parameters.get(name) is not None for name in ("temperature", "top_k", "top_p")
+    )
+    if not sampled:
+        raise unprocessable("you must use sampling when `best_of` is > 1", param="parameters.best_of")
+    if stream:
+        raise unprocessable("`best_of` != 1 is not allowed for this endpoint", param="parameters.best_of")
+    return int(best_of)
+
+
 def _run(request: Request, data: dict[str, Any], *, stream: bool, as_list: bool = False) -> Any:
     parameters = data.get("parameters") or {}
+    best_of = _best_of(parameters, stream=stream)
     sampling = _sampling(parameters)
     model = route_or_404(
         None, user=request_user(request), validation_status=status.HTTP_422_UNPROCESSABLE_ENTITY
@@ -101,6 +126,17 @@ def _run(request: Request, data: dict[str, Any], *, stream: bool, as_list: bool 
     )
     caller = Caller.of(request)
     claim = IdempotencyClaim.begin(request, user_id=caller.user.pk)
+    if best_of > 1:
+        # One job per sequence, placed together (one prefill); the best one answers.
+        submissions = [
+            Submission(caller, choice, source="tgi", idempotency=claim, index=index)
+            for index, choice in enumerate(with_choices(prepared, best_of))
+        ]
+        jobs = submit_all(submissions, request=request)
+        finished = [submission.finish(job) for submission, job in zip(submissions, jobs, strict=True)]
+        observe_completed(finished[0], started=submissions[0].started)
+        body = shaping.best_of_body(finished, options=options, details=bool(parameters.get("details")))
+        return Response([body] if as_list else body)
     submission = Submission(caller, prepared, source="tgi", idempotency=claim)
     submission.admit(request)
     if stream:
@@ -171,7 +207,7 @@ class TgiInfoApi(APIView):
                 "model_dtype": model.dtype,
                 "model_device_type": settings.SLUICE_DEVICE,
                 "max_concurrent_requests": model.capacity or 0,
-                "max_best_of": 1,
+                "max_best_of": settings.SLUICE_MAX_N,
                 "max_stop_sequences": 4,
                 "max_input_tokens": context - 1,
                 "max_total_tokens": context,

@@ -323,3 +323,69 @@ def test_protocol_details_real_clients_check(live: Live, client: openai.OpenAI, 
     with pytest.raises(openai.AuthenticationError) as unauthorized:
         wrong_key.models.list()
     assert unauthorized.value.type == "invalid_request_error" and unauthorized.value.code == "invalid_api_key"
+
+
+def test_parallel_sampling_gives_n_seeded_choices_and_counts_the_prompt_once(
+    client: openai.OpenAI, api_user: ApiUser
+) -> None:
+    """n choices, each sampled with its own seed (choice i: seed + i, so choice 0 is what
+    n=1 gives with the same seed), one job each, placed together on one worker; usage counts
+    the shared prompt once; streamed, the chunks name their choice."""
+    ask = functools.partial(
+        client.chat.completions.create,
+        model=TEST_MODEL_NAME,
+        messages=QUESTION,
+        max_tokens=12,
+        temperature=1.2,
+    )
+    three = ask(n=3, seed=7)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    texts = [c.message.content or "" for c in three.choices]
+    assert len(set(texts)) >= 2  # three seeds, not one sample three times
+    assert texts[0] == (ask(seed=7).choices[0].message.content or "")
+    assert texts[1] == (ask(seed=8).choices[0].message.content or "")
+    assert [c.message.content for c in ask(n=3, seed=7).choices] == texts  # reproducible
+    single = ask(seed=7)
+    assert three.usage is not None and single.usage is not None
+    assert three.usage.prompt_tokens == single.usage.prompt_tokens
+    jobs = list(Job.objects.filter(user=api_user.user, params__seed__in=[7, 8, 9]).order_by("queued_at")[:3])
+    assert [job.params.get("choice", 0) for job in jobs] == [0, 1, 2]
+    assert three.usage.completion_tokens == sum(job.completion_tokens or 0 for job in jobs)
+    assert len({job.routed_worker for job in jobs}) == 1 and jobs[0].routed_worker
+    assert {job.affinity for job in jobs} == {"group"}
+
+    streamed = ["", "", ""]
+    finished: list[int] = []
+    usage = []
+    for chunk in client.chat.completions.create(
+        model=TEST_MODEL_NAME,
+        messages=QUESTION,
+        max_tokens=12,
+        temperature=1.2,
+        n=3,
+        seed=7,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished.append(choice.index)
+        if chunk.usage:
+            usage.append(chunk.usage)
+    assert streamed == texts
+    assert sorted(finished) == [0, 1, 2]
+    assert len(usage) == 1 and usage[0].prompt_tokens == single.usage.prompt_tokens
+    assert usage[0].completion_tokens == three.usage.completion_tokens
+
+
+def test_completions_with_n_order_choices_by_prompt(client: openai.OpenAI) -> None:
+    prompts = ["The river", "A queue"]
+    ask = functools.partial(client.completions.create, model=TEST_MODEL_NAME, max_tokens=6, temperature=1.0)
+    both = ask(prompt=prompts, n=2, seed=3)
+    assert [c.index for c in both.choices] == [0, 1, 2, 3]
+    alone = [ask(prompt=p, seed=seed).choices[0].text for p in prompts for seed in (3, 4)]
+    assert [c.text for c in both.choices] == alone
+    singles = [ask(prompt=p, seed=3) for p in prompts]
+    assert both.usage is not None
+    assert both.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles if s.usage)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
 import pytest
+from django.conf import settings
 from text_generation import AsyncClient, Client
 from text_generation.errors import OverloadedError, ValidationError
 from text_generation.types import Message
@@ -66,3 +70,31 @@ def test_error_classes(live: Live, make_api_user: object) -> None:
     client.generate("The river", max_new_tokens=2)
     with pytest.raises(OverloadedError):
         client.generate("The river", max_new_tokens=2)
+
+
+def test_best_of_answers_with_the_likeliest_sequence(live: Live, api_user: ApiUser) -> None:
+    client = client_for(live, api_user)
+    response = client.generate("The river", max_new_tokens=8, best_of=3, do_sample=True)
+    details = response.details
+    others = details.best_of_sequences
+    assert others is not None and len(others) == 2
+    assert "".join(t.text for t in details.tokens) == response.generated_text
+
+    def score(tokens: list[Any]) -> float:
+        return sum(t.logprob for t in tokens)
+
+    assert all(score(details.tokens) >= score(other.tokens) for other in others)
+    assert len({details.seed, *(other.seed for other in others)}) == 3  # a seed each
+    assert all(other.generated_tokens == len(other.tokens) == 8 for other in others)
+    # TGI's rules (the client checks some itself: the bodies go as they are).
+    for route, parameters, message in (
+        ("generate", {"best_of": 2, "do_sample": True, "seed": 1}, "`seed` must not be set"),
+        ("generate", {"best_of": 2}, "you must use sampling"),
+        ("generate", {"best_of": 99, "do_sample": True}, "`best_of` must be > 0 and <= "),
+        ("generate_stream", {"best_of": 2, "do_sample": True}, "`best_of` != 1 is not allowed"),
+    ):
+        body = {"inputs": "x", "parameters": {"max_new_tokens": 2, **parameters}}
+        reply = httpx.post(f"{live.base_url}/{route}", json=body, headers=api_user.headers, timeout=30)
+        assert reply.status_code == 422, reply.text
+        assert reply.json()["error_type"] == "validation" and message in reply.json()["error"]
+    assert httpx.get(f"{live.base_url}/info", timeout=30).json()["max_best_of"] == settings.SLUICE_MAX_N

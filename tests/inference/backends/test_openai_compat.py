@@ -290,7 +290,8 @@ def test_least_outstanding_spread_across_two_replicas(
     version = openai_version(replicas.urls, upstream, demo_model_dir, label="spread")
     users = [make_api_user() for _ in range(8)]
     results: list[tuple[int, str]] = []
-    threads = [threading.Thread(target=_long, args=(live, u, 96, results)) for u in users]
+    # Long enough that a scrape of /metrics (slower late in a busy suite) lands while they run.
+    threads = [threading.Thread(target=_long, args=(live, u, 320, results)) for u in users]
     for thread in threads:
         thread.start()
     seen_busy: set[str] = set()
