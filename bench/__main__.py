@@ -350,6 +350,10 @@ def main() -> None:
                 "pipelined, p50 <= 0.5 ms, p99 <= 1 ms)",
             )
         )
+    from bench import targets
+
+    result["targets"] = targets.evaluate(result)
+    print(table(result["targets"], ["target", "measured", "verdict"], "targets (engine issue)"))
     result["seconds"] = round(time.time() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
