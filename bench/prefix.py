@@ -25,6 +25,15 @@ from inference.batching import SamplingParams
 GREEDY = SamplingParams(max_new_tokens=4096, temperature=0.0, ignore_eos=True)
 
 
+def _warm_backend(model: BenchModel, threads: int, **options: Any) -> TorchCausalLMBackend:
+    """The model's backend as a worker runs it (no end-of-sequence: exact lengths), warmed up."""
+    backend = TorchCausalLMBackend(
+        model.path, dtype=model.dtype, threads=threads, eos_token_ids=[], **options
+    )
+    backend.warmup()
+    return backend
+
+
 def _tokens(seed: int, n: int, vocab: int) -> list[int]:
     return [(seed * 7919 + i * 104729) % (vocab - 10) + 10 for i in range(n)]
 
@@ -40,15 +49,9 @@ def _first_token_s(backend: TorchCausalLMBackend, key: str, ids: list[int]) -> f
 def session(model: BenchModel, *, threads: int, cache_mb: int = 256) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for cached in (True, False):
-        backend = TorchCausalLMBackend(
-            model.path,
-            dtype=model.dtype,
-            threads=threads,
-            max_batch_size=4,
-            eos_token_ids=[],
-            prefix_cache_bytes=(cache_mb if cached else 0) * 1024 * 1024,
+        backend = _warm_backend(
+            model, threads, max_batch_size=4, prefix_cache_bytes=(cache_mb if cached else 0) * 1024 * 1024
         )
-        backend.warmup()
         history: list[int] = []
         for turn in range(1, 4):
             prompt = [*history, *_tokens(turn, 1800 if turn == 1 else 48, backend.vocab_size)]
@@ -72,15 +75,7 @@ def session(model: BenchModel, *, threads: int, cache_mb: int = 256) -> list[dic
 
 
 def fused(model: BenchModel, *, threads: int, step_tokens: int = 512) -> dict[str, Any]:
-    backend = TorchCausalLMBackend(
-        model.path,
-        dtype=model.dtype,
-        threads=threads,
-        max_batch_size=32,
-        eos_token_ids=[],
-        step_tokens=step_tokens,
-    )
-    backend.warmup()
+    backend = _warm_backend(model, threads, max_batch_size=32, step_tokens=step_tokens)
     running = [f"r{i}" for i in range(16)]
     backend.add(running, [_tokens(100 + i, 64, backend.vocab_size) for i in range(16)], [GREEDY] * 16)
     decode_only = []
@@ -121,10 +116,7 @@ def parallel(
     """n samples of one prompt (n > 1, best_of: prefilled once, the others fork from it)
     against n different prompts of the same length (n prefills): prompt tokens computed and
     the time until every sequence has its first token. No prefix cache: the fork alone."""
-    backend = TorchCausalLMBackend(
-        model.path, dtype=model.dtype, threads=threads, max_batch_size=n, eos_token_ids=[]
-    )
-    backend.warmup()
+    backend = _warm_backend(model, threads, max_batch_size=n)
     rows = []
     for shared in (True, False):
         prompts = [_tokens(300 if shared else 300 + i, prompt_tokens, backend.vocab_size) for i in range(n)]

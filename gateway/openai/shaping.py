@@ -52,9 +52,21 @@ def add_usage(total: dict[str, int], usage: dict[str, int] | None, *, shared_pro
     total["total_tokens"] += prompt + completion
 
 
-def usage_only(usage: dict[str, int]) -> dict[str, Any]:
-    """The last chunk of a stream with ``include_usage``: no choices, the request's usage."""
-    return {"choices": [], "usage": usage}
+def usage_event(
+    response_id: str, kind: str, *, created: int, model: str, fingerprint: str, usage: dict[str, int]
+) -> bytes:
+    """The last event of a stream with ``include_usage``: no choices, the request's usage."""
+    return sse(
+        {
+            "id": response_id,
+            "object": kind,
+            "created": created,
+            "model": model,
+            "system_fingerprint": fingerprint,
+            "choices": [],
+            "usage": usage,
+        }
+    )
 
 
 def usage_of(jobs: Sequence[Job]) -> dict[str, int]:
@@ -293,15 +305,13 @@ def chat_stream(
                     )
                 add_usage(usage, entry.usage, shared_prompt=shares_prompt(jobs[index]))
         if include_usage:
-            yield sse(
-                {
-                    "id": response_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": first.model,
-                    "system_fingerprint": system_fingerprint,
-                    **usage_only(usage),
-                }
+            yield usage_event(
+                response_id,
+                "chat.completion.chunk",
+                created=created,
+                model=first.model,
+                fingerprint=system_fingerprint,
+                usage=usage,
             )
         timing.done()
         yield sse("[DONE]")
@@ -360,15 +370,13 @@ def completion_stream(
                     yield chunk(index, "", finish_reason(entry.finish_reason), cache_hit=entry.cache_hit)
                 add_usage(usage, entry.usage, shared_prompt=shares_prompt(jobs[index]))
         if include_usage:
-            yield sse(
-                {
-                    "id": response_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": first.model,
-                    "system_fingerprint": system_fingerprint,
-                    **usage_only(usage),
-                }
+            yield usage_event(
+                response_id,
+                "text_completion",
+                created=created,
+                model=first.model,
+                fingerprint=system_fingerprint,
+                usage=usage,
             )
         timing.done()
         yield sse("[DONE]")

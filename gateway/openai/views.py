@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from django.conf import settings
@@ -28,6 +28,7 @@ from gateway.prepare import (
 )
 from gateway.sse import observe_completed, sse_response
 from gateway.submission import Caller, Submission, submit_all
+from inference.models import Job
 from inference.registry import ServedModel, served_models
 
 
@@ -95,21 +96,10 @@ class ChatCompletionCreateApi(OpenAIView):
         logprobs = _logprobs(
             model, bool(data.get("logprobs")), top, as_ids=bool(data.get("return_tokens_as_token_ids"))
         )
-        started = submissions[0].started
-        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-
-        def stream_for(*jobs: Any) -> Any:
-            return shaping.chat_stream(
-                jobs, model=model, include_usage=include_usage, started=started, logprobs=logprobs
-            )
-
         return _respond(
-            request,
-            submissions,
-            stream=bool(data["stream"]),
-            stream_for=stream_for,
-            body=lambda jobs: shaping.chat_body(jobs, model=model, logprobs=logprobs),
-        )
+            request, submissions, data, model=model, logprobs=logprobs, stream=shaping.chat_stream,
+            body=shaping.chat_body,
+        )  # fmt: skip
 
 
 class CompletionCreateApi(OpenAIView):
@@ -150,43 +140,40 @@ class CompletionCreateApi(OpenAIView):
         logprobs = _logprobs(
             model, top is not None, int(top or 0), as_ids=bool(data.get("return_tokens_as_token_ids"))
         )
-        started = submissions[0].started
-        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-
-        def stream_for(*jobs: Any) -> Any:
-            return shaping.completion_stream(
-                jobs, model=model, include_usage=include_usage, started=started, logprobs=logprobs
-            )
-
         return _respond(
-            request,
-            submissions,
-            stream=bool(data["stream"]),
-            stream_for=stream_for,
-            body=lambda jobs: shaping.completion_body(jobs, model=model, logprobs=logprobs),
-        )
+            request, submissions, data, model=model, logprobs=logprobs, stream=shaping.completion_stream,
+            body=shaping.completion_body,
+        )  # fmt: skip
 
 
 def _respond(
     request: Request,
     submissions: list[Submission],
+    data: dict[str, Any],
     *,
-    stream: bool,
-    stream_for: Callable[..., Any],
-    body: Callable[[list[Any]], dict[str, Any]],
+    model: ServedModel,
+    logprobs: shaping.Logprobs | None,
+    stream: Callable[..., AsyncIterator[bytes]],
+    body: Callable[..., dict[str, Any]],
 ) -> Any:
     """One request's jobs (several: prompts of a batch, choices of n > 1) answered as one
     stream or one body. A single streamed job shows its admission wait as queue comments;
     several are all admitted (waiting if they must), then created together."""
-    if stream and len(submissions) == 1:
+    started = submissions[0].started
+    include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+
+    def stream_for(*jobs: Job) -> AsyncIterator[bytes]:
+        return stream(jobs, model=model, include_usage=include_usage, started=started, logprobs=logprobs)
+
+    if data["stream"] and len(submissions) == 1:
         submissions[0].admit(request)
         return submissions[0].stream(stream_for, refused=shaping.refused)
     jobs = submit_all(submissions, request=request)
-    if stream:
+    if data["stream"]:
         return sse_response(stream_for(*jobs))
     finished = [submission.finish(job) for submission, job in zip(submissions, jobs, strict=True)]
-    observe_completed(finished[0], started=submissions[0].started)
-    return Response(body(finished))
+    observe_completed(finished[0], started=started)
+    return Response(body(finished, model=model, logprobs=logprobs))
 
 
 def _model_object(name: str, owned_by: str = "sluice") -> dict[str, Any]:

@@ -153,7 +153,7 @@ def test_cache_survives_growth_then_removal_from_the_middle(random_model_dir: Pa
 
 
 def _frequencies(logits_row: list[float], param: SamplingParams, draws: int = 4000) -> torch.Tensor:
-    from inference.backends.torch_local import _sample_rows
+    from inference.backends.sampling import sample_rows as _sample_rows
 
     logits = torch.tensor([logits_row] * draws)
     params = [param] * draws
@@ -184,7 +184,7 @@ def test_sampler_top_k_and_top_p_truncate() -> None:
 
 
 def test_sampler_reports_invalid_rows() -> None:
-    from inference.backends.torch_local import _sample_rows
+    from inference.backends.sampling import sample_rows as _sample_rows
 
     logits = torch.tensor([LOGITS, [float("nan")] * len(LOGITS)])
     generators = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
