@@ -95,6 +95,7 @@ def load_backend(model: ServedModel, *, worker: str = "") -> ModelBackend:
         threads=settings.SLUICE_TORCH_THREADS,
         max_batch_size=model.batch_size,
         step_tokens=settings.SLUICE_STEP_TOKENS,
+        packed_linear=settings.SLUICE_PACKED_LINEAR,
         prefix_cache_bytes=model.prefix_cache_bytes,
         prefix_block_size=settings.SLUICE_PREFIX_BLOCK_SIZE,
         eos_token_ids=sorted(info.eos_token_ids),

@@ -231,6 +231,9 @@ SLUICE_MAX_PREFILL_TOKENS = env.get_int("SLUICE_MAX_PREFILL_TOKENS", 512)
 # Local models: tokens one forward pass computes, a decode token per running sequence and
 # prefill chunks of new ones in the rest (chunked prefill fused with decoding).
 SLUICE_STEP_TOKENS = env.get_int("SLUICE_STEP_TOKENS", 256)
+# Local models on the CPU: linear layers on oneDNN-packed weights (decode steps read every
+# weight; the packed layout reads faster). Off: torch's own nn.Linear.
+SLUICE_PACKED_LINEAR = env.get_bool("SLUICE_PACKED_LINEAR", True)
 # Local models: prefix cache (KV of prompt prefixes, in blocks of SLUICE_PREFIX_BLOCK_SIZE
 # tokens) per worker and version, MiB; 0 turns it off. A version's prefix_cache_mb wins.
 SLUICE_PREFIX_CACHE_MB = env.get_int("SLUICE_PREFIX_CACHE_MB", 256)

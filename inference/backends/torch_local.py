@@ -34,6 +34,7 @@ import torch
 from inference.backends.base import ModelBackend, Sampled
 from inference.backends.kv_cache import Chunk, PrefixCache, SlotKVCache, StepPlan, planned, register_attention
 from inference.backends.kv_cache import _Block as PrefixBlock
+from inference.backends.packed_linear import pack_linears, packable
 from inference.backends.sampling import sample_batch
 from inference.batching import SamplingParams
 
@@ -91,6 +92,7 @@ class TorchCausalLMBackend(ModelBackend):
         prefix_block_size: int = 16,
         eos_token_ids: Sequence[int] | None = None,
         vocab_decode: Any = None,
+        packed_linear: bool = True,
     ) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -114,6 +116,13 @@ class TorchCausalLMBackend(ModelBackend):
                 warnings.simplefilter("ignore", UserWarning)
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         self.model: Any = model.to(self.device).eval()
+        #: Linear layers running on oneDNN-packed weights (packed_linear.py: decode steps are
+        #: bound by reading weights, and the packed layout reads faster); 0 where not packed.
+        self.packed_linears = (
+            pack_linears(self.model, self.dtype)
+            if packed_linear and not self.quantized and packable(self.device, self.dtype)
+            else 0
+        )
         text_config = config.get_text_config(decoder=True)
         self.vocab_size = int(text_config.vocab_size)
         self.context_length = int(getattr(text_config, "max_position_embeddings", 2048))
@@ -157,12 +166,13 @@ class TorchCausalLMBackend(ModelBackend):
         dtype_name = "int8-dynamic" if self.quantized else str(self.dtype).removeprefix("torch.")
         self.description = f"{self.device.type}/{dtype_name}"
         logger.info(
-            "loaded %s (%s, %d layers, context %d, threads %s)",
+            "loaded %s (%s, %d layers, context %d, threads %s, %d oneDNN-packed linears)",
             self.model_dir,
             self.description,
             self.n_layers,
             self.context_length,
             self.threads,
+            self.packed_linears,
         )
 
     def _config_eos(self, config: Any) -> frozenset[int]:
