@@ -2,8 +2,11 @@
 
 Two ways of running the same equal-length batch (prompt P, N new tokens, greedy):
 - ``hf``: transformers' own model forward with its ``DynamicCache`` (the textbook loop);
-- ``backend``: Sluice's slot-KV-cache backend driven directly (no engine, no streaming).
-The limit is the better of the two at each batch size.
+- ``backend``: Sluice's packed-step backend driven directly (no engine, no streaming), with its
+  linear layers on oneDNN-packed weights where the CPU allows (inference/backends/packed_linear.py);
+- ``backend-plain``: the same backend on torch's own ``nn.Linear`` (``SLUICE_PACKED_LINEAR=0``),
+  which is also the model the ``hf`` loop runs.
+The limit is the best of them at each batch size.
 """
 
 from __future__ import annotations
@@ -88,20 +91,31 @@ def measure(
 ) -> list[dict[str, Any]]:
     """Best of ``repeats`` runs per method and batch size."""
     configure_threads(threads)
-    backend = TorchCausalLMBackend(
-        model.path, dtype=model.dtype, threads=threads, max_batch_size=max(batches), eos_token_ids=[]
-    )
-    backend_loop(backend, 2, prompt, 4)  # warm-up
-    hf_loop(backend.model, 2, prompt, 4)
+    backends = {
+        method: TorchCausalLMBackend(
+            model.path,
+            dtype=model.dtype,
+            threads=threads,
+            max_batch_size=max(batches),
+            eos_token_ids=[],
+            packed_linear=packed,
+        )
+        for method, packed in (("backend", True), ("backend-plain", False))
+    }
+    plain_model = backends["backend-plain"].model  # transformers' loop on its own nn.Linear
+    for backend in backends.values():
+        backend_loop(backend, 2, prompt, 4)  # warm-up
+    hf_loop(plain_model, 2, prompt, 4)
     rows: list[dict[str, Any]] = []
     for batch in batches:
-        for method in ("hf", "backend"):
+        for method in ("hf", *backends):
             runs = [
-                hf_loop(backend.model, batch, prompt, new)
+                hf_loop(plain_model, batch, prompt, new)
                 if method == "hf"
-                else backend_loop(backend, batch, prompt, new)
+                else backend_loop(backends[method], batch, prompt, new)
                 for _ in range(repeats)
             ]
             rows.append(asdict(max(runs, key=lambda r: r.decode_tokens_per_s)))
-    backend.close()
+    for backend in backends.values():
+        backend.close()
     return rows
