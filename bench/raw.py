@@ -54,7 +54,9 @@ def hf_loop(model: Any, batch: int, prompt: int, new: int) -> RawResult:
     return _result("hf", batch, new, started, prefilled, ended)
 
 
-def backend_loop(backend: TorchCausalLMBackend, batch: int, prompt: int, new: int) -> RawResult:
+def backend_loop(
+    backend: TorchCausalLMBackend, batch: int, prompt: int, new: int, method: str = "backend"
+) -> RawResult:
     ids = _prompts(batch, prompt, backend.vocab_size).tolist()
     keys = [f"raw{i}" for i in range(batch)]
     params = [SamplingParams(max_new_tokens=new, temperature=0.0)] * batch
@@ -65,7 +67,7 @@ def backend_loop(backend: TorchCausalLMBackend, batch: int, prompt: int, new: in
         backend.step()
     ended = time.perf_counter()
     backend.remove(keys)
-    return _result("backend", batch, new, started, prefilled, ended)
+    return _result(method, batch, new, started, prefilled, ended)
 
 
 def _result(method: str, batch: int, new: int, started: float, prefilled: float, ended: float) -> RawResult:
@@ -112,7 +114,7 @@ def measure(
             runs = [
                 hf_loop(plain_model, batch, prompt, new)
                 if method == "hf"
-                else backend_loop(backends[method], batch, prompt, new)
+                else backend_loop(backends[method], batch, prompt, new, method)
                 for _ in range(repeats)
             ]
             rows.append(asdict(max(runs, key=lambda r: r.decode_tokens_per_s)))
