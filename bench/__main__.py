@@ -273,8 +273,27 @@ def main() -> None:
                 threads=args.threads,
             )
             result["vllm"] = peer
+            probe_columns = [
+                "system",
+                "dtype",
+                "torch_threads",
+                "output_tokens_per_s",
+                "ttft_p99_ms",
+                "itl_p50_ms",
+            ]
             print(
-                table(peer["levels"], ["system", "dtype", *LEVEL_COLUMNS[2:], "errors"], "Sluice vs vLLM-CPU")
+                table(
+                    peer["dtype_probe_c16"],
+                    probe_columns,
+                    "Configuration probe at c16 (best of each runs the levels)",
+                )
+            )
+            print(
+                table(
+                    peer["levels"],
+                    ["system", "dtype", "torch_threads", *LEVEL_COLUMNS[2:], "errors"],
+                    "Sluice vs vLLM-CPU",
+                )
             )
             print(
                 table(

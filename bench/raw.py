@@ -3,9 +3,11 @@
 Two ways of running the same equal-length batch (prompt P, N new tokens, greedy):
 - ``hf``: transformers' own model forward with its ``DynamicCache`` (the textbook loop);
 - ``backend``: Sluice's packed-step backend driven directly (no engine, no streaming), with its
-  linear layers on oneDNN-packed weights where the CPU allows (inference/backends/packed_linear.py);
-- ``backend-plain``: the same backend on torch's own ``nn.Linear`` (``SLUICE_PACKED_LINEAR=0``),
-  which is also the model the ``hf`` loop runs.
+  linear layers on oneDNN-packed weights where the CPU allows (inference/backends/packed_linear.py)
+  and the fused Llama step (inference/backends/llama_step.py);
+- ``backend-unfused``: the same with transformers' forward for the step (``SLUICE_FUSED_STEP=0``);
+- ``backend-plain``: neither, torch's own ``nn.Linear`` (``SLUICE_PACKED_LINEAR=0``), which is
+  also the model the ``hf`` loop runs (unfused: transformers' modules as they load).
 The limit is the best of them at each batch size.
 """
 
@@ -101,8 +103,13 @@ def measure(
             max_batch_size=max(batches),
             eos_token_ids=[],
             packed_linear=packed,
+            fused_step=fused,
         )
-        for method, packed in (("backend", True), ("backend-plain", False))
+        for method, packed, fused in (
+            ("backend", True, True),
+            ("backend-unfused", True, False),
+            ("backend-plain", False, False),
+        )
     }
     plain_model = backends["backend-plain"].model  # transformers' loop on its own nn.Linear
     for backend in backends.values():

@@ -96,6 +96,7 @@ def load_backend(model: ServedModel, *, worker: str = "") -> ModelBackend:
         max_batch_size=model.batch_size,
         step_tokens=settings.SLUICE_STEP_TOKENS,
         packed_linear=settings.SLUICE_PACKED_LINEAR,
+        fused_step=settings.SLUICE_FUSED_STEP,
         prefix_cache_bytes=model.prefix_cache_bytes,
         prefix_block_size=settings.SLUICE_PREFIX_BLOCK_SIZE,
         eos_token_ids=sorted(info.eos_token_ids),

@@ -234,6 +234,9 @@ SLUICE_STEP_TOKENS = env.get_int("SLUICE_STEP_TOKENS", 256)
 # Local models on the CPU: linear layers on oneDNN-packed weights (decode steps read every
 # weight; the packed layout reads faster). Off: torch's own nn.Linear.
 SLUICE_PACKED_LINEAR = env.get_bool("SLUICE_PACKED_LINEAR", True)
+# Local Llama-family models: the packed step computed without transformers' module stack
+# (fused q/k/v and gate/up layers, inference/backends/llama_step.py). Off: transformers' forward.
+SLUICE_FUSED_STEP = env.get_bool("SLUICE_FUSED_STEP", True)
 # Local models: prefix cache (KV of prompt prefixes, in blocks of SLUICE_PREFIX_BLOCK_SIZE
 # tokens) per worker and version, MiB; 0 turns it off. A version's prefix_cache_mb wins.
 SLUICE_PREFIX_CACHE_MB = env.get_int("SLUICE_PREFIX_CACHE_MB", 256)

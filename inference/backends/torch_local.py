@@ -34,6 +34,8 @@ import torch
 from inference.backends.base import ModelBackend, Sampled
 from inference.backends.kv_cache import Chunk, PrefixCache, SlotKVCache, StepPlan, planned, register_attention
 from inference.backends.kv_cache import _Block as PrefixBlock
+from inference.backends.llama_step import LlamaStep
+from inference.backends.llama_step import supported as llama_supported
 from inference.backends.packed_linear import pack_linears, packable
 from inference.backends.sampling import sample_batch
 from inference.batching import SamplingParams
@@ -93,6 +95,8 @@ class TorchCausalLMBackend(ModelBackend):
         eos_token_ids: Sequence[int] | None = None,
         vocab_decode: Any = None,
         packed_linear: bool = True,
+        fused_step: bool = True,
+        preallocate_rows: bool = True,
     ) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -116,6 +120,11 @@ class TorchCausalLMBackend(ModelBackend):
                 warnings.simplefilter("ignore", UserWarning)
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         self.model: Any = model.to(self.device).eval()
+        #: The step without transformers' module stack (llama_step.py), fused before packing so
+        #: that the fused q/k/v and gate/up layers are the ones packed; None: the generic path.
+        self._llama_step = (
+            LlamaStep(self.model) if fused_step and llama_supported(self.model) is None else None
+        )
         #: Linear layers running on oneDNN-packed weights (packed_linear.py: decode steps are
         #: bound by reading weights, and the packed layout reads faster); 0 where not packed.
         self.packed_linears = (
@@ -146,7 +155,10 @@ class TorchCausalLMBackend(ModelBackend):
             head_dim=self.head_dim,
             dtype=self.dtype,
             device=self.device,
-            rows=min(8, max_batch_size),
+            # Every row of a full batch now, not on the request path: growing the buffers copies
+            # them all (about 0.6 GB for 64 rows of the bench's 110M Llama), which stalled every
+            # running sequence when a burst first filled the batch. Columns still grow on demand.
+            rows=max_batch_size if preallocate_rows else min(8, max_batch_size),
             cols=256,
         )
         self.prefix = PrefixCache(
@@ -354,15 +366,16 @@ class TorchCausalLMBackend(ModelBackend):
             return {}
         plan.prepare(self.device)
         with planned(plan):
-            hidden_logits = self.model(
-                input_ids=torch.tensor([input_ids], dtype=torch.long, device=self.device),
-                # Attention follows the plan; transformers only needs a mask that it leaves alone.
-                attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=self.device),
-                position_ids=torch.tensor([positions], dtype=torch.long, device=self.device),
-                cache=self.cache,
-                use_cache=True,
-                logits_to_keep=torch.tensor(keep, dtype=torch.long, device=self.device),
-            ).logits[0]  # [len(keep), vocab]
+            hidden_logits = (
+                self._llama_step(
+                    plan,
+                    torch.tensor(input_ids, dtype=torch.long, device=self.device),
+                    torch.tensor(positions, dtype=torch.long, device=self.device),
+                    torch.tensor(keep, dtype=torch.long, device=self.device),
+                )
+                if self._llama_step is not None
+                else self._generic_forward(input_ids, positions, keep)
+            )
         self.last_step_prefill = sum(chunk.length for chunk in plan.chunks)
         for seq, chunk, first in spans:
             rows = hidden_logits[first : first + chunk.length]
@@ -400,6 +413,18 @@ class TorchCausalLMBackend(ModelBackend):
                     # prompt) reuse this prompt's blocks.
                     self.prefix.extend(seq.blocks, seq.ids, seq.prompt_len, *self._row_views(seq.row))
         return results
+
+    def _generic_forward(self, input_ids: list[int], positions: list[int], keep: list[int]) -> torch.Tensor:
+        """The packed step through transformers' own forward (any architecture)."""
+        return self.model(
+            input_ids=torch.tensor([input_ids], dtype=torch.long, device=self.device),
+            # Attention follows the plan; transformers only needs a mask that it leaves alone.
+            attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=self.device),
+            position_ids=torch.tensor([positions], dtype=torch.long, device=self.device),
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=torch.tensor(keep, dtype=torch.long, device=self.device),
+        ).logits[0]  # [len(keep), vocab]
 
     def _collect_prompt_logprobs(self, seq: _Seq, logits: torch.Tensor, start: int, completes: bool) -> None:
         """log p(prompt token i+1 | tokens up to i) for the chunk's positions ``start ..``."""

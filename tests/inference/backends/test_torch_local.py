@@ -130,12 +130,29 @@ def test_bfloat16_produces_tokens(random_model_dir: Path) -> None:
     assert not isinstance(backend.step()["b"], Exception)
 
 
+def test_a_full_batch_of_rows_is_allocated_at_load(random_model_dir: Path) -> None:
+    """No buffer growth (a copy of the whole cache) when a burst first fills the batch."""
+    backend = TorchCausalLMBackend(random_model_dir, threads=1, max_batch_size=24, eos_token_ids=[])
+    assert backend.cache.row_capacity == 24
+    capacity = backend.cache.keys[0].data_ptr()
+    keys = [f"r{i}" for i in range(24)]
+    backend.enqueue(keys, [[5 + i, 6, 7] for i in range(24)], [GREEDY] * 24)
+    backend.step()
+    assert backend.cache.keys[0].data_ptr() == capacity  # the same buffer: nothing re-allocated
+    backend.remove(keys)
+
+
 def test_cache_survives_growth_then_removal_from_the_middle(random_model_dir: Path) -> None:
     """Buffers re-allocated while growing are inference tensors; moving rows into holes must
     still work (a worker once failed here after a batch grew and a middle row finished)."""
     info = ModelInfo("m", random_model_dir)
     backend = TorchCausalLMBackend(
-        random_model_dir, threads=1, max_batch_size=16, eos_token_ids=[], vocab_decode=info.decode
+        random_model_dir,
+        threads=1,
+        max_batch_size=16,
+        eos_token_ids=[],
+        vocab_decode=info.decode,
+        preallocate_rows=False,
     )
     assert backend.cache.row_capacity == 8
     keys = [f"m{i}" for i in range(12)]
