@@ -823,28 +823,31 @@ def job_dead_letter(*, job_id: uuid.UUID | str, reason: str, error: str, token: 
         *(job.attempt_log or []),
         _attempt_entry(attempt=job.attempts, worker=job.worker, reason=reason, error=error),
     ]
-    updated = Job.objects.filter(id=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
-        status=JobStatus.FAILED,
-        finish_reason=str(reason),
-        error=pg_safe(error),
-        finished_at=timezone.now(),
-        next_attempt_at=None,
-        attempt_log=log,
-    )
-    if not updated:
-        return False
-    DeadLetter.objects.update_or_create(
-        job_id=job.id,
-        defaults={
-            "reason": str(reason),
-            "error": pg_safe(error),
-            "attempts": job.attempts,
-            "history": log,
-            "model": job.model,
-            "requeued_at": None,
-            "discarded_at": None,
-        },
-    )
+    # One transaction: nobody sees the job failed without its dead letter, and a worker killed
+    # between the two writes cannot leave a failed job that no operator can requeue.
+    with transaction.atomic():
+        updated = Job.objects.filter(id=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
+            status=JobStatus.FAILED,
+            finish_reason=str(reason),
+            error=pg_safe(error),
+            finished_at=timezone.now(),
+            next_attempt_at=None,
+            attempt_log=log,
+        )
+        if not updated:
+            return False
+        DeadLetter.objects.update_or_create(
+            job_id=job.id,
+            defaults={
+                "reason": str(reason),
+                "error": pg_safe(error),
+                "attempts": job.attempts,
+                "history": log,
+                "model": job.model,
+                "requeued_at": None,
+                "discarded_at": None,
+            },
+        )
     logger.error("job %s dead-lettered (%s): %s", job.id, reason, error)
     get_streams().finish(
         str(job.id),

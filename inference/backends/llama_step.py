@@ -15,8 +15,9 @@ weights in far fewer ops:
   functions transformers calls on the generic path, so a step's tokens do not depend on the path;
 - only the rows whose logits are wanted go through the final norm and the LM head.
 
-It applies to models whose decoder is exactly transformers' Llama (``model_type == "llama"``,
-SiLU MLP, no biases, no extra norms); any other model keeps the generic path. The fused weights
+It applies to models whose decoder is exactly transformers' Llama layer (`ARCHITECTURES`: Llama,
+Mistral, Qwen2 with its q/k/v biases; SiLU MLP, no other biases, no sliding window, no extra
+norms); any other model keeps the generic path. The fused weights
 replace the separate ones in the model (no second copy): the model's own q/k/v and gate/up
 modules become slices of the fused outputs, so transformers' forward still computes the same
 function (a reference run, a test against ``generate``), if three times over.
@@ -49,11 +50,14 @@ def _fuse(owner: torch.nn.Module, name: str, parts: list[str]) -> None:
     """Replace ``owner``'s linear layers ``parts`` by one named ``name`` and slices of it."""
     linears = [getattr(owner, part) for part in parts]
     weight = torch.cat([linear.weight.detach() for linear in linears], dim=0)
+    biased = linears[0].bias is not None  # all or none (`supported` checked)
     fused = torch.nn.Linear(
-        weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype
+        weight.shape[1], weight.shape[0], bias=biased, device=weight.device, dtype=weight.dtype
     )
     with torch.no_grad():
         fused.weight.copy_(weight)
+        if biased:
+            fused.bias.copy_(torch.cat([linear.bias.detach() for linear in linears]))
     setattr(owner, name, fused)
     start = 0
     for part, linear in zip(parts, linears, strict=True):
@@ -62,28 +66,30 @@ def _fuse(owner: torch.nn.Module, name: str, parts: list[str]) -> None:
         start = end
 
 
+#: Decoders that are transformers' Llama layer under another name (Qwen2 adds q/k/v biases).
+ARCHITECTURES = ("llama", "mistral", "qwen2")
+
+
 def supported(model: Any) -> str | None:
     """None when `LlamaStep` computes ``model``'s forward exactly; else why not."""
     config = model.config
-    if getattr(config, "model_type", None) != "llama":
-        return f"model type {getattr(config, 'model_type', None)!r} is not llama"
+    if getattr(config, "model_type", None) not in ARCHITECTURES:
+        return f"model type {getattr(config, 'model_type', None)!r} is not one of {ARCHITECTURES}"
     if getattr(config, "hidden_act", "silu") != "silu":
         return f"activation {config.hidden_act!r}"
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        return "linear biases"
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        linears = [
-            attn.q_proj,
-            attn.k_proj,
-            attn.v_proj,
-            attn.o_proj,
-            mlp.gate_proj,
-            mlp.up_proj,
-            mlp.down_proj,
-        ]
-        if any(type(linear) is not torch.nn.Linear for linear in linears):
+        qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+        rest = [attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        if any(type(linear) is not torch.nn.Linear for linear in qkv + rest):
             return "linear layers that are not torch.nn.Linear (quantized or wrapped)"
+        if (
+            any(linear.bias is not None for linear in rest)
+            or len({linear.bias is None for linear in qkv}) > 1
+        ):
+            return "biases other than on all of q/k/v"
+        if getattr(attn, "sliding_window", None) is not None:
+            return "sliding-window attention"
     return None
 
 

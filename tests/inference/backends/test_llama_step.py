@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +15,32 @@ from inference.batching import SamplingParams
 from tests.inference.backends.test_kv_cache import _backend
 
 PROMPTS = {f"s{i}": [(i * 41 + j * 13) % 1000 + 5 for j in range(n)] for i, n in enumerate((3, 37, 70, 120))}
+
+
+@pytest.fixture(scope="module", params=["qwen2", "mistral"])
+def other_family_dir(
+    request: pytest.FixtureRequest, random_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The random test model's shape and tokenizer as another family the fused step covers
+    (Qwen2: with q/k/v biases)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, MistralConfig, Qwen2Config
+
+    out = tmp_path_factory.mktemp(f"random-{request.param}") / "model"
+    shutil.copytree(random_model_dir, out)  # tokenizer files; config and weights replaced below
+    base = AutoConfig.from_pretrained(random_model_dir).to_dict()
+    names = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    shape: dict[str, Any] = {name: base[name] for name in names}
+    shape.update(num_key_value_heads=base["num_key_value_heads"], eos_token_id=base["eos_token_id"])
+    config = Qwen2Config(**shape) if request.param == "qwen2" else MistralConfig(**shape, sliding_window=None)
+    torch.manual_seed(99)
+    model = AutoModelForCausalLM.from_config(config)
+    if request.param == "qwen2":
+        with torch.no_grad():  # non-zero biases, so that fusing them is tested
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0.0, 0.5)
+    model.save_pretrained(out)
+    return out
 
 
 def _run(backend: TorchCausalLMBackend, steps: int = 40) -> dict[str, list[tuple[int, float]]]:
@@ -38,6 +66,24 @@ def test_fused_step_decodes_what_transformers_forward_decodes(random_model_dir: 
     assert generic._llama_step is None and fused._llama_step is not None
     expected, got = _run(generic), _run(fused)
     assert all(len(tokens) >= 30 for tokens in got.values())
+    for key in PROMPTS:
+        assert [t for t, _ in got[key]] == [t for t, _ in expected[key]], key
+        for (_, lp_got), (_, lp_want) in zip(got[key], expected[key], strict=True):
+            assert lp_got == pytest.approx(lp_want, abs=1e-4)
+
+
+def test_fused_step_covers_qwen2_and_mistral(other_family_dir: Path) -> None:
+    generic = _backend(other_family_dir, step_tokens=32, packed_linear=True, fused_step=False)
+    fused = _backend(other_family_dir, step_tokens=32, packed_linear=True, fused_step=True)
+    assert fused._llama_step is not None, supported(fused.model)
+    # Against the model as it loads (separate q/k/v, their biases): fusing changed nothing.
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(other_family_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 17, 300, 42, 9, 811]])
+    with torch.inference_mode():
+        assert torch.allclose(fused.model(ids).logits, original(ids).logits, atol=1e-4)
+    expected, got = _run(generic), _run(fused)
     for key in PROMPTS:
         assert [t for t, _ in got[key]] == [t for t, _ in expected[key]], key
         for (_, lp_got), (_, lp_want) in zip(got[key], expected[key], strict=True):
