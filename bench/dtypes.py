@@ -14,7 +14,8 @@ from typing import Any
 
 from bench.models import BenchModel, demo_model, llama_110m
 from bench.raw import backend_loop
-from inference.backends.torch_local import TorchCausalLMBackend, configure_threads
+from inference.backends.torch_local import TorchCausalLMBackend
+from inference.backends.torch_setup import configure_threads
 
 DTYPES = ("float32", "bfloat16", "int8")
 

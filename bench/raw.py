@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from bench.models import BenchModel
-from inference.backends.torch_local import TorchCausalLMBackend, configure_threads
+from inference.backends.torch_local import TorchCausalLMBackend
+from inference.backends.torch_setup import configure_threads
 from inference.batching import SamplingParams
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from inference.backends.torch_local import configure_threads
+from inference.backends.torch_setup import configure_threads
 
 logger = logging.getLogger(__name__)
 

@@ -96,6 +96,11 @@ def supported(model: Any) -> str | None:
 class LlamaStep:
     """``model``'s forward for one packed step (see the module docstring)."""
 
+    @classmethod
+    def build(cls, model: Any) -> LlamaStep | None:
+        """The fused step for ``model``, or None where it does not apply (`supported`)."""
+        return cls(model) if supported(model) is None else None
+
     def __init__(self, model: Any) -> None:
         reason = supported(model)
         if reason is not None:

@@ -18,10 +18,8 @@ large share of the step. Instead (`kv_cache.py` has the storage):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import random
 import warnings
 from collections.abc import Sequence
@@ -35,46 +33,12 @@ from inference.backends.base import ModelBackend, Sampled
 from inference.backends.kv_cache import Chunk, PrefixCache, SlotKVCache, StepPlan, planned, register_attention
 from inference.backends.kv_cache import _Block as PrefixBlock
 from inference.backends.llama_step import LlamaStep
-from inference.backends.llama_step import supported as llama_supported
 from inference.backends.packed_linear import pack_linears, packable
 from inference.backends.sampling import sample_batch
+from inference.backends.torch_setup import configure_threads, resolve_device, resolve_dtype
 from inference.batching import SamplingParams
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
-def resolve_dtype(setting: str, device: torch.device, config_dtype: Any = None) -> torch.dtype:
-    if setting == "int8":
-        return torch.float32  # int8 weights (dynamic quantization), float32 activations and cache
-    if setting != "auto":
-        if setting not in _DTYPES:
-            raise ValueError(f"unsupported dtype {setting!r}; choose one of {[*sorted(_DTYPES), 'int8']}")
-        return _DTYPES[setting]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if isinstance(config_dtype, torch.dtype):
-        return config_dtype
-    if isinstance(config_dtype, str) and config_dtype in _DTYPES:
-        return _DTYPES[config_dtype]
-    return torch.float32
-
-
-def configure_threads(threads: int) -> int:
-    """Pin torch's intra-op threads: on a small machine, oversubscription is a 50x slowdown."""
-    count = threads if threads > 0 else max(1, len(os.sched_getaffinity(0)))
-    torch.set_num_threads(count)
-    # Interop threads can only be set once per process, before any parallel work.
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(1)
-    return count
 
 
 class TorchCausalLMBackend(ModelBackend):
@@ -122,9 +86,7 @@ class TorchCausalLMBackend(ModelBackend):
         self.model: Any = model.to(self.device).eval()
         #: The step without transformers' module stack (llama_step.py), fused before packing so
         #: that the fused q/k/v and gate/up layers are the ones packed; None: the generic path.
-        self._llama_step = (
-            LlamaStep(self.model) if fused_step and llama_supported(self.model) is None else None
-        )
+        self._llama_step = LlamaStep.build(self.model) if fused_step else None
         #: Linear layers running on oneDNN-packed weights (packed_linear.py: decode steps are
         #: bound by reading weights, and the packed layout reads faster); 0 where not packed.
         self.packed_linears = (
@@ -366,16 +328,12 @@ class TorchCausalLMBackend(ModelBackend):
             return {}
         plan.prepare(self.device)
         with planned(plan):
-            hidden_logits = (
-                self._llama_step(
-                    plan,
-                    torch.tensor(input_ids, dtype=torch.long, device=self.device),
-                    torch.tensor(positions, dtype=torch.long, device=self.device),
-                    torch.tensor(keep, dtype=torch.long, device=self.device),
-                )
-                if self._llama_step is not None
-                else self._generic_forward(input_ids, positions, keep)
+            ids_t, positions_t, keep_t = (
+                torch.tensor(values, dtype=torch.long, device=self.device)
+                for values in (input_ids, positions, keep)
             )
+            forward = self._llama_step or self._generic_forward
+            hidden_logits = forward(plan, ids_t, positions_t, keep_t)  # [len(keep), vocab]
         self.last_step_prefill = sum(chunk.length for chunk in plan.chunks)
         for seq, chunk, first in spans:
             rows = hidden_logits[first : first + chunk.length]
@@ -414,17 +372,20 @@ class TorchCausalLMBackend(ModelBackend):
                     self.prefix.extend(seq.blocks, seq.ids, seq.prompt_len, *self._row_views(seq.row))
         return results
 
-    def _generic_forward(self, input_ids: list[int], positions: list[int], keep: list[int]) -> torch.Tensor:
-        """The packed step through transformers' own forward (any architecture)."""
+    def _generic_forward(
+        self, plan: StepPlan, input_ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """The packed step through transformers' own forward (any architecture); ``plan`` is
+        already the current one (`planned`)."""
         return self.model(
-            input_ids=torch.tensor([input_ids], dtype=torch.long, device=self.device),
+            input_ids=input_ids[None],
             # Attention follows the plan; transformers only needs a mask that it leaves alone.
             attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=self.device),
-            position_ids=torch.tensor([positions], dtype=torch.long, device=self.device),
+            position_ids=positions[None],
             cache=self.cache,
             use_cache=True,
-            logits_to_keep=torch.tensor(keep, dtype=torch.long, device=self.device),
-        ).logits[0]  # [len(keep), vocab]
+            logits_to_keep=keep,
+        ).logits[0]
 
     def _collect_prompt_logprobs(self, seq: _Seq, logits: torch.Tensor, start: int, completes: bool) -> None:
         """log p(prompt token i+1 | tokens up to i) for the chunk's positions ``start ..``."""

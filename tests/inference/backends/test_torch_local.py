@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.backends.torch_local import TorchCausalLMBackend, resolve_dtype
+from inference.backends.torch_local import TorchCausalLMBackend
+from inference.backends.torch_setup import resolve_dtype
 from inference.batching import SamplingParams
 from inference.prompts import ModelInfo
 
