@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from inference.backends.kv_cache import decode_attention
 from inference.backends.torch_local import TorchCausalLMBackend
 from inference.batching import SamplingParams
 from inference.prompts import ModelInfo
@@ -268,3 +269,31 @@ def test_a_parallel_sample_outlives_its_leader(fused: TorchCausalLMBackend) -> N
     fused.remove(["lead"])
     assert _run(fused, ["follow"], 8)[0]["follow"] == expected
     assert fused.batch_keys == []
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (8, 2)])
+def test_decode_attention_matches_scaled_dot_product_attention(heads: int, kv_heads: int) -> None:
+    """The batched decode attention against torch's SDPA on the same sliced cache rows: per
+    row its own visible columns (a masked tail), grouped-query heads, float32."""
+    generator = torch.Generator().manual_seed(0)
+    rows, columns, width, head_dim = 5, 40, 23, 16
+    keys = torch.randn(rows, kv_heads, columns, head_dim, generator=generator)
+    values = torch.randn(rows, kv_heads, columns, head_dim, generator=generator)
+    query = torch.randn(rows, heads, 1, head_dim, generator=generator)
+    visible = torch.arange(width)[None, :] <= torch.tensor([22, 0, 7, 15, 3])[:, None]
+    bias = torch.zeros(rows, width).masked_fill_(~visible, float("-inf"))[:, None, None, :]
+    got = decode_attention(query, keys[:, :, :width], values[:, :, :width], bias, 0.3)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        keys[:, :, :width],
+        values[:, :, :width],
+        attn_mask=visible[:, None, None, :],
+        scale=0.3,
+        enable_gqa=heads != kv_heads,
+    )
+    assert got.shape == (rows, heads, 1, head_dim)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # Row 1 sees only column 0: its output is that column's value, for every head of a group.
+    group = heads // kv_heads
+    expected_row1 = values[1, :, 0].repeat_interleave(group, dim=0)
+    torch.testing.assert_close(got[1, :, 0], expected_row1, atol=1e-6, rtol=1e-6)
