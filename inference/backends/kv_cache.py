@@ -57,7 +57,7 @@ class StepPlan:
     # Tensors derived once per step (not per layer).
     _rows_t: torch.Tensor | None = None
     _cols_t: torch.Tensor | None = None
-    _mask: torch.Tensor | None = None
+    _bias: torch.Tensor | None = None
     _chunk_masks: dict[int, torch.Tensor | None] = field(default_factory=dict)
 
     @property
@@ -74,7 +74,7 @@ class StepPlan:
             limit[torch.tensor(self.decode_rows)] = torch.tensor(self.decode_positions)
             visible = torch.arange(width)[None, :] <= limit[:, None]
             # Added to the scores of `decode_attention`: 0 where a row attends, -inf elsewhere.
-            self._mask = (
+            self._bias = (
                 torch.zeros(rows, width).masked_fill_(~visible, float("-inf"))[:, None, None, :].to(device)
             )
         for i, chunk in enumerate(self.chunks):
@@ -208,8 +208,8 @@ def packed_attention(
     q = query[0]  # [heads, T, d]
     n = len(plan.decode_rows)
     if n:
-        assert plan._mask is not None and plan._rows_t is not None
-        width = plan._mask.shape[-1]
+        assert plan._bias is not None and plan._rows_t is not None
+        width = plan._bias.shape[-1]
         span = plan.decode_span
         q_dec = q[:, :n].transpose(0, 1)[:, :, None, :]  # [n, heads, 1, d]
         if not plan.decode_dense:
@@ -217,7 +217,7 @@ def packed_attention(
             full[plan._rows_t] = q_dec
             q_dec = full
         attended = decode_attention(
-            q_dec, keys[:span, :, :width], values[:span, :, :width], plan._mask, scaling
+            q_dec, keys[:span, :, :width], values[:span, :, :width], plan._bias, scaling
         )  # [span, heads, 1, d]
         if not plan.decode_dense:
             attended = attended[plan._rows_t]
@@ -253,15 +253,15 @@ def decode_attention(
     Not `F.scaled_dot_product_attention`: on the CPU it runs its flash kernel, which tiles
     for long queries; with one query token per row it spent 1.7 ms a layer at batch 16 in
     bfloat16 (41% of the whole decode step, profiled on the bench's ~110M Llama), against 0.4 ms
-    for these two batched GEMMs. The scores are scaled, masked and softmaxed in float32, as
-    eager attention does; grouped-query heads are a view of the query (head ``h`` reads
+    for these two batched GEMMs. The scores are scaled, masked and softmaxed in float32 (eager
+    attention softmaxes in float32 too); grouped-query heads are a view of the query (head ``h`` reads
     key/value head ``h // group``, as transformers' ``repeat_kv`` lays them out), not a copy of
     the keys."""
     rows, heads, _, head_dim = query.shape
     kv_heads = keys.shape[1]
     q = query.view(rows, kv_heads, heads // kv_heads, head_dim)
-    # K q^T, transposed, rather than q K^T: the same products, but bf16 GEMMs on the CPU take
-    # the sliced keys as they lie instead of copying them transposed (1.0 vs 0.6 ms a layer).
+    # K q^T, transposed, rather than q K^T: the same products, but the CPU's bf16 batched GEMM
+    # copies a transposed operand first (1.0 vs 0.6 ms a layer at 16 rows).
     dots = torch.matmul(keys, q.transpose(-1, -2)).transpose(-1, -2)  # [rows, kv_heads, group, width]
     scores = torch.add(bias, dots, alpha=scaling or head_dim**-0.5)
     probs = torch.softmax(scores, dim=-1).to(values.dtype)  # [rows, kv_heads, group, width]
