@@ -19,8 +19,9 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 
@@ -145,12 +146,50 @@ class LoadedVersion:
             self.backend.close()
 
 
+T = TypeVar("T")
+
+
+def on_own_thread(fn: Callable[[], T], *, name: str) -> T:
+    """Run ``fn`` on a thread of its own and wait for it (its exception is raised here).
+
+    Why: torch's OpenMP (libgomp) keeps a pool of threads for every thread that ran a parallel
+    op, for as long as that thread lives, and once the pools hold more threads than there are
+    cores it stops spinning between ops (100 spins instead of about 3 ms). A model loaded and
+    warmed up on the worker's main thread (or its sync thread) left such a pool behind, so the
+    engine thread's forward ran as if ``OMP_WAIT_POLICY=PASSIVE``: about 2x slower at every
+    batch size (bench/README, "Two OpenMP pools"). A thread that ends frees its pool, leaving
+    the engine thread's the only one."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised on the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _load_and_warm_up(model: ServedModel, worker: str) -> ModelBackend:
+    backend = load_backend(model, worker=worker)
+    try:
+        backend.warmup()
+    except BaseException:
+        backend.close()
+        raise
+    return backend
+
+
 def load_version(model: ServedModel, *, worker: str = "") -> LoadedVersion:
     """Load, warm up and start a version; a failure is kept (its jobs fail fast with it)."""
     started = time.monotonic()
     try:
-        backend = load_backend(model, worker=worker)
-        backend.warmup()
+        backend = on_own_thread(lambda: _load_and_warm_up(model, worker), name=f"load-{model.key}")
     except Exception as exc:
         logger.exception("could not load %s", model.key)
         return LoadedVersion(
