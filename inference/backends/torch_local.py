@@ -121,7 +121,7 @@ class TorchCausalLMBackend(ModelBackend):
             # them all (about 0.6 GB for 64 rows of the bench's 110M Llama), which stalled every
             # running sequence when a burst first filled the batch. Columns still grow on demand.
             rows=max_batch_size if preallocate_rows else min(8, max_batch_size),
-            cols=256,
+            cols=128,
         )
         self.prefix = PrefixCache(
             layers=self.n_layers,

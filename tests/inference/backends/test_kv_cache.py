@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.backends.kv_cache import decode_attention
+from inference.backends import kv_cache
+from inference.backends.kv_cache import SlotKVCache, StepPlan, decode_attention
 from inference.backends.torch_local import TorchCausalLMBackend
 from inference.batching import SamplingParams
 from inference.prompts import ModelInfo
@@ -297,3 +298,73 @@ def test_decode_attention_matches_scaled_dot_product_attention(heads: int, kv_he
     group = heads // kv_heads
     expected_row1 = values[1, :, 0].repeat_interleave(group, dim=0)
     torch.testing.assert_close(got[1, :, 0], expected_row1, atol=1e-6, rtol=1e-6)
+
+
+def _plan(dtype: torch.dtype, cols: int, positions: list[int]) -> StepPlan:
+    cache = SlotKVCache(
+        layers=1, kv_heads=2, head_dim=8, dtype=dtype, device=torch.device("cpu"), rows=4, cols=cols
+    )
+    plan = StepPlan(cache, decode_rows=list(range(len(positions))), decode_positions=positions)
+    plan.prepare(torch.device("cpu"))
+    return plan
+
+
+def test_half_precision_decode_attention_reads_the_whole_capacity_when_that_is_cheaper() -> None:
+    """bfloat16: every column while the capacity is at most twice what the rows need (a
+    contiguous view, no copy in the GEMM), the slice beyond; float32 always the slice. The
+    bias masks each row's columns past its position either way."""
+    full = _plan(torch.bfloat16, 64, [40, 10, 33])
+    assert full._bias is not None and full._bias.shape[-1] == 64
+    assert torch.isinf(full._bias[1, 0, 0, 11:]).all() and not torch.isinf(full._bias[1, 0, 0, :11]).any()
+    assert _plan(torch.bfloat16, 128, [40, 10, 33])._bias.shape[-1] == 41  # type: ignore[union-attr]
+    assert _plan(torch.float32, 64, [40, 10, 33])._bias.shape[-1] == 41  # type: ignore[union-attr]
+
+
+def test_decode_attention_over_the_whole_capacity_matches_the_slice_in_bfloat16() -> None:
+    generator = torch.Generator().manual_seed(1)
+    rows, heads, columns, head_dim = 4, 4, 64, 16
+    keys = torch.randn(rows, heads, columns, head_dim, generator=generator).to(torch.bfloat16)
+    values = torch.randn(rows, heads, columns, head_dim, generator=generator).to(torch.bfloat16)
+    query = torch.randn(rows, heads, 1, head_dim, generator=generator).to(torch.bfloat16)
+    positions = [40, 10, 33, 0]
+    sliced, full = _plan(torch.bfloat16, 256, positions), _plan(torch.bfloat16, columns, positions)
+    assert sliced._bias is not None and full._bias is not None
+    width = sliced._bias.shape[-1]
+    assert width == 41 and full._bias.shape[-1] == columns
+    want = decode_attention(query, keys[:, :, :width], values[:, :, :width], sliced._bias, 0.25)
+    got = decode_attention(query, keys, values, full._bias, 0.25)
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_a_bfloat16_backend_decodes_the_same_over_the_whole_capacity(
+    random_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = [_prompt(5, 50), _prompt(6, 70), _prompt(7, 57)]
+    keys = ["x", "y", "z"]
+
+    def run() -> list[list[tuple[int, float]]]:
+        backend = TorchCausalLMBackend(
+            random_model_dir, dtype="bfloat16", threads=1, max_batch_size=4, eos_token_ids=[]
+        )
+        # Rows need 71+ columns of 128: the whole capacity is read from the first decode on.
+        assert backend.cache.col_capacity <= 2.0 * 71
+        assert backend.enqueue(keys, prompts, [GREEDY] * 3) == {}
+        out: list[list[tuple[int, float]]] = [[] for _ in keys]
+        for _ in range(12):
+            results = backend.step()
+            for i, key in enumerate(keys):
+                sampled = results.get(key)
+                if sampled is not None:
+                    assert not isinstance(sampled, Exception)
+                    out[i].append((sampled.token_id, sampled.logprob))
+        backend.remove(keys)
+        return out
+
+    whole = run()
+    monkeypatch.setattr(kv_cache, "FULL_WIDTH_RATIO", 0.0)  # always the slice
+    sliced = run()
+    for got, want in zip(whole, sliced, strict=True):
+        assert len(got) >= 4
+        assert [t for t, _ in got[:4]] == [t for t, _ in want[:4]]
+        for (_, lp_got), (_, lp_want) in zip(got[:4], want[:4], strict=True):
+            assert lp_got == pytest.approx(lp_want, abs=2e-2)
