@@ -102,9 +102,11 @@ class StepPlan:
         half the cost of copying one (measured: copy + GEMM of 90 columns 27 ms a step, GEMM of
         256 columns 38 ms). Columns grow by doubling, so the full width is at most 2x the
         needed one unless long sequences left the cache wide: then the slice is cheaper. In
-        float32 the GEMM takes strided operands without a copy: always the slice."""
+        float32 the GEMM takes strided operands without a copy: always the slice. So do CUDA's
+        strided-batched GEMMs, in every dtype: the rule is the CPU's only."""
         capacity = self.cache.col_capacity
-        if self.cache.dtype != torch.float32 and capacity <= FULL_WIDTH_RATIO * needed:
+        on_cpu = torch.device(self.cache.device).type == "cpu"
+        if on_cpu and self.cache.dtype != torch.float32 and capacity <= FULL_WIDTH_RATIO * needed:
             return capacity
         return needed
 

@@ -311,13 +311,20 @@ def _plan(dtype: torch.dtype, cols: int, positions: list[int]) -> StepPlan:
 
 def test_half_precision_decode_attention_reads_the_whole_capacity_when_that_is_cheaper() -> None:
     """bfloat16: every column while the capacity is at most twice what the rows need (a
-    contiguous view, no copy in the GEMM), the slice beyond; float32 always the slice. The
-    bias masks each row's columns past its position either way."""
+    contiguous view, no copy in the GEMM), the slice beyond; float32 and other devices always
+    the slice. The bias masks each row's columns past its position either way."""
     full = _plan(torch.bfloat16, 64, [40, 10, 33])
     assert full._bias is not None and full._bias.shape[-1] == 64
     assert torch.isinf(full._bias[1, 0, 0, 11:]).all() and not torch.isinf(full._bias[1, 0, 0, :11]).any()
     assert _plan(torch.bfloat16, 128, [40, 10, 33])._bias.shape[-1] == 41  # type: ignore[union-attr]
     assert _plan(torch.float32, 64, [40, 10, 33])._bias.shape[-1] == 41  # type: ignore[union-attr]
+    # Off the CPU (CUDA's strided-batched GEMMs copy nothing) always the slice; the "meta"
+    # device stands in for one: the rule reads only the cache's device, dtype and width.
+    elsewhere = SlotKVCache(
+        layers=1, kv_heads=2, head_dim=8, dtype=torch.bfloat16, device=torch.device("meta"), rows=4, cols=64
+    )
+    assert StepPlan(elsewhere).attention_width(41) == 41
+    assert full.attention_width(41) == 64
 
 
 def test_decode_attention_over_the_whole_capacity_matches_the_slice_in_bfloat16() -> None:
