@@ -30,10 +30,10 @@ from typing import Any
 import torch
 
 from inference.backends.base import ModelBackend, Sampled
-from inference.backends.kv_cache import Chunk, PrefixCache, SlotKVCache, StepPlan, planned, register_attention
-from inference.backends.kv_cache import _Block as PrefixBlock
+from inference.backends.kv_cache import Chunk, SlotKVCache, StepPlan, planned, register_attention
 from inference.backends.llama_step import LlamaStep
 from inference.backends.packed_linear import pack_linears, packable
+from inference.backends.prefix_cache import PrefixBlock, PrefixCache
 from inference.backends.sampling import sample_batch
 from inference.backends.torch_setup import configure_threads, resolve_device, resolve_dtype
 from inference.batching import SamplingParams
