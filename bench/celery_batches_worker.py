@@ -36,7 +36,8 @@ from inference.engine import SequenceResult  # noqa: E402
 from inference.jobstream import StreamEntry  # noqa: E402
 from inference.models import Job, JobStatus  # noqa: E402
 from inference.registry import default_model  # noqa: E402
-from inference.services import JobParams, job_finish, job_prompt  # noqa: E402
+from inference.sampling_params import SamplingParams  # noqa: E402
+from inference.services import job_finish, job_prompt  # noqa: E402
 from inference.store import get_redis, get_streams  # noqa: E402
 from inference.streams import Progress  # noqa: E402
 
@@ -100,7 +101,7 @@ def static_batch(job_ids: list[str]) -> None:
     model = default_model()
     streams = get_streams()
     model_backend = backend()
-    jobs: list[tuple[Job, str, JobParams, list[int]]] = []
+    jobs: list[tuple[Job, str, SamplingParams, list[int]]] = []
     for job_id in job_ids:
         token = uuid.uuid4().hex
         if not streams.lease_acquire(job_id, token, 600):
@@ -112,13 +113,13 @@ def static_batch(job_ids: list[str]) -> None:
             continue
         job = Job.objects.get(id=job_id)
         jobs.append(
-            (job, token, JobParams.from_dict(job.params), job_prompt(job=job, model=model).prompt_ids)
+            (job, token, SamplingParams.from_dict(job.params), job_prompt(job=job, model=model).prompt_ids)
         )
     if not jobs:
         return
     keys = [str(job.id) for job, _, _, _ in jobs]
     started = time.monotonic()
-    firsts = model_backend.add(keys, [ids for _, _, _, ids in jobs], [p.sampling() for _, _, p, _ in jobs])
+    firsts = model_backend.add(keys, [ids for _, _, _, ids in jobs], [p for _, _, p, _ in jobs])
     decoders = {
         key: IncrementalDecoder(model_backend.decode, ids)
         for key, (_, _, _, ids) in zip(keys, jobs, strict=True)
@@ -128,7 +129,7 @@ def static_batch(job_ids: list[str]) -> None:
     first_at = {key: time.monotonic() for key in keys}
     done: set[str] = set()
     step: dict[str, Any] = {key: firsts[key] for key in keys}
-    longest = max(p.max_tokens for _, _, p, _ in jobs)
+    longest = max(p.max_new_tokens for _, _, p, _ in jobs)
     for _ in range(longest):
         items = []
         for (job, token, params, _), key in zip(jobs, keys, strict=True):
@@ -142,7 +143,7 @@ def static_batch(job_ids: list[str]) -> None:
                 text=delta, token_ids=[sampled.token_id], logprobs=[0.0], completion_tokens=len(outputs[key])
             )
             items.append((key, token, entry))
-            if len(outputs[key]) >= params.max_tokens:
+            if len(outputs[key]) >= params.max_new_tokens:
                 done.add(key)
                 _finish(
                     job,

@@ -20,9 +20,9 @@ from typing import Any
 
 from bench.models import BenchModel
 from inference.backends.torch_local import TorchCausalLMBackend
-from inference.batching import SamplingParams
+from inference.sampling_params import SamplingParams
 
-GREEDY = SamplingParams(max_new_tokens=4096, temperature=0.0, ignore_eos=True)
+GREEDY = SamplingParams(max_tokens=4096, temperature=0.0, ignore_eos=True)
 
 
 def _warm_backend(model: BenchModel, threads: int, **options: Any) -> TorchCausalLMBackend:
@@ -121,7 +121,7 @@ def parallel(
     for shared in (True, False):
         prompts = [_tokens(300 if shared else 300 + i, prompt_tokens, backend.vocab_size) for i in range(n)]
         keys = [f"p{i}" for i in range(n)]
-        params = [SamplingParams(max_new_tokens=64, temperature=1.0, seed=i) for i in range(n)]
+        params = [SamplingParams(max_tokens=64, temperature=1.0, seed=i) for i in range(n)]
         started = time.perf_counter()
         backend.enqueue(keys, prompts, params)
         firsts: set[str] = set()

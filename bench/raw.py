@@ -22,7 +22,7 @@ import torch
 from bench.models import BenchModel
 from inference.backends.torch_local import TorchCausalLMBackend
 from inference.backends.torch_setup import configure_threads
-from inference.batching import SamplingParams
+from inference.sampling_params import SamplingParams
 
 
 @dataclass
@@ -62,7 +62,7 @@ def backend_loop(
 ) -> RawResult:
     ids = _prompts(batch, prompt, backend.vocab_size).tolist()
     keys = [f"raw{i}" for i in range(batch)]
-    params = [SamplingParams(max_new_tokens=new, temperature=0.0)] * batch
+    params = [SamplingParams(max_tokens=new, temperature=0.0)] * batch
     started = time.perf_counter()
     backend.add(keys, ids, params)
     prefilled = time.perf_counter()

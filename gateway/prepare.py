@@ -3,8 +3,9 @@ package to a `PreparedRequest` (model version, job input, sampling parameters, p
 
 The input rules live here, once: which model and version serve the caller, text that
 Postgres cannot store, prompt size and context window, sessions and knowledge bases the
-caller may use. Each protocol only maps its own field names onto `Sampling` and picks the
-status its clients expect for a bad value (OpenAI 400, TGI 422).
+caller may use. Each protocol only maps its own field names onto `SamplingParams` (its
+``to_sampling_params``) and picks the status its clients expect for a bad value (OpenAI 400,
+TGI 422).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from inference.models import JobKind
 from inference.prompts import ChatTemplateError, ModelFilesError
 from inference.registry import ServedModel, resolve_model
 from inference.routing import route
-from inference.services import JobParams
+from inference.sampling_params import SamplingParams
 
 ROLE_ALIASES = {"developer": "system"}
 MAX_TOP_LOGPROBS = 20
@@ -38,7 +39,7 @@ class PreparedRequest:
     model: ServedModel
     kind: str
     input: dict[str, Any]
-    params: JobParams
+    params: SamplingParams
     prompt_tokens: int
     session_id: str | None = None
     #: The prompt's token ids when the gateway knows them (completions), for echo/details.
@@ -50,7 +51,7 @@ class PreparedRequest:
     def cost(self) -> int:
         """Tokens admission reserves: the prompt and every token it may generate (a later
         choice of an n > 1 request shares the first one's prompt: its own tokens only)."""
-        return (0 if self.params.choice else self.prompt_tokens) + self.params.max_tokens
+        return (0 if self.params.choice else self.prompt_tokens) + self.params.max_new_tokens
 
 
 def with_choices(prepared: PreparedRequest, n: int) -> list[PreparedRequest]:
@@ -68,23 +69,6 @@ def with_choices(prepared: PreparedRequest, n: int) -> list[PreparedRequest]:
         params = replace(prepared.params, choice=index, seed=seed)
         out.append(replace(prepared, params=params, extra={**prepared.extra, "group": group}))
     return out
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling parameters as the protocols name them between them."""
-
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: Sequence[str] = ()
-    ignore_eos: bool = False
-    top_logprobs: int = 0
-    prompt_logprobs: bool = False
-    include_stop: bool = False
-    truncate: int | None = None
 
 
 @dataclass(frozen=True)
@@ -199,13 +183,15 @@ def _params(
     *,
     model: ServedModel,
     prompt_tokens: int,
-    sampling: Sampling,
+    sampling: SamplingParams,
     default_max_tokens: int,
     max_tokens_param: str,
     prompt_param: str,
     error_status: int,
     guards: RequestGuards | None = None,
-) -> JobParams:
+) -> SamplingParams:
+    """The request's parameters with what depends on the prompt resolved (``max_tokens``
+    against the context window) and checked against the model (token ids in its vocabulary)."""
     context = model.info.context_length
     room = context - prompt_tokens
     max_tokens = sampling.max_tokens
@@ -244,19 +230,24 @@ def _params(
             param="top_logprobs",
         )
     check_stop(sampling.stop, error_status=error_status)
-    return JobParams(
-        output_guards=tuple(guards.output) if guards is not None else (),
+    vocab = model.info.vocab_size
+    for param, ids in (
+        ("logit_bias", [token for token, _ in sampling.logit_bias]),
+        ("stop_token_ids", list(sampling.stop_token_ids)),
+    ):
+        bad = next((i for i in ids if not 0 <= i < vocab), None)
+        if bad is not None:
+            raise ApiError(
+                f"Token id {bad} in '{param}' is outside this model's vocabulary (0..{vocab - 1}).",
+                status_code=error_status,
+                code="invalid_value",
+                param=param,
+            )
+    return replace(
+        sampling,
         max_tokens=max_tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        seed=sampling.seed,
         stop=tuple(sampling.stop),
-        ignore_eos=sampling.ignore_eos,
-        top_logprobs=sampling.top_logprobs,
-        prompt_logprobs=sampling.prompt_logprobs,
-        include_stop=sampling.include_stop,
-        truncate=sampling.truncate,
+        output_guards=tuple(guards.output) if guards is not None else (),
     )
 
 
@@ -278,7 +269,7 @@ def prepare_chat(
     *,
     model: ServedModel,
     messages: Sequence[dict[str, Any]],
-    sampling: Sampling,
+    sampling: SamplingParams,
     error_status: int = status.HTTP_400_BAD_REQUEST,
     context: ChatContext | None = None,
     history: Sequence[dict[str, str]] = (),
@@ -344,7 +335,7 @@ def prepare_completion(
     *,
     model: ServedModel,
     prompt: str | Sequence[int],
-    sampling: Sampling,
+    sampling: SamplingParams,
     default_max_tokens: int,
     max_tokens_param: str = "max_tokens",
     prompt_param: str = "prompt",

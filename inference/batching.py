@@ -1,7 +1,7 @@
 """Pure scheduling and text bookkeeping for the continuous-batching engine.
 
 Nothing here imports Django, Celery, Redis or torch, so it is unit-tested on its own:
-- `SamplingParams`, `SequenceRequest`, `FinishReason`: what a sequence asks for and how it ends.
+- `SequenceRequest`, `FinishReason`: what a sequence asks for (its `SamplingParams`) and how it ends.
 - `Scheduler`: which waiting sequences join the batch between two decode steps.
 - `IncrementalDecoder`: token ids -> text deltas without splitting a UTF-8 character.
 - `StopMatcher`: stop strings, holding back text that may still turn into a stop string.
@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from inference.sampling_params import SamplingParams
+
 
 class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
@@ -26,31 +28,6 @@ class FinishReason(enum.StrEnum):
     LEASE_LOST = "lease_lost"  # another worker owns the job now: drop silently
     ABORTED = "aborted"  # this worker is shutting down: leave the job to another attempt
     CONTENT_FILTER = "content_filter"  # an output guard stopped it (the text before stays)
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-sequence decoding parameters. temperature == 0 means greedy."""
-
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks, as vLLM's ignore_eos)
-    #: Alternatives reported with each token (OpenAI top_logprobs, TGI top_n_tokens), 0..20.
-    top_logprobs: int = 0
-    #: Report the log-probability of every prompt token (TGI decoder_input_details).
-    prompt_logprobs: bool = False
-    #: Keep a matched stop string in the output (TGI does; OpenAI does not).
-    include_stop: bool = False
-    #: Output guards (inference/guards.py specs): the engine filters the text through them.
-    output_guards: tuple[dict[str, Any], ...] = ()
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0 or self.top_k == 1
 
 
 @dataclass

@@ -26,7 +26,7 @@ from inference.models import CachedResult
 def is_deterministic(params: dict[str, Any]) -> bool:
     """Cacheable: the same request gives the same tokens, and the cache can replay all that the
     answer carries (it keeps each token's log-probability, not alternatives or prompt details)."""
-    if params.get("top_logprobs") or params.get("prompt_logprobs"):
+    if params.get("top_logprobs") or params.get("prompt_logprobs") is not None:
         return False
     temperature = float(params.get("temperature", 1.0))
     return temperature <= 0.0 or int(params.get("top_k") or 0) == 1 or params.get("seed") is not None

@@ -6,7 +6,7 @@ import functools
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ from inference.admission.ratelimit import MAX_TIER
 from inference.admission.services import admission_release
 from inference.affinity import affinity_reconcile
 from inference.affinity import place as affinity_place
-from inference.batching import FinishReason, SamplingParams, SequenceRequest
+from inference.batching import FinishReason, SequenceRequest
 from inference.cache import cache_key, is_deterministic, replay_deltas, result_cache_get, result_cache_put
 from inference.chat.prompting import ContextPassage, assemble, profile_text
 from inference.chat.selectors import profile_attributes, response_history, session_history
@@ -42,6 +42,7 @@ from inference.registry import (
     version_queue,
 )
 from inference.routing import route
+from inference.sampling_params import SamplingParams
 from inference.store import get_streams
 from inference.streams import Progress, cancel_key, stream_key
 from inference.textutil import pg_safe
@@ -54,89 +55,6 @@ logger = logging.getLogger(__name__)
 # Engine finish reasons as stored on the job (the APIs map them to their own vocabularies).
 EOS = "eos"
 STOP_SEQUENCE = "stop_sequence"
-
-
-@dataclass(frozen=True)
-class JobParams:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-    #: Alternatives per generated token (OpenAI top_logprobs, TGI top_n_tokens).
-    top_logprobs: int = 0
-    #: Log-probabilities of the prompt's tokens (TGI decoder_input_details).
-    prompt_logprobs: bool = False
-    #: Keep a matched stop string in the output (TGI routes).
-    include_stop: bool = False
-    #: Keep only the last ``truncate`` prompt tokens (TGI truncate); None: the whole prompt.
-    truncate: int | None = None
-    #: The policy's output guards (inference/guards.py), applied by the engine to the text.
-    output_guards: tuple[dict[str, Any], ...] = ()
-    #: Parallel sampling (OpenAI n, TGI best_of): which of the request's choices this job is.
-    #: Choices after the first share its prompt: billed once, recorded in a session once.
-    choice: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "seed": self.seed,
-            "stop": list(self.stop),
-            "ignore_eos": self.ignore_eos,
-        }
-        # Only when set: jobs (and result-cache keys) of plain requests keep their old shape.
-        if self.top_logprobs:
-            data["top_logprobs"] = self.top_logprobs
-        if self.prompt_logprobs:
-            data["prompt_logprobs"] = True
-        if self.include_stop:
-            data["include_stop"] = True
-        if self.truncate is not None:
-            data["truncate"] = self.truncate
-        if self.output_guards:
-            data["output_guards"] = list(self.output_guards)
-        if self.choice:
-            data["choice"] = self.choice
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobParams:
-        truncate = data.get("truncate")
-        return cls(
-            max_tokens=int(data["max_tokens"]),
-            temperature=float(data.get("temperature", 1.0)),
-            top_p=float(data.get("top_p", 1.0)),
-            top_k=int(data.get("top_k") or 0),
-            seed=data.get("seed"),
-            stop=tuple(data.get("stop") or ()),
-            ignore_eos=bool(data.get("ignore_eos", False)),
-            top_logprobs=int(data.get("top_logprobs") or 0),
-            prompt_logprobs=bool(data.get("prompt_logprobs", False)),
-            include_stop=bool(data.get("include_stop", False)),
-            truncate=int(truncate) if truncate is not None else None,
-            output_guards=tuple(data.get("output_guards") or ()),
-            choice=int(data.get("choice") or 0),
-        )
-
-    def sampling(self, *, prompt_logprobs: bool | None = None) -> SamplingParams:
-        return SamplingParams(
-            max_new_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            stop=self.stop,
-            ignore_eos=self.ignore_eos,
-            top_logprobs=self.top_logprobs,
-            prompt_logprobs=self.prompt_logprobs if prompt_logprobs is None else prompt_logprobs,
-            include_stop=self.include_stop,
-            output_guards=self.output_guards,
-        )
 
 
 @dataclass
@@ -224,7 +142,7 @@ def job_create(
     model: ServedModel,
     kind: str,
     input: dict[str, Any],
-    params: JobParams,
+    params: SamplingParams,
     source: str,
     prompt_tokens: int | None = None,
     priority: int = 0,
@@ -517,14 +435,16 @@ def _run_on(*, job: Job, token: str, model: ServedModel, engine: Any) -> None:
         _finish_from_cache(job=job, token=token, entry=cached, model=model)
         return
     prompt_ids = plan.prompt_ids
-    params = JobParams.from_dict(job.params)
+    params = SamplingParams.from_dict(job.params)
+    if progress.prompt_logprobs_sent:
+        # A redelivered job whose first attempt already streamed the prompt's
+        # log-probabilities does not compute them again.
+        params = replace(params, prompt_logprobs=None)
     remaining = (job.deadline_at - now).total_seconds() if job.deadline_at else settings.SLUICE_JOB_TIMEOUT_S
     request = SequenceRequest(
         key=job_id,
         prompt_ids=prompt_ids,
-        # A redelivered job whose first attempt already streamed the prompt's log-probabilities
-        # does not compute them again.
-        params=params.sampling(prompt_logprobs=params.prompt_logprobs and not progress.prompt_logprobs_sent),
+        params=params,
         resume_ids=progress.token_ids,
         resume_text=progress.text,
         deadline=time.monotonic() + remaining,

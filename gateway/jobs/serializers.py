@@ -17,12 +17,12 @@ from gateway.fields import (
 from gateway.openai.serializers import ChatMessageSerializer
 from gateway.prepare import (
     PreparedRequest,
-    Sampling,
     prepare_chat,
     prepare_completion,
     resolve_chat_context,
     route_or_404,
 )
+from inference.sampling_params import SamplingParams
 
 
 class JobCreateSerializer(ContextFieldsMixin, serializers.Serializer):
@@ -60,13 +60,13 @@ def job_prepare(data: dict[str, Any], *, user: Any, api_key: Any = None) -> Prep
 
     model = route_or_404(data.get("model"), user=user)
     guards = guards_for(user=user, api_key=api_key)
-    sampling = Sampling(
+    sampling = SamplingParams(
         max_tokens=data.get("max_tokens"),
         temperature=1.0 if data.get("temperature") is None else data["temperature"],
         top_p=data.get("top_p") or 1.0,
         top_k=data.get("top_k") or 0,
         seed=data.get("seed"),
-        stop=data.get("stop") or (),
+        stop=tuple(data.get("stop") or ()),
         ignore_eos=bool(data.get("ignore_eos")),
     )
     if "messages" in data:

@@ -19,6 +19,7 @@ from gateway.fields import (
     StrictIntegerField,
 )
 from gateway.prepare import MAX_TOP_LOGPROBS
+from inference.sampling_params import SamplingParams
 
 MAX_PROMPTS = 64  # prompts in one /v1/completions batch
 
@@ -139,6 +140,20 @@ class SamplingSerializer(serializers.Serializer):
             raise serializers.ValidationError("Must be greater than 0.")
         return value
 
+    @staticmethod
+    def common_sampling(data: dict[str, Any], *, max_tokens: int | None, top_logprobs: int) -> SamplingParams:
+        temperature = data.get("temperature")
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if temperature is None else float(temperature),
+            top_p=data.get("top_p") or 1.0,
+            top_k=data.get("top_k") or 0,
+            seed=data.get("seed"),
+            stop=tuple(data.get("stop") or ()),
+            ignore_eos=bool(data.get("ignore_eos")),
+            top_logprobs=top_logprobs,
+        )
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
         attrs["stream"] = bool(attrs.get("stream"))
@@ -161,6 +176,14 @@ class ChatCompletionSerializer(ContextFieldsMixin, SamplingSerializer):
     top_logprobs = StrictIntegerField(
         required=False, allow_null=True, min_value=0, max_value=MAX_TOP_LOGPROBS
     )
+
+    @classmethod
+    def to_sampling_params(cls, data: dict[str, Any]) -> SamplingParams:
+        return cls.common_sampling(
+            data,
+            max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
+            top_logprobs=int(data.get("top_logprobs") or 0),
+        )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
@@ -231,3 +254,9 @@ class CompletionSerializer(SamplingSerializer):
     max_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
     # Legacy completions: the number of alternatives per token (0 = the chosen token only).
     logprobs = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_TOP_LOGPROBS)
+
+    @classmethod
+    def to_sampling_params(cls, data: dict[str, Any]) -> SamplingParams:
+        return cls.common_sampling(
+            data, max_tokens=data.get("max_tokens"), top_logprobs=int(data.get("logprobs") or 0)
+        )

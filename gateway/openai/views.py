@@ -19,7 +19,6 @@ from gateway.idempotency import IdempotencyClaim
 from gateway.openai import shaping
 from gateway.openai.serializers import ChatCompletionSerializer, CompletionSerializer, check_neutral
 from gateway.prepare import (
-    Sampling,
     prepare_chat,
     prepare_completion,
     resolve_chat_context,
@@ -46,20 +45,6 @@ def validated(serializer_class: type[serializers.Serializer], request: Request) 
     return dict(serializer.validated_data)
 
 
-def sampling_of(data: dict[str, Any], *, max_tokens: int | None, top_logprobs: int = 0) -> Sampling:
-    temperature = data.get("temperature")
-    return Sampling(
-        max_tokens=max_tokens,
-        temperature=1.0 if temperature is None else float(temperature),
-        top_p=data.get("top_p") or 1.0,
-        top_k=data.get("top_k") or 0,
-        seed=data.get("seed"),
-        stop=data.get("stop") or (),
-        ignore_eos=bool(data.get("ignore_eos")),
-        top_logprobs=top_logprobs,
-    )
-
-
 def _logprobs(model: ServedModel, wanted: bool, top: int, *, as_ids: bool = False) -> shaping.Logprobs | None:
     if not wanted:
         return None
@@ -83,9 +68,7 @@ class ChatCompletionCreateApi(OpenAIView):
             guards=guards_for(user=user, api_key=request_api_key(request)),
             context=resolve_chat_context(user=user, data=data),
             messages=data["messages"],
-            sampling=sampling_of(
-                data, max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"), top_logprobs=top
-            ),
+            sampling=ChatCompletionSerializer.to_sampling_params(data),
         )
         claim = IdempotencyClaim.begin(request, user_id=user.pk)
         caller = Caller.of(request)
@@ -112,7 +95,7 @@ class CompletionCreateApi(OpenAIView):
         data = validated(CompletionSerializer, request)
         model = route_or_404(data["model"], user=request_user(request))
         top = data.get("logprobs")
-        sampling = sampling_of(data, max_tokens=data.get("max_tokens"), top_logprobs=int(top or 0))
+        sampling = CompletionSerializer.to_sampling_params(data)
         guards = guards_for(user=request_user(request), api_key=request_api_key(request))
         prompts = data["prompt"]
         caller = Caller.of(request)

@@ -28,7 +28,7 @@ from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError, openai_exception_handler
 from gateway.guards import guards_for
 from gateway.idempotency import IdempotencyClaim
-from gateway.prepare import Sampling, prepare_chat, route_or_404
+from gateway.prepare import prepare_chat, route_or_404
 from gateway.responses import shaping
 from gateway.responses.serializers import ResponseCreateSerializer, check_neutral, input_messages
 from gateway.sse import observe_completed, sse, sse_response
@@ -36,6 +36,7 @@ from gateway.submission import Caller, Submission, raise_for_failed
 from inference.chat.selectors import response_history
 from inference.client import job_client
 from inference.models import Job, JobStatus
+from inference.sampling_params import SamplingParams
 from inference.selectors import response_get_for_user
 
 CANCEL_WAIT_S = 5.0
@@ -118,7 +119,7 @@ class ResponseCreateApi(ResponsesView):
             guards=guards_for(user=user, api_key=request_api_key(request)),
             messages=([{"role": "system", "content": instructions}] if instructions else []) + items,
             history=history,
-            sampling=Sampling(
+            sampling=SamplingParams(
                 max_tokens=data.get("max_output_tokens"),
                 temperature=1.0 if temperature is None else temperature,
                 top_p=data.get("top_p") or 1.0,

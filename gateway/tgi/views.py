@@ -27,7 +27,7 @@ from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError, tgi_exception_handler
 from gateway.guards import guards_for
 from gateway.idempotency import IdempotencyClaim
-from gateway.prepare import Sampling, prepare_completion, route_or_404, with_choices
+from gateway.prepare import prepare_completion, route_or_404, with_choices
 from gateway.sse import observe_completed
 from gateway.submission import Caller, Submission, submit_all
 from gateway.tgi import shaping
@@ -38,6 +38,7 @@ from gateway.tgi.serializers import (
     validated,
 )
 from inference.registry import default_model
+from inference.sampling_params import SamplingParams
 from inference.selectors import worker_heartbeats
 
 
@@ -46,7 +47,7 @@ class TgiView(StreamingApiView):
         return tgi_exception_handler
 
 
-def _sampling(parameters: dict[str, Any]) -> Sampling:
+def _sampling(parameters: dict[str, Any]) -> SamplingParams:
     """TGI samples when asked to, or when any sampling knob is set; otherwise it is greedy.
     A sampled request without a seed gets one drawn here, so ``details.seed`` can report it."""
     temperature = parameters.get("temperature")
@@ -55,20 +56,20 @@ def _sampling(parameters: dict[str, Any]) -> Sampling:
     sample = parameters.get("do_sample") or any(v is not None for v in (temperature, top_p, top_k))
     common: dict[str, Any] = {
         "max_tokens": parameters.get("max_new_tokens"),
-        "stop": parameters.get("stop") or (),
+        "stop": tuple(parameters.get("stop") or ()),
         "top_logprobs": int(parameters.get("top_n_tokens") or 0),
-        "prompt_logprobs": bool(parameters.get("decoder_input_details")),
+        "prompt_logprobs": 0 if parameters.get("decoder_input_details") else None,
         "include_stop": True,
         "truncate": parameters.get("truncate"),
     }
     if not sample:
-        return Sampling(temperature=0.0, seed=None, **common)
+        return SamplingParams(temperature=0.0, seed=None, **common)
     if temperature is not None and temperature <= 0:
         raise unprocessable("`temperature` must be strictly positive", param="parameters.temperature")
     if top_p is not None and not 0 < top_p < 1:
         raise unprocessable("`top_p` must be > 0.0 and < 1.0", param="parameters.top_p")
     seed = parameters.get("seed")
-    return Sampling(
+    return SamplingParams(
         temperature=1.0 if temperature is None else temperature,
         top_p=1.0 if top_p is None else top_p,
         top_k=top_k or 0,
@@ -121,7 +122,7 @@ def _run(request: Request, data: dict[str, Any], *, stream: bool, as_list: bool 
         seed=prepared.params.seed if prepared.params.temperature > 0 else None,
         prefix=data["inputs"] if parameters.get("return_full_text") else "",
         top_n_tokens=prepared.params.top_logprobs,
-        prefill=prepared.params.prompt_logprobs,
+        prefill=prepared.params.prompt_logprobs is not None,
         input_length=prepared.prompt_tokens,
     )
     caller = Caller.of(request)

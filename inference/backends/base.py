@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from inference.batching import SamplingParams
+from inference.sampling_params import SamplingParams
 
 
 @dataclass(frozen=True)

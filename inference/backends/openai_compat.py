@@ -36,8 +36,8 @@ from urllib.parse import urlsplit
 
 from inference.backends.base import NO_TOKEN, Sampled
 from inference.backends.remote import RemoteError, RemoteSequence, RemoteStreamsBackend, prompt_text
-from inference.batching import SamplingParams
 from inference.prompts import ModelInfo
+from inference.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from inference.upstreams import Lease, ReplicaPool
@@ -131,7 +131,7 @@ class OpenAICompatBackend(RemoteStreamsBackend):
         return self.info.decode(token_ids)
 
     def _refuse(self, params: SamplingParams) -> Exception | None:
-        if params.prompt_logprobs:
+        if params.prompt_logprobs is not None:
             return RemoteError(
                 "prompt log-probabilities are not available from an OpenAI-compatible upstream"
             )

@@ -20,8 +20,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from inference.backends.base import ModelBackend, Sampled
-from inference.batching import SamplingParams
 from inference.prompts import ModelInfo
+from inference.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from inference.backends.base import Sampled
-from inference.batching import SamplingParams
+from inference.sampling_params import SamplingParams
 
 
 def sample_batch(

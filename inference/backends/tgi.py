@@ -21,8 +21,8 @@ from typing import Any
 
 from inference.backends.base import Sampled
 from inference.backends.remote import RemoteError, RemoteSequence, RemoteStreamsBackend, prompt_text
-from inference.batching import SamplingParams
 from inference.prompts import ModelInfo
+from inference.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 

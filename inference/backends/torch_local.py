@@ -36,7 +36,7 @@ from inference.backends.packed_linear import pack_linears, packable
 from inference.backends.prefix_cache import PrefixBlock, PrefixCache
 from inference.backends.sampling import sample_batch
 from inference.backends.torch_setup import configure_threads, resolve_device, resolve_dtype
-from inference.batching import SamplingParams
+from inference.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +201,8 @@ class TorchCausalLMBackend(ModelBackend):
             seq.row = len(self.rows)
             self.rows.append(seq)
             self._by_key[key] = seq
-            leader = None if param.prompt_logprobs else self._same_prompt(ids)
-            if param.prompt_logprobs:
+            leader = None if param.prompt_logprobs is not None else self._same_prompt(ids)
+            if param.prompt_logprobs is not None:
                 seq.prompt_logprobs = [None]  # needs every prompt position's logits: no cache hit
             elif leader is not None:
                 # The same prompt is being prefilled (n > 1, best_of): prefilled once, then
@@ -442,7 +442,7 @@ class TorchCausalLMBackend(ModelBackend):
 
     @torch.inference_mode()
     def warmup(self) -> None:
-        params = SamplingParams(max_new_tokens=4, temperature=0.0)
+        params = SamplingParams(max_tokens=4, temperature=0.0)
         self.add(["__warmup__"], [[1, 2, 3, 4]], [params])
         for _ in range(3):
             self.step()

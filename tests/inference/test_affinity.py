@@ -17,7 +17,8 @@ from inference.chat.services import session_create
 from inference.metrics import WORKERS_SEEN_KEY, celery_queue_keys
 from inference.models import Job, JobKind, JobStatus, ModelVersion
 from inference.registry import ServedModel
-from inference.services import JobParams, job_cancel, job_create
+from inference.sampling_params import SamplingParams
+from inference.services import job_cancel, job_create
 from inference.store import get_redis
 from tests.conftest import ApiUser, child_env
 
@@ -145,7 +146,7 @@ def test_a_session_stays_on_its_worker_and_falls_back(
             model=model,
             kind=JobKind.CHAT,
             input={"messages": [{"role": "user", "content": text}]},
-            params=JobParams(max_tokens=max_tokens, temperature=0, ignore_eos=long),
+            params=SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=long),
             source="jobs",
             session_id=session.id,
         )

@@ -7,14 +7,15 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inference.batching import IncrementalDecoder, SamplingParams, Scheduler, SequenceRequest, StopMatcher
+from inference.batching import IncrementalDecoder, Scheduler, SequenceRequest, StopMatcher
+from inference.sampling_params import SamplingParams
 
 
 def req(key: str, prompt: int = 4, max_new: int = 4, priority: int = 0) -> SequenceRequest:
     return SequenceRequest(
         key=key,
         prompt_ids=list(range(prompt)),
-        params=SamplingParams(max_new_tokens=max_new),
+        params=SamplingParams(max_tokens=max_new),
         priority=priority,
     )
 
@@ -68,7 +69,7 @@ class TestScheduler:
 
     def test_resumed_tokens_count_against_max_new_tokens(self) -> None:
         request = SequenceRequest(
-            key="r", prompt_ids=[1, 2, 3], params=SamplingParams(max_new_tokens=10), resume_ids=[7, 8, 9, 10]
+            key="r", prompt_ids=[1, 2, 3], params=SamplingParams(max_tokens=10), resume_ids=[7, 8, 9, 10]
         )
         assert request.context_len == 7
         assert request.remaining_new_tokens == 6

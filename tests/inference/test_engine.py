@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from inference.backends.torch_local import TorchCausalLMBackend
-from inference.batching import FinishReason, SamplingParams, SequenceRequest
+from inference.batching import FinishReason, SequenceRequest
 from inference.engine import Engine, SequenceResult, StepEvent
 from inference.prompts import ModelInfo
+from inference.sampling_params import SamplingParams
 
-GREEDY = SamplingParams(max_new_tokens=24, temperature=0.0)
+GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
 
 
 class RecordingSink:
@@ -88,7 +89,7 @@ def test_mixed_lengths_joining_mid_flight_match_solo_runs(
     max_new = [24, 5, 30, 12, 24, 17]
     handles = []
     for i, (length, new) in enumerate(zip(lengths, max_new, strict=True)):
-        params = SamplingParams(max_new_tokens=new, temperature=0.0)
+        params = SamplingParams(max_tokens=new, temperature=0.0)
         handles.append(eng.submit(SequenceRequest(key=f"s{i}", prompt_ids=prompt(i, length), params=params)))
         time.sleep(0.01 * i)  # later sequences join a batch that is already decoding
     results = wait(handles)
@@ -96,7 +97,7 @@ def test_mixed_lengths_joining_mid_flight_match_solo_runs(
         expected = run_alone(
             backend,
             prompt(i, lengths[i]),
-            SamplingParams(max_new_tokens=max_new[i], temperature=0),
+            SamplingParams(max_tokens=max_new[i], temperature=0),
             max_new[i],
         )
         assert result.finish_reason is FinishReason.LENGTH
@@ -114,12 +115,12 @@ def test_seeded_sampling_is_reproducible_in_a_batch(
     engine: tuple[Engine, RecordingSink], backend: TorchCausalLMBackend
 ) -> None:
     eng, _ = engine
-    params = SamplingParams(max_new_tokens=20, temperature=0.9, top_p=0.9, top_k=50, seed=42)
+    params = SamplingParams(max_tokens=20, temperature=0.9, top_p=0.9, top_k=50, seed=42)
     alone = run_alone(backend, prompt(1, 12), params, 20)
     noise = [
         eng.submit(
             SequenceRequest(
-                key=f"n{i}", prompt_ids=prompt(i + 5, 9), params=SamplingParams(max_new_tokens=20, seed=i)
+                key=f"n{i}", prompt_ids=prompt(i + 5, 9), params=SamplingParams(max_tokens=20, seed=i)
             )
         )
         for i in range(5)
@@ -127,7 +128,7 @@ def test_seeded_sampling_is_reproducible_in_a_batch(
     seeded = eng.submit(SequenceRequest(key="seeded", prompt_ids=prompt(1, 12), params=params))
     results = wait([*noise, seeded])
     assert results[-1].token_ids == alone
-    other = run_alone(backend, prompt(1, 12), SamplingParams(max_new_tokens=20, temperature=0.9, seed=43), 20)
+    other = run_alone(backend, prompt(1, 12), SamplingParams(max_tokens=20, temperature=0.9, seed=43), 20)
     assert other != alone  # the seed matters
 
 
@@ -136,7 +137,7 @@ def test_cancel_mid_flight_stops_one_sequence_only(engine: tuple[Engine, Recordi
     long = [
         eng.submit(
             SequenceRequest(
-                key=f"c{i}", prompt_ids=prompt(i, 8), params=SamplingParams(max_new_tokens=150, temperature=0)
+                key=f"c{i}", prompt_ids=prompt(i, 8), params=SamplingParams(max_tokens=150, temperature=0)
             )
         )
         for i in range(3)
@@ -155,7 +156,7 @@ def test_cancel_flag_from_the_sink_stops_within_a_step(engine: tuple[Engine, Rec
     eng, sink = engine
     handle = eng.submit(
         SequenceRequest(
-            key="flagged", prompt_ids=prompt(3, 8), params=SamplingParams(max_new_tokens=200, temperature=0)
+            key="flagged", prompt_ids=prompt(3, 8), params=SamplingParams(max_tokens=200, temperature=0)
         )
     )
     deadline = time.monotonic() + 30
@@ -175,14 +176,14 @@ def test_stop_string_ends_the_sequence(
 ) -> None:
     eng, _ = engine
     ids = prompt(4, 10)
-    full = backend.decode(run_alone(backend, ids, SamplingParams(max_new_tokens=30, temperature=0), 30))
+    full = backend.decode(run_alone(backend, ids, SamplingParams(max_tokens=30, temperature=0), 30))
     stop = full[10:13]
     assert stop and stop in full
     handle = eng.submit(
         SequenceRequest(
             key="stopper",
             prompt_ids=ids,
-            params=SamplingParams(max_new_tokens=30, temperature=0, stop=(stop,)),
+            params=SamplingParams(max_tokens=30, temperature=0, stop=(stop,)),
         )
     )
     (result,) = wait([handle])
@@ -200,13 +201,13 @@ def test_deadline_expiry(backend: TorchCausalLMBackend) -> None:
             SequenceRequest(
                 key="doomed",
                 prompt_ids=prompt(1, 5),
-                params=SamplingParams(max_new_tokens=500, temperature=0),
+                params=SamplingParams(max_tokens=500, temperature=0),
                 deadline=1005.0,
             )
         )
         fine = eng.submit(
             SequenceRequest(
-                key="fine", prompt_ids=prompt(2, 5), params=SamplingParams(max_new_tokens=40, temperature=0)
+                key="fine", prompt_ids=prompt(2, 5), params=SamplingParams(max_tokens=40, temperature=0)
             )
         )
         while len(sink.events["doomed"]) < 3:
@@ -228,14 +229,14 @@ def test_a_failing_sequence_fails_alone(
     good = [
         eng.submit(
             SequenceRequest(
-                key=f"g{i}", prompt_ids=prompt(i, 6), params=SamplingParams(max_new_tokens=10, temperature=0)
+                key=f"g{i}", prompt_ids=prompt(i, 6), params=SamplingParams(max_tokens=10, temperature=0)
             )
         )
         for i in range(3)
     ]
     bad = eng.submit(
         SequenceRequest(
-            key="bad", prompt_ids=[5, 6, 10_000_000], params=SamplingParams(max_new_tokens=10, temperature=0)
+            key="bad", prompt_ids=[5, 6, 10_000_000], params=SamplingParams(max_tokens=10, temperature=0)
         )
     )
     results = wait([*good, bad])
@@ -244,7 +245,7 @@ def test_a_failing_sequence_fails_alone(
     for i, result in enumerate(results[:-1]):
         assert result.finish_reason is FinishReason.LENGTH
         assert result.token_ids == run_alone(
-            backend, prompt(i, 6), SamplingParams(max_new_tokens=10, temperature=0), 10
+            backend, prompt(i, 6), SamplingParams(max_tokens=10, temperature=0), 10
         )
 
 
@@ -253,13 +254,13 @@ def test_resume_continues_where_an_earlier_attempt_stopped(
 ) -> None:
     eng, sink = engine
     ids = prompt(9, 14)
-    full = run_alone(backend, ids, SamplingParams(max_new_tokens=30, temperature=0), 30)
+    full = run_alone(backend, ids, SamplingParams(max_tokens=30, temperature=0), 30)
     done = full[:12]
     handle = eng.submit(
         SequenceRequest(
             key="resumed",
             prompt_ids=ids,
-            params=SamplingParams(max_new_tokens=30, temperature=0),
+            params=SamplingParams(max_tokens=30, temperature=0),
             resume_ids=done,
             resume_text=backend.decode(done),
         )
@@ -290,7 +291,7 @@ def test_batch_size_limit_queues_the_rest(backend: TorchCausalLMBackend) -> None
                 SequenceRequest(
                     key=f"q{i}",
                     prompt_ids=prompt(i, 4),
-                    params=SamplingParams(max_new_tokens=8, temperature=0),
+                    params=SamplingParams(max_tokens=8, temperature=0),
                 )
             )
             for i in range(5)
@@ -305,7 +306,7 @@ def test_batch_size_limit_queues_the_rest(backend: TorchCausalLMBackend) -> None
 def test_eos_ends_a_sequence_unless_ignored(random_model_dir: Path) -> None:
     backend = make_backend(random_model_dir)
     ids = prompt(6, 10)
-    solo = run_alone(backend, ids, SamplingParams(max_new_tokens=30, temperature=0), 30)
+    solo = run_alone(backend, ids, SamplingParams(max_tokens=30, temperature=0), 30)
     eos = solo[5]
     first_eos = solo.index(eos)
     backend.eos_token_ids = frozenset({eos})
@@ -315,14 +316,14 @@ def test_eos_ends_a_sequence_unless_ignored(random_model_dir: Path) -> None:
             [
                 eng.submit(
                     SequenceRequest(
-                        key="stops", prompt_ids=ids, params=SamplingParams(max_new_tokens=30, temperature=0)
+                        key="stops", prompt_ids=ids, params=SamplingParams(max_tokens=30, temperature=0)
                     )
                 ),
                 eng.submit(
                     SequenceRequest(
                         key="ignores",
                         prompt_ids=ids,
-                        params=SamplingParams(max_new_tokens=30, temperature=0, ignore_eos=True),
+                        params=SamplingParams(max_tokens=30, temperature=0, ignore_eos=True),
                     )
                 ),
             ]

@@ -11,10 +11,10 @@ import pytest
 
 from config.processes import wait_until, worker_process
 from inference.backends.torch_local import TorchCausalLMBackend
-from inference.batching import SamplingParams
 from inference.models import Job, JobStatus
 from inference.registry import ServedModel
-from inference.services import JobParams, job_create, job_publish
+from inference.sampling_params import SamplingParams
+from inference.services import job_create, job_publish
 from inference.store import get_redis, get_streams
 from tests.conftest import ApiUser, child_env
 from tests.support.redis_entries import stream_entries
@@ -47,7 +47,7 @@ def reference(model: ServedModel, prompt: str) -> list[int]:
     info = model.info
     backend = TorchCausalLMBackend(model.path, threads=1, eos_token_ids=[], vocab_decode=info.decode)
     ids = info.completion_prompt_ids(prompt)
-    params = SamplingParams(max_new_tokens=MAX_TOKENS, temperature=0)
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
     first = backend.add(["r"], [ids], [params])["r"]
     assert not isinstance(first, Exception)
     out = [first.token_id]
@@ -80,7 +80,7 @@ def test_sigkill_with_a_full_batch(
                 model=model,
                 kind="completion",
                 input={"prompt": prompt},
-                params=JobParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True),
+                params=SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True),
                 source="jobs",
             )
             for prompt in PROMPTS

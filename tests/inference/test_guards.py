@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from inference.backends.base import ModelBackend, Sampled
-from inference.batching import FinishReason, SamplingParams, SequenceRequest
+from inference.batching import FinishReason, SequenceRequest
 from inference.engine import Engine
 from inference.guards import (
     DenyList,
@@ -22,6 +22,7 @@ from inference.guards import (
     injection_score,
     validate,
 )
+from inference.sampling_params import SamplingParams
 from tests.inference.test_engine import RecordingSink
 
 
@@ -126,7 +127,7 @@ def run(text: str, params: SamplingParams) -> tuple[str, FinishReason, str]:
 
 def test_engine_redacts_streamed_output() -> None:
     text = "Contact me at someone@example.com for the details you asked about today."
-    params = SamplingParams(max_new_tokens=len(text), temperature=0, output_guards=({"kind": "pii"},))
+    params = SamplingParams(max_tokens=len(text), temperature=0, output_guards=({"kind": "pii"},))
     result, reason, streamed = run(text, params)
     assert reason is FinishReason.LENGTH
     assert result == streamed == "Contact me at [REDACTED:email] for the details you asked about today."
@@ -135,7 +136,7 @@ def test_engine_redacts_streamed_output() -> None:
 def test_engine_stops_at_a_denied_phrase() -> None:
     text = "The plan is fine. The launch codes are 0000. More text after that."
     params = SamplingParams(
-        max_new_tokens=len(text),
+        max_tokens=len(text),
         temperature=0,
         output_guards=({"kind": "deny_list", "patterns": ["(?i)launch codes"]},),
     )

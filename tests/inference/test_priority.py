@@ -11,7 +11,8 @@ import pytest
 from config.processes import wait_until, worker_process
 from inference.models import Job, JobStatus
 from inference.registry import ServedModel
-from inference.services import JobParams, job_create
+from inference.sampling_params import SamplingParams
+from inference.services import job_create
 from tests.conftest import ApiUser, child_env
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +37,7 @@ def test_higher_tiers_leave_the_queue_first(
             model=model,
             kind="completion",
             input={"prompt": f"Job {i}"},
-            params=JobParams(max_tokens=2, temperature=0),
+            params=SamplingParams(max_tokens=2, temperature=0),
             source="jobs",
             priority=tier,
         )

@@ -11,8 +11,9 @@ import pytest
 
 from inference import runtime
 from inference.backends.base import ModelBackend
-from inference.batching import SamplingParams, SequenceRequest
+from inference.batching import SequenceRequest
 from inference.registry import ServedModel
+from inference.sampling_params import SamplingParams
 
 
 def test_on_own_thread_returns_what_the_function_returns_from_a_thread_that_has_ended() -> None:
@@ -60,7 +61,7 @@ def test_a_version_is_loaded_and_warmed_up_off_the_callers_thread_and_then_serve
             SequenceRequest(
                 key="own-thread-1",
                 prompt_ids=[1, 2, 3],
-                params=SamplingParams(max_new_tokens=4, temperature=0.0, ignore_eos=True),
+                params=SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True),
             )
         )
         assert handle.wait(60)

@@ -18,7 +18,8 @@ from django.utils import timezone
 from inference.metrics import celery_queue_keys
 from inference.models import DeadLetter, Job, JobStatus
 from inference.registry import ServedModel, queue_for
-from inference.services import JobParams, job_cancel, job_create, jobs_reconcile
+from inference.sampling_params import SamplingParams
+from inference.services import job_cancel, job_create, jobs_reconcile
 from inference.store import get_redis, get_streams
 from tests.support.redis_entries import stream_entries
 
@@ -48,7 +49,7 @@ def queued_job_ids(name: str) -> list[str]:
 
 def create(model: ServedModel, user: User) -> Job:
     return job_create(
-        user=user, api_key_id=None, model=model, kind="completion", input={"prompt": "x"}, params=JobParams(max_tokens=4),
+        user=user, api_key_id=None, model=model, kind="completion", input={"prompt": "x"}, params=SamplingParams(max_tokens=4),
         source="jobs",
     )  # fmt: skip
 

@@ -105,7 +105,8 @@ def test_cancel_a_queued_job_never_runs_it(live: Live, api_user: ApiUser) -> Non
     """A job cancelled before any worker starts it is final at once; the worker that later
     receives its message drops it."""
     from inference.registry import ServedModel
-    from inference.services import JobParams, job_cancel, job_create
+    from inference.sampling_params import SamplingParams
+    from inference.services import job_cancel, job_create
 
     ghost = ServedModel(name="nobody-serves-this", path=Path("/nonexistent"))
     created = job_create(
@@ -114,7 +115,7 @@ def test_cancel_a_queued_job_never_runs_it(live: Live, api_user: ApiUser) -> Non
         model=ghost,
         kind="completion",
         input={"prompt": "x"},
-        params=JobParams(max_tokens=5),
+        params=SamplingParams(max_tokens=5),
         source="jobs",
     )
     job = job_cancel(job=created)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from inference.backends.torch_local import TorchCausalLMBackend
-from inference.batching import SamplingParams
 from inference.prompts import ModelInfo
+from inference.sampling_params import SamplingParams
 
 
 def generate(model_dir: Path, dtype: str, prompt: str, tokens: int = 24) -> tuple[str, str]:
@@ -17,7 +17,7 @@ def generate(model_dir: Path, dtype: str, prompt: str, tokens: int = 24) -> tupl
     backend = TorchCausalLMBackend(
         model_dir, dtype=dtype, threads=1, eos_token_ids=[], vocab_decode=info.decode
     )
-    params = SamplingParams(max_new_tokens=tokens, temperature=0)
+    params = SamplingParams(max_tokens=tokens, temperature=0)
     first = backend.add(["s"], [info.completion_prompt_ids(prompt)], [params])["s"]
     assert not isinstance(first, Exception)
     ids = [first.token_id]

@@ -15,10 +15,10 @@ import torch
 from inference.backends import kv_cache
 from inference.backends.kv_cache import SlotKVCache, StepPlan, decode_attention
 from inference.backends.torch_local import TorchCausalLMBackend
-from inference.batching import SamplingParams
 from inference.prompts import ModelInfo
+from inference.sampling_params import SamplingParams
 
-GREEDY = SamplingParams(max_new_tokens=64, temperature=0.0)
+GREEDY = SamplingParams(max_tokens=64, temperature=0.0)
 
 
 def _backend(model_dir: Path, **kwargs: object) -> TorchCausalLMBackend:
@@ -203,7 +203,7 @@ def test_a_shared_block_is_freed_only_when_its_last_user_ends(cached: TorchCausa
 def test_prompt_logprobs_skip_the_cache_but_stay_exact(cached: TorchCausalLMBackend) -> None:
     ids = _prompt(14, 40)
     _alone(cached, "warm", ids, 2)
-    asked = SamplingParams(max_new_tokens=2, temperature=0.0, prompt_logprobs=True)
+    asked = SamplingParams(max_tokens=2, temperature=0.0, prompt_logprobs=0)
     hits = cached.prefix.stats.hit_tokens
     first = cached.add(["lp"], [ids], [asked])["lp"]
     cached.remove(["lp"])
@@ -242,7 +242,7 @@ def test_parallel_samples_prefill_their_prompt_once(fused: TorchCausalLMBackend)
     sequence samples exactly what it samples alone with its seed."""
     prompt = _prompt(21, 70)  # 3 chunks at a 24-token budget
     seeds = [11, 12, 13, 14]
-    params = [SamplingParams(max_new_tokens=64, temperature=1.0, seed=seed) for seed in seeds]
+    params = [SamplingParams(max_tokens=64, temperature=1.0, seed=seed) for seed in seeds]
     keys = [f"n{i}" for i in range(len(seeds))]
     alone: dict[str, list[int]] = {}
     for key, param in zip(keys, params, strict=True):
@@ -262,7 +262,7 @@ def test_a_parallel_sample_outlives_its_leader(fused: TorchCausalLMBackend) -> N
     """The sequence that prefills for the others is cancelled before its prompt is done: the
     others prefill it themselves and are not stuck."""
     prompt = _prompt(22, 70)
-    param = SamplingParams(max_new_tokens=64, temperature=1.0, seed=5)
+    param = SamplingParams(max_tokens=64, temperature=1.0, seed=5)
     assert fused.enqueue(["solo"], [prompt], [param]) == {}
     expected = _run(fused, ["solo"], 8)[0]["solo"]
     assert fused.enqueue(["lead", "follow"], [prompt, prompt], [param, param]) == {}

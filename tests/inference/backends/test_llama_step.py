@@ -11,7 +11,7 @@ import torch
 
 from inference.backends.llama_step import LlamaStep, supported
 from inference.backends.torch_local import TorchCausalLMBackend
-from inference.batching import SamplingParams
+from inference.sampling_params import SamplingParams
 from tests.inference.backends.test_kv_cache import _backend
 
 PROMPTS = {f"s{i}": [(i * 41 + j * 13) % 1000 + 5 for j in range(n)] for i, n in enumerate((3, 37, 70, 120))}
@@ -47,7 +47,7 @@ def _run(backend: TorchCausalLMBackend, steps: int = 40) -> dict[str, list[tuple
     """Greedy decode of PROMPTS, enqueued together: with a small step budget the first steps
     carry decodes beside prefill chunks (mixed steps), later ones decodes only."""
     got: dict[str, list[tuple[int, float]]] = {key: [] for key in PROMPTS}
-    params = SamplingParams(max_new_tokens=64, temperature=0.0)
+    params = SamplingParams(max_tokens=64, temperature=0.0)
     assert backend.enqueue(list(PROMPTS), list(PROMPTS.values()), [params] * len(PROMPTS)) == {}
     for _ in range(steps):
         for key, sampled in backend.step().items():
@@ -118,5 +118,5 @@ def test_other_models_keep_the_generic_path(random_model_dir: Path) -> None:
     )
     assert backend._llama_step is None
     assert supported(backend.model) is not None
-    first = backend.add(["q"], [[5, 6, 7]], [SamplingParams(max_new_tokens=4, temperature=0.0)])["q"]
+    first = backend.add(["q"], [[5, 6, 7]], [SamplingParams(max_tokens=4, temperature=0.0)])["q"]
     assert not isinstance(first, Exception)

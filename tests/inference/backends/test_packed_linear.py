@@ -9,7 +9,7 @@ import torch
 
 from inference.backends.packed_linear import PackedLinear, pack_linears, packable
 from inference.backends.torch_local import TorchCausalLMBackend
-from inference.batching import SamplingParams
+from inference.sampling_params import SamplingParams
 from tests.inference.backends.test_kv_cache import _backend
 
 pytestmark = pytest.mark.skipif(
@@ -42,7 +42,7 @@ def test_packed_backend_decodes_the_same_tokens(random_model_dir: Path) -> None:
     log-probabilities with packed and with torch's own linears. The tiny random model's
     near-uniform logits turn any real difference into other tokens."""
     prompts = {f"s{i}": [(i * 37 + j * 11) % 1000 + 5 for j in range(n)] for i, n in enumerate((5, 40, 90))}
-    params = SamplingParams(max_new_tokens=64, temperature=0.0)
+    params = SamplingParams(max_tokens=64, temperature=0.0)
 
     def run(backend: TorchCausalLMBackend) -> dict[str, list[tuple[int, float]]]:
         got: dict[str, list[tuple[int, float]]] = {key: [] for key in prompts}

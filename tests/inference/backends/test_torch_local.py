@@ -9,10 +9,10 @@ import torch
 
 from inference.backends.torch_local import TorchCausalLMBackend
 from inference.backends.torch_setup import resolve_dtype
-from inference.batching import SamplingParams
 from inference.prompts import ModelInfo
+from inference.sampling_params import SamplingParams
 
-GREEDY = SamplingParams(max_new_tokens=64, temperature=0.0)
+GREEDY = SamplingParams(max_tokens=64, temperature=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +213,7 @@ def test_sampler_reports_invalid_rows() -> None:
 
 def test_top_logprobs_are_the_models_best_alternatives(backend: TorchCausalLMBackend) -> None:
     ids = [5, 17, 99, 3, 250]
-    wanted = SamplingParams(max_new_tokens=4, temperature=0.0, top_logprobs=5)
+    wanted = SamplingParams(max_tokens=4, temperature=0.0, top_logprobs=5)
     first = backend.add(["top"], [ids], [wanted])["top"]
     backend.remove(["top"])
     assert not isinstance(first, Exception)
@@ -236,7 +236,7 @@ def test_prompt_logprobs_match_a_full_forward_pass(backend: TorchCausalLMBackend
     results = backend.add(
         ["details", "other"],
         [ids, other],
-        [SamplingParams(max_new_tokens=2, temperature=0.0, prompt_logprobs=True), GREEDY],
+        [SamplingParams(max_tokens=2, temperature=0.0, prompt_logprobs=0), GREEDY],
     )
     backend.remove(["details", "other"])
     details, plain = results["details"], results["other"]
