@@ -73,6 +73,13 @@ def get_bool(name: str, default: bool) -> bool:
     raise ValueError(f"environment variable {name} must be a boolean, got {value!r}")
 
 
+def get_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    value = get_str(name, default).strip()
+    if value not in choices:
+        raise ValueError(f"environment variable {name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def get_list(name: str, default: list[str]) -> list[str]:
     value = _raw(name)
     if value is None:

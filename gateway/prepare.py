@@ -10,6 +10,7 @@ TGI 422).
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Sequence
@@ -22,11 +23,13 @@ from rest_framework import status
 
 from gateway.errors import ApiError
 from gateway.guards import RequestGuards
+from inference.backends.support import unsupported_by
 from inference.models import JobKind
 from inference.prompts import ChatTemplateError, ModelFilesError
 from inference.registry import ServedModel, resolve_model
 from inference.routing import route
 from inference.sampling_params import SamplingParams
+from inference.tools.calls import ToolPlan
 
 ROLE_ALIASES = {"developer": "system"}
 MAX_TOP_LOGPROBS = 20
@@ -42,7 +45,7 @@ class PreparedRequest:
     params: SamplingParams
     prompt_tokens: int
     session_id: str | None = None
-    #: The prompt's token ids when the gateway knows them (completions), for echo/details.
+    #: The prompt's token ids as the gateway counted them (echo, details, return_token_ids).
     prompt_ids: tuple[int, ...] = ()
     #: Protocol-specific job fields (Responses: previous job, store, background, metadata).
     extra: dict[str, Any] = field(default_factory=dict)
@@ -154,9 +157,11 @@ def route_or_404(
 
 def normalize_messages(
     messages: Sequence[dict[str, Any]], *, param: str = "messages"
-) -> list[dict[str, str]]:
-    """OpenAI messages (content as a string or a list of text parts) -> {role, content} strings."""
-    normalized: list[dict[str, str]] = []
+) -> list[dict[str, Any]]:
+    """OpenAI messages -> what the chat template reads: ``role`` and ``content`` (text parts
+    joined), with an assistant's ``tool_calls`` (their arguments as objects, as transformers'
+    templates expect) and a tool message's ``tool_call_id``."""
+    normalized: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         content = message.get("content")
         if content is None:
@@ -175,8 +180,32 @@ def normalize_messages(
                 parts.append(str(part.get("text", "")))
             text = "".join(parts)
         role = ROLE_ALIASES.get(message["role"], message["role"])
-        normalized.append({"role": role, "content": text})
+        item: dict[str, Any] = {"role": role, "content": text}
+        if message.get("tool_calls"):
+            item["tool_calls"] = [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {
+                        "name": call["function"]["name"],
+                        "arguments": _arguments(call["function"]["arguments"]),
+                    },
+                }
+                for call in message["tool_calls"]
+            ]
+        if message.get("tool_call_id"):
+            item["tool_call_id"] = message["tool_call_id"]
+        normalized.append(item)
     return normalized
+
+
+def _arguments(text: str) -> Any:
+    """A call's arguments as the template renders them: the object, or the text as it came."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text
 
 
 def _params(
@@ -189,9 +218,11 @@ def _params(
     prompt_param: str,
     error_status: int,
     guards: RequestGuards | None = None,
+    param_names: dict[str, str] | None = None,
 ) -> SamplingParams:
     """The request's parameters with what depends on the prompt resolved (``max_tokens``
     against the context window) and checked against the model (token ids in its vocabulary)."""
+    param_names = param_names or {}
     context = model.info.context_length
     room = context - prompt_tokens
     max_tokens = sampling.max_tokens
@@ -230,10 +261,18 @@ def _params(
             param="top_logprobs",
         )
     check_stop(sampling.stop, error_status=error_status)
+    if sampling.min_tokens > max_tokens:
+        raise ApiError(
+            f"min_tokens ({sampling.min_tokens}) must not exceed {max_tokens_param} ({max_tokens}).",
+            status_code=error_status,
+            code="invalid_value",
+            param="min_tokens",
+        )
     vocab = model.info.vocab_size
     for param, ids in (
         ("logit_bias", [token for token, _ in sampling.logit_bias]),
         ("stop_token_ids", list(sampling.stop_token_ids)),
+        ("allowed_token_ids", list(sampling.allowed_token_ids)),
     ):
         bad = next((i for i in ids if not 0 <= i < vocab), None)
         if bad is not None:
@@ -243,6 +282,15 @@ def _params(
                 code="invalid_value",
                 param=param,
             )
+    unsupported = unsupported_by(model, sampling)
+    if unsupported is not None:
+        field_name, why = unsupported
+        raise ApiError(
+            f"'{param_names.get(field_name, field_name)}' is not supported by this model's upstream: {why}.",
+            status_code=error_status,
+            code="unsupported_parameter",
+            param=param_names.get(field_name, field_name),
+        )
     return replace(
         sampling,
         max_tokens=max_tokens,
@@ -272,30 +320,48 @@ def prepare_chat(
     sampling: SamplingParams,
     error_status: int = status.HTTP_400_BAD_REQUEST,
     context: ChatContext | None = None,
-    history: Sequence[dict[str, str]] = (),
+    history: Sequence[dict[str, Any]] = (),
     messages_param: str = "messages",
     max_tokens_param: str = "max_tokens",
     extra: dict[str, Any] | None = None,
     guards: RequestGuards | None = None,
+    tools: ToolPlan | None = None,
+    param_names: dict[str, str] | None = None,
 ) -> PreparedRequest:
     """``history``: earlier turns the worker will put before ``messages`` (a Responses chain),
-    counted here so that the context check sees what the model will see."""
+    counted here so that the context check sees what the model will see. ``tools``: the
+    request's tool plan (the template renders its tools; the job keeps it for the answer)."""
     normalized = normalize_messages(messages, param=messages_param)
-    if not any(m["content"].strip() for m in normalized):
+    if not any(m["content"].strip() or m.get("tool_calls") for m in normalized):
         raise ApiError(
             "The messages contain no text: at least one message needs non-empty content.",
             status_code=error_status,
             code="empty_prompt",
             param=messages_param,
         )
-    _check_size(sum(len(m["content"]) for m in normalized), error_status, messages_param)
+    _check_size(
+        sum(len(m["content"]) + len(json.dumps(m.get("tool_calls") or "")) for m in normalized),
+        error_status,
+        messages_param,
+    )
     for index, message in enumerate(normalized):
         param = f"{messages_param}[{index}].content"
         check_storable(message["content"], param=param, error_status=error_status)
+        for number, call in enumerate(message.get("tool_calls") or ()):
+            check_storable(
+                json.dumps(call, ensure_ascii=False),
+                param=f"{messages_param}[{index}].tool_calls[{number}]",
+                error_status=error_status,
+            )
         if guards is not None and message["role"] != "assistant":  # the model's own turns pass
             message["content"] = guards.check(message["content"], param=param, error_status=error_status)
+    if tools is not None:
+        check_storable(
+            json.dumps(list(tools.tools), ensure_ascii=False), param="tools", error_status=error_status
+        )
+    rendered_tools = list(tools.tools) if tools is not None and tools.rendered else None
     try:
-        prompt_ids = model.info.chat_prompt_ids([*history, *normalized])
+        prompt_ids = model.info.chat_prompt_ids([*history, *normalized], tools=rendered_tools)
     except ChatTemplateError as exc:
         raise ApiError(
             f"The messages do not fit this model's chat format: {exc}",
@@ -305,6 +371,8 @@ def prepare_chat(
         ) from exc
     except ModelFilesError as exc:
         raise _model_files_error(exc) from exc
+    if sampling.truncate is not None and len(prompt_ids) > sampling.truncate:
+        prompt_ids = prompt_ids[-sampling.truncate :]
     params = _params(
         model=model,
         prompt_tokens=len(prompt_ids),
@@ -314,8 +382,11 @@ def prepare_chat(
         prompt_param=messages_param,
         error_status=error_status,
         guards=guards,
+        param_names=param_names,
     )
     job_input: dict[str, Any] = {"messages": normalized}
+    if tools is not None:
+        job_input["tool_plan"] = tools.as_dict()
     if context is not None and context.knowledge_base_ids:
         job_input["knowledge_base_ids"] = list(context.knowledge_base_ids)
         if context.rag:
@@ -328,6 +399,7 @@ def prepare_chat(
         prompt_tokens=len(prompt_ids),
         session_id=context.session_id if context is not None else None,
         extra=extra or {},
+        prompt_ids=tuple(prompt_ids),
     )
 
 
@@ -341,6 +413,7 @@ def prepare_completion(
     prompt_param: str = "prompt",
     error_status: int = status.HTTP_400_BAD_REQUEST,
     guards: RequestGuards | None = None,
+    param_names: dict[str, str] | None = None,
 ) -> PreparedRequest:
     """``prompt``: text, or token ids of the model's tokenizer (OpenAI and vLLM accept both).
     Input guards see text prompts; token ids are the caller's own encoding, taken as they are."""
@@ -386,6 +459,7 @@ def prepare_completion(
         prompt_param=prompt_param,
         error_status=error_status,
         guards=guards,
+        param_names=param_names,
     )
     return PreparedRequest(
         model=model,
@@ -399,3 +473,9 @@ def prepare_completion(
 
 def with_extra(prepared: PreparedRequest, **extra: Any) -> PreparedRequest:
     return replace(prepared, extra={**prepared.extra, **extra})
+
+
+def with_input(prepared: PreparedRequest, **fields: Any) -> PreparedRequest:
+    """Flags the worker reads from the job's input (``return_token_ids``: its first entry
+    carries the prompt's token ids as the worker built them)."""
+    return replace(prepared, input={**prepared.input, **fields})

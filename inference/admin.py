@@ -392,7 +392,7 @@ class ModelVersionAdmin(AuditedAdmin, ModelAdmin):
     readonly_fields = ("created_at", "updated_at", "health_detail", "replica_table")
     fieldsets = (
         (None, {"fields": ("served_name", "label", "status", "traffic_weight", "fallback")}),
-        ("Backend", {"fields": ("backend", "path", "dtype")}),
+        ("Backend", {"fields": ("backend", "path", "dtype", "tool_parser")}),
         (
             "Remote upstream (tgi, openai)",
             {

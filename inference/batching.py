@@ -198,22 +198,30 @@ class StopMatcher:
         self.text = ""
         self.emitted = 0
         self.stopped = False
+        self._disarmed = 0  # text up to here was fed before the matcher was armed
 
-    def feed(self, delta: str) -> str:
-        """Add decoded text; return the part that may be sent to the client now."""
+    def feed(self, delta: str, *, armed: bool = True) -> str:
+        """Add decoded text; return the part that may be sent to the client now. Text fed
+        while not ``armed`` (before min_tokens) is sent at once and never ends in a match."""
         if self.stopped:
             return ""
         self.text += delta
+        if not armed:
+            out = self.text[self.emitted :]
+            self.emitted = len(self.text)
+            self._disarmed = len(self.text)
+            return out
         if not self.stops:
             out = self.text[self.emitted :]
             self.emitted = len(self.text)
             return out
-        # Only a window that includes the new text can hold a new match.
+        # Only a window that includes the new text can hold a new match (and none that ended
+        # before the matcher was armed).
         search_from = max(0, self.emitted - self._longest)
         first: int | None = None
         matched = ""
         for stop in self.stops:
-            index = self.text.find(stop, search_from)
+            index = self.text.find(stop, max(search_from, self._disarmed - len(stop) + 1))
             if index != -1 and (first is None or index < first):
                 first, matched = index, stop
         if first is not None:

@@ -42,8 +42,9 @@ class StepEvent:
     completion_tokens: int
     #: Per token, its alternatives (only when the sequence asked for top_logprobs).
     top_logprobs: list[list[tuple[int, float]]] | None = None
-    #: With the first token, when asked: (prompt token id, log-probability) for the prompt.
-    prompt_logprobs: list[tuple[int, float | None]] | None = None
+    #: With the first token, when asked: (prompt token id, log-probability[, rank, alternatives])
+    #: for the prompt.
+    prompt_logprobs: list[tuple[Any, ...]] | None = None
 
 
 class TokenSink(Protocol):
@@ -126,7 +127,7 @@ class _Active:
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[float] = field(default_factory=list)
     pending_top: list[list[tuple[int, float]]] = field(default_factory=list)
-    pending_prompt: list[tuple[int, float | None]] | None = None
+    pending_prompt: list[tuple[Any, ...]] | None = None
     pending_text: str = ""
     finish: FinishReason | None = None
     error: str | None = None
@@ -192,7 +193,14 @@ class Engine:
             self._thread = None
 
     def submit(self, request: SequenceRequest) -> SequenceHandle:
+        """Hand a sequence to the engine (from a job's thread). The backend prepares what takes
+        time (an output constraint's compilation) here, on the caller's thread."""
         handle = SequenceHandle(request.key)
+        try:
+            self.backend.prepare(request.params)
+        except Exception as exc:  # a constraint that does not compile: this sequence only
+            handle._complete(self._result_for_error(request, self.clock(), f"invalid request: {exc}"))
+            return handle
         with self._cv:
             if self._stopping:
                 raise RuntimeError("engine is stopping")
@@ -341,16 +349,17 @@ class Engine:
         keys = [act.request.key for act in acts]
         tokens = [[*act.request.prompt_ids, *act.request.resume_ids] for act in acts]
         params = [act.request.params for act in acts]
+        resumed = [len(act.request.resume_ids) for act in acts]
         try:
-            return self.backend.enqueue(keys, tokens, params)
+            return self.backend.enqueue(keys, tokens, params, resumed)
         except Exception:
             if len(acts) == 1:
                 raise
             logger.warning("batched prefill failed; retrying sequences one by one", exc_info=True)
         results: dict[str, Sampled | Exception] = {}
-        for key, ids, param in zip(keys, tokens, params, strict=True):
+        for key, ids, param, done in zip(keys, tokens, params, resumed, strict=True):
             try:
-                results.update(self.backend.enqueue([key], [ids], [param]))
+                results.update(self.backend.enqueue([key], [ids], [param], [done]))
             except Exception as exc:
                 results[key] = exc
         return results
@@ -407,14 +416,30 @@ class Engine:
             act.pending_top.append(list(sampled.top))
         if sampled.prompt_logprobs is not None:
             act.pending_prompt = list(zip(act.request.prompt_ids, sampled.prompt_logprobs, strict=False))
-        if sampled.token_id in self.backend.eos_token_ids and not act.request.params.ignore_eos:
+            if sampled.prompt_top is not None:
+                # (id, logprob, rank, alternatives) from the second prompt token on.
+                act.pending_prompt[1:] = [
+                    (token_id, logprob, rank, list(top))
+                    for (token_id, logprob), (rank, top) in zip(
+                        act.pending_prompt[1:], sampled.prompt_top, strict=False
+                    )
+                ]
+        params = act.request.params
+        if sampled.token_id in self.backend.eos_token_ids and not params.ignore_eos:
             act.finish = FinishReason.STOP
             return
+        if sampled.token_id in params.stop_token_ids:
+            # Generated and counted; its text is left out unless asked for (as vLLM does).
+            act.finish = FinishReason.STOP
+            if not params.include_stop:
+                return
         if sampled.final is not None:
-            # The upstream ended here: this token's text is the last (stop checks still run).
+            # The upstream (or a complete output constraint) ended here: this token's text is
+            # the last (stop checks still run).
             act.finish = FinishReason.LENGTH if sampled.final == "length" else FinishReason.STOP
         piece = act.decoder.push(sampled.token_id) if sampled.text is None else sampled.text
-        delta = act.stops.feed(piece)
+        # Before min_tokens, stop strings do not stop (vLLM checks none before then).
+        delta = act.stops.feed(piece, armed=act.completion_tokens >= params.min_tokens)
         if act.guards is not None:
             delta = act.guards.feed(delta)
             if act.guards.blocked:

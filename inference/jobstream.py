@@ -43,6 +43,8 @@ class EntryKind(enum.StrEnum):
 
 #: A token's alternatives: (token id, log-probability), most likely first.
 TopLogprobs = list[tuple[int, float]]
+#: A prompt token: (id, logprob) or (id, logprob, rank, alternatives).
+PromptToken = tuple[Any, ...]
 
 
 def _ints(raw: str) -> list[int]:
@@ -51,6 +53,16 @@ def _ints(raw: str) -> list[int]:
 
 def _floats(raw: str) -> list[float]:
     return [float(x) for x in raw.split(",")] if raw else []
+
+
+def _prompt_token(item: PromptToken) -> list[Any]:
+    token_id, logprob = int(item[0]), None if item[1] is None else round(float(item[1]), 5)
+    out: list[Any] = [token_id, logprob]
+    if len(item) > 2:
+        out.append(item[2])
+    if len(item) > 3:
+        out.append([[int(i), round(float(lp), 5)] for i, lp in item[3]])
+    return out
 
 
 def _text(value: Any) -> str:
@@ -68,11 +80,14 @@ class StreamEntry:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[TopLogprobs] | None = None
-    #: The prompt as the model saw it, with each token's log-probability (None for the first).
-    prompt_logprobs: list[tuple[int, float | None]] | None = None
+    #: The prompt as the model saw it: per token (id, log-probability (None for the first),
+    #: and, where asked for, its rank and alternatives ``[(id, logprob), ...]``).
+    prompt_logprobs: list[PromptToken] | None = None
     completion_tokens: int = 0
     # start, retry
     attempt: int = 0
+    #: start, when the request asked for them (return_token_ids): the prompt's ids as built.
+    prompt_ids: list[int] | None = None
     delay_s: float = 0.0
     # cite
     citations: list[dict[str, Any]] = field(default_factory=list)
@@ -92,8 +107,10 @@ class StreamEntry:
         return cls(EntryKind.QUEUED)
 
     @classmethod
-    def start(cls, attempt: int) -> StreamEntry:
-        return cls(EntryKind.START, attempt=attempt)
+    def start(cls, attempt: int, prompt_ids: Sequence[int] | None = None) -> StreamEntry:
+        return cls(
+            EntryKind.START, attempt=attempt, prompt_ids=list(prompt_ids) if prompt_ids is not None else None
+        )
 
     @classmethod
     def retry(cls, *, attempt: int, error: str, delay_s: float) -> StreamEntry:
@@ -116,7 +133,7 @@ class StreamEntry:
         logprobs: Sequence[float],
         completion_tokens: int,
         top_logprobs: Sequence[TopLogprobs] | None = None,
-        prompt_logprobs: Sequence[tuple[int, float | None]] | None = None,
+        prompt_logprobs: Sequence[PromptToken] | None = None,
     ) -> StreamEntry:
         return cls(
             EntryKind.TOKEN,
@@ -170,8 +187,7 @@ class StreamEntry:
                 )
             if self.prompt_logprobs is not None:
                 fields["pl"] = json.dumps(
-                    [[int(i), None if lp is None else round(float(lp), 5)] for i, lp in self.prompt_logprobs],
-                    separators=(",", ":"),
+                    [_prompt_token(item) for item in self.prompt_logprobs], separators=(",", ":")
                 )
             return fields
         if kind == EntryKind.END:
@@ -186,7 +202,10 @@ class StreamEntry:
                 fields["ch"] = "1"
             return fields
         if kind == EntryKind.START:
-            return {"t": "start", "a": str(self.attempt)}
+            fields = {"t": "start", "a": str(self.attempt)}
+            if self.prompt_ids is not None:
+                fields["p"] = ",".join(str(i) for i in self.prompt_ids)
+            return fields
         if kind == EntryKind.RETRY:
             return {"t": "retry", "a": str(self.attempt), "e": self.error, "d": f"{self.delay_s:.3f}"}
         if kind == EntryKind.CITATIONS:
@@ -208,7 +227,15 @@ class StreamEntry:
                     [(int(i), float(lp)) for i, lp in top] for top in json.loads(fields["tl"])
                 ]
             if "pl" in fields:
-                entry.prompt_logprobs = [(int(i), lp) for i, lp in json.loads(fields["pl"])]
+                entry.prompt_logprobs = [
+                    (
+                        int(item[0]),
+                        item[1],
+                        *item[2:3],
+                        *([[tuple(a) for a in item[3]]] if len(item) > 3 else []),
+                    )
+                    for item in json.loads(fields["pl"])
+                ]
         elif kind == EntryKind.END:
             entry.status = fields.get("s", "")
             entry.finish_reason = fields.get("f", "")
@@ -217,6 +244,8 @@ class StreamEntry:
             entry.cache_hit = fields.get("ch") == "1"
         elif kind == EntryKind.START:
             entry.attempt = int(fields.get("a") or 1)
+            if "p" in fields:
+                entry.prompt_ids = _ints(fields["p"])
         elif kind == EntryKind.RETRY:
             entry.attempt = int(fields.get("a") or 1)
             entry.error = fields.get("e", "")

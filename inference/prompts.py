@@ -141,18 +141,41 @@ class ModelInfo:
         def strftime_now(fmt: str) -> str:
             return datetime.now(tz=UTC).strftime(fmt)
 
+        def tojson(
+            value: Any,
+            ensure_ascii: bool = False,
+            indent: int | None = None,
+            separators: tuple[str, str] | None = None,
+            sort_keys: bool = False,
+        ) -> str:
+            # As transformers does: Jinja's own tojson escapes HTML characters, which changes
+            # the text (and the tokens) a template renders for tools and arguments.
+            return json.dumps(
+                value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+            )
+
         environment = ImmutableSandboxedEnvironment(
             trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
         )
         environment.globals["raise_exception"] = raise_exception
         environment.globals["strftime_now"] = strftime_now
+        environment.filters["tojson"] = tojson
         return environment.from_string(self.chat_template)
 
-    def render_chat(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+    def render_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> str:
+        """The template's text for these messages; ``tools`` (OpenAI function tools) as
+        transformers' ``apply_chat_template(tools=...)`` passes them: None when there are none."""
         try:
             return str(
                 self._compiled_template.render(
                     messages=list(messages),
+                    tools=list(tools) if tools else None,
                     add_generation_prompt=add_generation_prompt,
                     bos_token=self.bos_token or "",
                     eos_token=self.eos_token or "",
@@ -160,13 +183,18 @@ class ModelInfo:
             )
         except TemplateError as exc:
             raise ChatTemplateError(str(exc)) from exc
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            # A template reading a field the messages do not have the way it expects.
+            raise ChatTemplateError(f"{type(exc).__name__}: {exc}") from exc
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
 
-    def chat_prompt_ids(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+    def chat_prompt_ids(
+        self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
         # The template writes any BOS itself (as transformers' apply_chat_template assumes).
-        return self.encode(self.render_chat(messages), add_special_tokens=False)
+        return self.encode(self.render_chat(messages, tools=tools), add_special_tokens=False)
 
     def completion_prompt_ids(self, prompt: str) -> list[int]:
         return self.encode(prompt, add_special_tokens=True)
@@ -184,6 +212,18 @@ class ModelInfo:
         """One token as text (a byte-level token that is part of a character decodes to U+FFFD,
         as in vLLM's logprobs); special tokens keep their text."""
         return str(self.tokenizer.decode([int(token_id)], skip_special_tokens=False))
+
+    @cached_property
+    def _special_ids(self) -> frozenset[int]:
+        added = _read_json(self.path / "tokenizer.json").get("added_tokens") or []
+        return (
+            frozenset(int(t["id"]) for t in added if isinstance(t, dict) and t.get("special"))
+            | self.eos_token_ids
+        )
+
+    def is_special(self, token_id: int) -> bool:
+        """A special token (end of sequence, a chat-format marker): it adds no text."""
+        return int(token_id) in self._special_ids
 
     def token_bytes(self, token_id: int) -> list[int]:
         """The UTF-8 bytes a token stands for (OpenAI's ``bytes`` in logprobs): exact for

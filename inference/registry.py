@@ -75,6 +75,8 @@ class ServedModel:
     #: Prices per 1M prompt / completion tokens (usage and cost pages).
     price_input: Decimal = Decimal(0)
     price_output: Decimal = Decimal(0)
+    #: How free tool calls are read from this model's text (inference/tools/calls.py).
+    tool_parser: str = "hermes"
 
     @property
     def key(self) -> str:
@@ -125,6 +127,7 @@ def settings_version(name: str | None = None) -> ServedModel:
         dtype=settings.SLUICE_DTYPE,
         price_input=Decimal(settings.SLUICE_PRICE_INPUT_PER_MTOK),
         price_output=Decimal(settings.SLUICE_PRICE_OUTPUT_PER_MTOK),
+        tool_parser=settings.SLUICE_TOOL_PARSER,
     )
 
 
@@ -178,6 +181,7 @@ def _load() -> list[ServedModel]:
             max_attempts=row.max_attempts,
             price_input=row.price_input_per_mtok,
             price_output=row.price_output_per_mtok,
+            tool_parser=row.tool_parser,
         )
         for row in rows
     ]

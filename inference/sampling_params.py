@@ -36,8 +36,8 @@ class StructuredKind(enum.StrEnum):
 class StructuredOutput:
     """A constraint on the text a sequence may generate, compiled to a token mask per step.
 
-    ``value`` is the constraint as text: the schema as canonical JSON, the regex, the choices as
-    a JSON list, the grammar. Canonical so that the same schema is compiled once per version.
+    ``value`` is the constraint as text: the schema as compact JSON, the regex, the choices as
+    a JSON list, the grammar; the same text is compiled once per version.
     ``whitespace``: JSON may carry free whitespace between tokens (off by default: a small model
     can otherwise fill its whole budget with newlines, as vLLM's ``disable-any-whitespace`` notes).
     """
@@ -48,7 +48,8 @@ class StructuredOutput:
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any] | bool) -> StructuredOutput:
-        return cls(StructuredKind.JSON_SCHEMA, json.dumps(schema, sort_keys=True, separators=(",", ":")))
+        # Keys keep their order: properties are generated in the order the schema lists them.
+        return cls(StructuredKind.JSON_SCHEMA, json.dumps(schema, separators=(",", ":")))
 
     @classmethod
     def choice(cls, choices: list[str]) -> StructuredOutput:
@@ -99,6 +100,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     #: Token ids that end the sequence (vLLM); the token is generated and counted.
     stop_token_ids: tuple[int, ...] = ()
+    #: Only these token ids may be generated (vLLM's allowed_token_ids), sorted; () is any.
+    allowed_token_ids: tuple[int, ...] = ()
     #: Keep a matched stop string in the output (TGI does; OpenAI does not).
     include_stop: bool = False
     #: Generate exactly max_tokens (benchmarks, as vLLM's ignore_eos).
@@ -136,7 +139,7 @@ class SamplingParams:
     @property
     def processed(self) -> bool:
         """Its logits are changed before sampling (sequences without any of these pay nothing)."""
-        return self.penalized or bool(self.logit_bias) or self.min_tokens > 0
+        return self.penalized or bool(self.logit_bias or self.allowed_token_ids) or self.min_tokens > 0
 
     # -- storage (the job row's ``params``) ---------------------------------------------------
 
@@ -146,7 +149,7 @@ class SamplingParams:
             value = getattr(self, spec.name)
             if spec.name not in _ALWAYS_STORED and value == spec.default:
                 continue
-            if spec.name in ("stop", "stop_token_ids", "output_guards"):
+            if spec.name in ("stop", "stop_token_ids", "allowed_token_ids", "output_guards"):
                 value = list(value)
             elif spec.name == "logit_bias":
                 value = {str(token): bias for token, bias in value}
@@ -184,6 +187,7 @@ class SamplingParams:
             logit_bias=logit_bias_of(data.get("logit_bias") or {}),
             stop=tuple(data.get("stop") or ()),
             stop_token_ids=tuple(int(i) for i in data.get("stop_token_ids") or ()),
+            allowed_token_ids=tuple(int(i) for i in data.get("allowed_token_ids") or ()),
             include_stop=bool(data.get("include_stop", False)),
             ignore_eos=bool(data.get("ignore_eos", False)),
             top_logprobs=int(data.get("top_logprobs") or 0),

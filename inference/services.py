@@ -46,6 +46,7 @@ from inference.sampling_params import SamplingParams
 from inference.store import get_streams
 from inference.streams import Progress, cancel_key, stream_key
 from inference.textutil import pg_safe
+from inference.tools.calls import ToolPlan
 from inference.usage import job_ended
 from inference.versions import version_record_outcome
 
@@ -120,16 +121,22 @@ def _chat_prompt(*, job: Job, model: ServedModel) -> PromptPlan:
             )
             record_retrieval(model=job.model, seconds=time.monotonic() - began)
     budget = info.context_length - int(job.params["max_tokens"])
+    plan = job.input.get("tool_plan")
+    tools = ToolPlan.from_dict(plan).tools if plan and ToolPlan.from_dict(plan).rendered else None
     assembled = assemble(
         new_messages=new_messages,
         history=history,
         profile=profile_text(profile_attributes(user_id=job.user_id)),
         passages=[ContextPassage(document=hit.document, text=hit.text) for hit in hits],
-        fits=lambda messages: len(info.chat_prompt_ids(messages)) <= budget,
+        fits=lambda messages: len(info.chat_prompt_ids(messages, tools=tools)) <= budget,
     )
+    ids = info.chat_prompt_ids(assembled.messages, tools=tools)
+    truncate = job.params.get("truncate")
+    if truncate:
+        ids = ids[-int(truncate) :]
     return PromptPlan(
-        prompt_ids=info.chat_prompt_ids(assembled.messages),
-        rendered=info.render_chat(assembled.messages),
+        prompt_ids=ids,
+        rendered=info.render_chat(assembled.messages, tools=tools),
         citations=[hit.citation() for hit in hits[: assembled.passages_used]],
         knowledge_base_ids=kb_ids,
     )
@@ -418,7 +425,9 @@ def _run_on(*, job: Job, token: str, model: ServedModel, engine: Any) -> None:
             job=job, token=token, status=JobStatus.FAILED, reason="error", error=f"bad input: {exc}"
         )
         return
-    if not streams.append(job_id, StreamEntry.start(attempt), lease_token=token):
+    # return_token_ids: the prompt's ids as built here (history, retrieval and template applied).
+    shown = plan.prompt_ids if job.input.get("return_token_ids") else None
+    if not streams.append(job_id, StreamEntry.start(attempt, prompt_ids=shown), lease_token=token):
         return
     progress = streams.progress(job_id) if attempt > 1 else Progress()
     cached = None

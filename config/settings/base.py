@@ -234,6 +234,9 @@ SLUICE_STEP_TOKENS = env.get_int("SLUICE_STEP_TOKENS", 256)
 # Local models on the CPU: linear layers on oneDNN-packed weights (decode steps read every
 # weight; the packed layout reads faster). Off: torch's own nn.Linear.
 SLUICE_PACKED_LINEAR = env.get_bool("SLUICE_PACKED_LINEAR", True)
+# How tool calls are read from the settings-served model's free text (tool_choice auto):
+# hermes (<tool_call> JSON), llama3_json, none. Versions in the admin each say their own.
+SLUICE_TOOL_PARSER = env.get_choice("SLUICE_TOOL_PARSER", ("hermes", "llama3_json", "none"), "hermes")
 # Local Llama-family models: the packed step computed without transformers' module stack
 # (fused q/k/v and gate/up layers, inference/backends/llama_step.py). Off: transformers' forward.
 SLUICE_FUSED_STEP = env.get_bool("SLUICE_FUSED_STEP", True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from gateway import structured
 from gateway.errors import ApiError
 from gateway.fields import (
     AnyJSONField,
@@ -18,40 +20,141 @@ from gateway.fields import (
     StrictFloatField,
     StrictIntegerField,
 )
+from gateway.parameters import Refused, check_parameters
 from gateway.prepare import MAX_TOP_LOGPROBS
-from inference.sampling_params import SamplingParams
+from inference.sampling_params import SamplingParams, StructuredOutput
+from inference.tools.calls import ToolPlan, forced_constraint
 
 MAX_PROMPTS = 64  # prompts in one /v1/completions batch
+MAX_LOGIT_BIAS = 1024  # entries (OpenAI allows 300; vLLM any)
+MAX_TOKEN_LIST = 1024  # stop_token_ids, allowed_token_ids
 
-# Parameters OpenAI defines that Sluice does not implement: accepted at their neutral value
-# (clients often send defaults explicitly), refused otherwise rather than silently ignored.
-NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0),
-    "logit_bias": (None, {}),
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"),
-    "functions": (None, []),
-    "function_call": (None, "none", "auto"),
-    "parallel_tool_calls": (None, True, False),
-    "best_of": (None, 1),
-    "echo": (None, False),
-    "suffix": (None, ""),
+
+def _unsupported(message: str, param: str) -> ApiError:
+    return ApiError(message, code="unsupported_parameter", param=param)
+
+
+def invalid(message: str, param: str) -> ApiError:
+    return ApiError(message, code="invalid_value", param=param)
+
+
+# Parameters that OpenAI, or vLLM's extensions of its API, define and Sluice does not implement:
+# accepted at the values that mean "not used" (clients often send defaults), refused otherwise.
+COMMON_REFUSED: dict[str, Refused] = {
+    "use_beam_search": Refused("beam search is not implemented", (None, False)),
+    "length_penalty": Refused("only beam search uses it", (None, 1, 1.0)),
+    "skip_special_tokens": Refused("special tokens are always left out of the text", (None, True)),
+    "spaces_between_special_tokens": Refused("special tokens are never in the text", (None, True)),
+    "bad_words": Refused(
+        "banned word sequences are not implemented (logit_bias bans single tokens)", (None, [])
+    ),
+    "structural_tag": Refused("structural tags are not implemented"),
+    "guided_decoding_backend": Refused(
+        "one structured-output engine (llguidance) serves every request",
+        (None, "auto", "guidance", "llguidance"),
+    ),
+    "guided_whitespace_pattern": Refused("a custom JSON whitespace pattern is not implemented"),
+    "priority": Refused("priority comes from the caller's rate-limit policy", (None, 0)),
+    "logits_processors": Refused("request-supplied code is never run", (None, [])),
+    "cache_salt": Refused("prefix-cache salting is not implemented"),
+    "kv_transfer_params": Refused("disaggregated serving is not implemented"),
+    "vllm_xargs": Refused("custom engine extensions are not implemented", (None, {})),
+    "mm_processor_kwargs": Refused("only text models are served", (None, {})),
+    "prompt_embeds": Refused("only token prompts are served"),
+    "service_tier": Refused("there is one service tier", (None, "auto", "default")),
+    "store": Refused("completions are not stored for retrieval (the Responses API stores)", (None, False)),
+    "prompt_cache_key": Refused("prefix caching is automatic and keyed by the prompt itself"),
+    "prompt_cache_retention": Refused("prefix caching is automatic and keyed by the prompt itself"),
+    "prompt_cache_options": Refused("prefix caching is automatic and keyed by the prompt itself"),
+    "moderation": Refused("moderation is configured as the caller's output guards"),
+}
+
+CHAT_REFUSED: dict[str, Refused] = {
+    **COMMON_REFUSED,
+    "audio": Refused("only text models are served"),
+    "modalities": Refused("only text models are served", (None, ["text"])),
+    "prediction": Refused("predicted outputs are not implemented"),
+    "reasoning_effort": Refused("no served model reasons"),
+    "verbosity": Refused("no served model has a verbosity setting"),
+    "web_search_options": Refused("web search is not implemented"),
+    "functions": Refused("the legacy function-calling API is not implemented; use 'tools'", (None, [])),
+    "function_call": Refused("the legacy function-calling API is not implemented; use 'tool_choice'"),
+    "echo": Refused("echoing the last message is not implemented on chat", (None, False)),
+    "add_generation_prompt": Refused("the chat template always ends with the assistant's turn", (None, True)),
+    "continue_final_message": Refused("continuing the last message is not implemented", (None, False)),
+    "add_special_tokens": Refused("the chat template writes every special token", (None, False)),
+    "documents": Refused("use knowledge_base_ids: retrieval is Sluice's own", (None, [])),
+    "chat_template": Refused("the chat template is the operator's (a request never supplies one)"),
+    "chat_template_kwargs": Refused("the chat template takes no request arguments", (None, {})),
+    "tool_prompt": Refused("tools are presented by the model's own chat template"),
+    "include_reasoning": Refused("no served model reasons", (None, True, False)),
+}
+
+COMPLETION_REFUSED: dict[str, Refused] = {
+    **COMMON_REFUSED,
+    "suffix": Refused("insertion (fill in the middle) is not implemented", (None, "")),
+    "add_special_tokens": Refused("a text prompt always gets the tokenizer's special tokens", (None, True)),
 }
 
 
-def check_neutral(data: Any) -> None:
-    if not isinstance(data, dict):
-        return
-    for name, neutral in NEUTRAL.items():
-        if name in data and data[name] not in neutral:
-            raise ApiError(
-                f"'{name}' is not supported by this server.", code="unsupported_parameter", param=name
-            )
-
-
 class StreamOptionsSerializer(serializers.Serializer):
-    include_usage = StrictBooleanField(required=False, default=False)
+    include_usage = StrictBooleanField(required=False, default=False, allow_null=True)
+    # vLLM: a usage object on every chunk (the counts so far).
+    continuous_usage_stats = StrictBooleanField(required=False, default=False, allow_null=True)
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_parameters(
+                data,
+                known=self.fields,
+                refused={
+                    "include_obfuscation": Refused("stream obfuscation is not implemented", (None, False))
+                },
+                error=_unsupported,
+                prefix="stream_options.",
+            )
+        return super().to_internal_value(data)
+
+
+class LogitBiasField(serializers.Field):
+    """``{"<token id>": bias}``, bias in [-100, 100] (OpenAI's form and range)."""
+
+    default_error_messages = {
+        "invalid": "Must be an object mapping token ids (as strings) to numbers between -100 and 100.",
+        "too_many": f"At most {MAX_LOGIT_BIAS} entries.",
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("allow_null", True)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> tuple[tuple[int, float], ...]:
+        if not isinstance(data, dict):
+            self.fail("invalid")
+        if len(data) > MAX_LOGIT_BIAS:
+            self.fail("too_many")
+        pairs = []
+        for key, value in data.items():
+            if not isinstance(key, str) or not key.isascii() or not key.isdigit() or len(key) > 9:
+                self.fail("invalid")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not -100 <= value <= 100:
+                self.fail("invalid")
+            pairs.append((int(key), float(value)))
+        return tuple(sorted(pairs))
+
+    def to_representation(self, value: Any) -> Any:
+        return {str(token): bias for token, bias in value}
+
+
+def token_list(**kwargs: Any) -> serializers.ListField:
+    return serializers.ListField(
+        child=StrictIntegerField(min_value=0, max_value=2**31 - 1),
+        required=False,
+        allow_null=True,
+        max_length=MAX_TOKEN_LIST,
+        **kwargs,
+    )
 
 
 class ContentPartSerializer(serializers.Serializer):
@@ -95,38 +198,104 @@ class MessageContentField(serializers.Field):
         return value
 
 
+class ToolCallFunctionSerializer(serializers.Serializer):
+    name = StrictCharField(max_length=64)
+    arguments = StrictCharField(allow_blank=True, trim_whitespace=False, max_length=1_000_000)
+
+
+class ToolCallSerializer(serializers.Serializer):
+    """An assistant message's earlier call, as the API returned it."""
+
+    id = StrictCharField(max_length=200)
+    type = serializers.ChoiceField(choices=["function"], required=False, default="function")
+    function = ToolCallFunctionSerializer()
+
+
+# Fields an assistant message carries when a client sends back the message object it received
+# (the openai SDK's model_dump()): accepted empty.
+_ECHOED_MESSAGE_FIELDS = {
+    "refusal": Refused("a refusal is not sent back to the model", (None,)),
+    "annotations": Refused("annotations are not sent back to the model", (None, [])),
+    "audio": Refused("only text models are served"),
+    "function_call": Refused("the legacy function-calling API is not implemented; use 'tool_calls'"),
+    "reasoning_content": Refused("no served model reasons"),
+}
+
+
 class ChatMessageSerializer(serializers.Serializer):
-    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
+    # Any role the model's chat template renders (system, user, assistant, tool, and custom
+    # roles, as vLLM passes them through); a template that does not know one answers 400.
+    role = serializers.RegexField(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$", max_length=32)
     content = MessageContentField()
     # TGI's own chat client sends "name": null on every message.
     name = StrictCharField(required=False, allow_null=True, max_length=64)
+    tool_calls = serializers.ListField(
+        child=ToolCallSerializer(), required=False, allow_null=True, max_length=128
+    )
+    tool_call_id = StrictCharField(required=False, allow_null=True, max_length=200)
 
     def to_internal_value(self, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("tool_calls"):
-            raise serializers.ValidationError({"tool_calls": "Tool calls are not supported."})
-        return super().to_internal_value(data)
+        if isinstance(data, dict):
+            check_parameters(data, known=self.fields, refused=_ECHOED_MESSAGE_FIELDS, error=_unsupported)
+        value = super().to_internal_value(data)
+        if value.get("tool_calls") and value["role"] != "assistant":
+            raise serializers.ValidationError({"tool_calls": "Only an assistant message carries tool calls."})
+        if value["role"] == "tool" and not value.get("tool_call_id"):
+            raise serializers.ValidationError({"tool_call_id": "A tool message names the call it answers."})
+        return value
 
 
 class SamplingSerializer(serializers.Serializer):
-    """Fields shared by chat and text completions."""
+    """Fields shared by chat and text completions (OpenAI's, and vLLM's extensions)."""
 
     model = StrictCharField(max_length=200)
     temperature = StrictFloatField(required=False, allow_null=True, min_value=0.0, max_value=2.0)
     top_p = StrictFloatField(required=False, allow_null=True, min_value=0.0, max_value=1.0)
-    top_k = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=100_000)
+    # vLLM: -1 (and 0) is "no top-k".
+    top_k = StrictIntegerField(required=False, allow_null=True, min_value=-1, max_value=100_000)
+    min_p = StrictFloatField(required=False, allow_null=True, min_value=0.0, max_value=1.0)
     seed = StrictIntegerField(required=False, allow_null=True, min_value=-(2**63), max_value=2**63 - 1)
     stop = StopField()
     # Parallel sampling: up to SLUICE_MAX_N choices (checked in validate_n: a setting).
     n = StrictIntegerField(required=False, allow_null=True, min_value=1)
+    # The best n of this many sequences, by their log-probability (not with a stream).
+    best_of = StrictIntegerField(required=False, allow_null=True, min_value=1)
     stream = StrictBooleanField(required=False, default=False, allow_null=True)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
-    user = StrictCharField(required=False, allow_blank=True, max_length=256)
+    # Recorded with the job (the console, the audit trail), as OpenAI uses them for abuse checks.
+    user = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=256)
+    safety_identifier = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=256)
     metadata = serializers.DictField(child=StrictCharField(max_length=512), required=False, allow_null=True)
-    # Extension (as in vLLM): keep generating past end-of-sequence, up to max_tokens.
-    ignore_eos = StrictBooleanField(required=False, default=False)
-    # Extension (as in vLLM): log-probabilities name tokens "token_id:<id>" (a gateway in
-    # front of this one reads exact ids; Sluice's own openai backend does).
-    return_tokens_as_token_ids = StrictBooleanField(required=False, default=False)
+    presence_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2.0, max_value=2.0)
+    frequency_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2.0, max_value=2.0)
+    logit_bias = LogitBiasField()
+    # vLLM's extensions.
+    repetition_penalty = StrictFloatField(required=False, allow_null=True, min_value=0.01, max_value=10.0)
+    min_tokens = StrictIntegerField(required=False, allow_null=True, min_value=0)
+    stop_token_ids = token_list()
+    allowed_token_ids = token_list()
+    include_stop_str_in_output = StrictBooleanField(required=False, default=False, allow_null=True)
+    # Keep generating past end-of-sequence, up to max_tokens.
+    ignore_eos = StrictBooleanField(required=False, default=False, allow_null=True)
+    # Keep only the last this many prompt tokens.
+    truncate_prompt_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
+    prompt_logprobs = StrictIntegerField(
+        required=False, allow_null=True, min_value=0, max_value=MAX_TOP_LOGPROBS
+    )
+    # Log-probabilities name tokens "token_id:<id>" (a gateway in front of this one reads exact
+    # ids; Sluice's own openai backend does).
+    return_tokens_as_token_ids = StrictBooleanField(required=False, default=False, allow_null=True)
+    # The token ids of the prompt and of each choice, beside the text.
+    return_token_ids = StrictBooleanField(required=False, default=False, allow_null=True)
+    # The job's request id (as X-Request-ID; the header wins).
+    request_id = StrictCharField(required=False, allow_null=True, max_length=128)
+    # Structured outputs: vLLM's object and its older fields (read by gateway/structured.py).
+    structured_outputs = AnyJSONField()
+    guided_json = AnyJSONField()
+    guided_regex = AnyJSONField()
+    guided_choice = AnyJSONField()
+    guided_grammar = AnyJSONField()
+    response_format = AnyJSONField()
 
     def validate_n(self, value: int | None) -> int | None:
         if value is not None and value > settings.SLUICE_MAX_N:
@@ -135,24 +304,61 @@ class SamplingSerializer(serializers.Serializer):
             )
         return value
 
+    def validate_best_of(self, value: int | None) -> int | None:
+        return self.validate_n(value)
+
     def validate_top_p(self, value: float | None) -> float | None:
         if value is not None and value <= 0:
             raise serializers.ValidationError("Must be greater than 0.")
         return value
 
     @staticmethod
-    def common_sampling(data: dict[str, Any], *, max_tokens: int | None, top_logprobs: int) -> SamplingParams:
-        temperature = data.get("temperature")
+    def common_sampling(
+        data: dict[str, Any],
+        *,
+        max_tokens: int | None,
+        top_logprobs: int,
+        constraint: StructuredOutput | None,
+    ) -> SamplingParams:
+        def given(name: str, default: Any) -> Any:
+            value = data.get(name)
+            return default if value is None else value
+
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=1.0 if temperature is None else float(temperature),
-            top_p=data.get("top_p") or 1.0,
-            top_k=data.get("top_k") or 0,
+            min_tokens=given("min_tokens", 0),
+            temperature=float(given("temperature", 1.0)),
+            top_p=float(given("top_p", 1.0)),
+            top_k=max(0, given("top_k", 0)),
+            min_p=float(given("min_p", 0.0)),
             seed=data.get("seed"),
+            presence_penalty=float(given("presence_penalty", 0.0)),
+            frequency_penalty=float(given("frequency_penalty", 0.0)),
+            repetition_penalty=float(given("repetition_penalty", 1.0)),
+            logit_bias=given("logit_bias", ()),
             stop=tuple(data.get("stop") or ()),
+            stop_token_ids=tuple(data.get("stop_token_ids") or ()),
+            allowed_token_ids=tuple(sorted(set(data.get("allowed_token_ids") or ()))),
+            include_stop=bool(data.get("include_stop_str_in_output")),
             ignore_eos=bool(data.get("ignore_eos")),
             top_logprobs=top_logprobs,
+            prompt_logprobs=data.get("prompt_logprobs"),
+            truncate=data.get("truncate_prompt_tokens"),
+            structured=constraint,
         )
+
+    @staticmethod
+    def constraint(data: dict[str, Any], *, tools: ToolPlan | None = None) -> StructuredOutput | None:
+        """The request's one output constraint: from its structured-output parameters, or a
+        forced tool call."""
+        found = [
+            *structured.vllm(data, invalid),
+            *([f] if (f := structured.response_format(data.get("response_format"), invalid)) else []),
+        ]
+        if tools is not None and (forced := forced_constraint(tools)) is not None:
+            found.append((forced, "tool_choice"))
+        chosen = structured.one(found, invalid)
+        return chosen[0] if chosen is not None else None
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
@@ -162,34 +368,44 @@ class SamplingSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {"stream_options": "The 'stream_options' parameter is only allowed when 'stream' is enabled."}
             )
+        n, best_of = attrs.get("n") or 1, attrs.get("best_of")
+        if best_of is not None and best_of < n:
+            raise serializers.ValidationError({"best_of": "'best_of' must be at least 'n'."})
+        if best_of is not None and best_of > n and attrs["stream"]:
+            raise serializers.ValidationError({"best_of": "'best_of' cannot be used with a stream."})
         return attrs
 
 
 class ChatCompletionSerializer(ContextFieldsMixin, SamplingSerializer):
+    REFUSED = CHAT_REFUSED
+
     messages: serializers.ListSerializer[Any] = serializers.ListSerializer(
         child=ChatMessageSerializer(), allow_empty=False, max_length=1000
     )
     max_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
     max_completion_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
-    response_format = AnyJSONField()
     logprobs = StrictBooleanField(required=False, allow_null=True, default=False)
     top_logprobs = StrictIntegerField(
         required=False, allow_null=True, min_value=0, max_value=MAX_TOP_LOGPROBS
     )
+    # Function tools (read by inference/tools/calls.py: tool_plan).
+    tools = serializers.ListField(
+        child=serializers.DictField(), required=False, allow_null=True, max_length=128
+    )
+    tool_choice = AnyJSONField()
+    parallel_tool_calls = StrictBooleanField(required=False, allow_null=True, default=None)
 
     @classmethod
-    def to_sampling_params(cls, data: dict[str, Any]) -> SamplingParams:
+    def to_sampling_params(cls, data: dict[str, Any], *, tools: ToolPlan | None = None) -> SamplingParams:
         return cls.common_sampling(
             data,
             max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
             top_logprobs=int(data.get("top_logprobs") or 0),
+            constraint=cls.constraint(data, tools=tools),
         )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
-        fmt = attrs.get("response_format")
-        if fmt not in (None, {"type": "text"}):
-            raise serializers.ValidationError({"response_format": "Only {'type': 'text'} is supported."})
         if attrs.get("top_logprobs") and not attrs.get("logprobs"):
             raise serializers.ValidationError(
                 {"top_logprobs": "'top_logprobs' needs 'logprobs' set to true."}
@@ -250,13 +466,24 @@ class PromptField(serializers.Field):
 
 
 class CompletionSerializer(SamplingSerializer):
+    REFUSED = COMPLETION_REFUSED
+
     prompt = PromptField()
     max_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
     # Legacy completions: the number of alternatives per token (0 = the chosen token only).
     logprobs = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_TOP_LOGPROBS)
+    # The prompt comes back before the completion (with its log-probabilities when asked).
+    echo = StrictBooleanField(required=False, default=False, allow_null=True)
 
     @classmethod
     def to_sampling_params(cls, data: dict[str, Any]) -> SamplingParams:
-        return cls.common_sampling(
-            data, max_tokens=data.get("max_tokens"), top_logprobs=int(data.get("logprobs") or 0)
+        params = cls.common_sampling(
+            data,
+            max_tokens=data.get("max_tokens"),
+            top_logprobs=int(data.get("logprobs") or 0),
+            constraint=cls.constraint(data),
         )
+        if data.get("echo") and data.get("logprobs") is not None and params.prompt_logprobs is None:
+            # OpenAI's echo with logprobs reports the prompt's tokens too (as vLLM does).
+            params = replace(params, prompt_logprobs=params.top_logprobs)
+        return params

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import ApiError, envelope
+from gateway.prepare import PreparedRequest
 from gateway.sse import KEEPALIVE, Timing, cancel_on_disconnect, sse
 from inference.client import job_client
 from inference.jobstream import EntryKind, StreamEntry
@@ -16,6 +17,7 @@ from inference.models import Job
 from inference.prompts import ModelInfo
 from inference.registry import ServedModel
 from inference.services import EOS, STOP_SEQUENCE
+from inference.tools.calls import Call, CallStart, Content, Event, ToolCallStream, ToolPlan
 
 
 def finish_reason(reason: str) -> str | None:
@@ -88,7 +90,12 @@ def sluice_extras(job: Job) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Logprobs:
-    """Shapes the engine's log-probabilities the way each OpenAI API reports them."""
+    """Shapes the engine's log-probabilities the way each OpenAI API reports them.
+
+    Every generated token has its entry, special ones (an end of sequence generated under
+    ``ignore_eos``) included, as OpenAI and vLLM count them in ``completion_tokens``; a special
+    token adds no text, so its ``text_offset`` is where the text stands after it.
+    """
 
     info: ModelInfo
     eos: frozenset[int]
@@ -96,6 +103,9 @@ class Logprobs:
     #: vLLM's ``return_tokens_as_token_ids``: tokens reported as ``token_id:<id>``, so that a
     #: client (another gateway in front of this one) gets exact ids whatever the tokenizer.
     as_ids: bool = False
+    #: Legacy completions list ``logprobs + 1`` alternatives at most, the sampled token among
+    #: them (OpenAI's and vLLM's rule, which chat's ``top_logprobs`` does not follow).
+    include_sampled: bool = False
 
     def _label(self, token_id: int) -> str:
         return f"token_id:{token_id}" if self.as_ids else self.info.token_text(token_id)
@@ -104,11 +114,11 @@ class Logprobs:
         tops = entry.top_logprobs or []
         out = []
         for position, token_id in enumerate(entry.token_ids):
-            if token_id in self.eos:
-                continue  # the end-of-sequence token is not part of the text
             logprob = entry.logprobs[position] if position < len(entry.logprobs) else 0.0
-            alternatives = tops[position] if position < len(tops) else []
-            out.append((token_id, logprob, alternatives[: self.top]))
+            alternatives = list(tops[position] if position < len(tops) else [])[: self.top]
+            if self.include_sampled and all(i != token_id for i, _ in alternatives):
+                alternatives.append((token_id, logprob))
+            out.append((token_id, logprob, alternatives))
         return out
 
     def _item(self, token_id: int, logprob: float) -> dict[str, Any]:
@@ -127,19 +137,41 @@ class Logprobs:
                 content.append(item)
         return {"content": content, "refusal": None}
 
-    def completion(self, entries: Sequence[StreamEntry], *, offset: int = 0) -> dict[str, Any]:
+    def completion(
+        self, entries: Sequence[StreamEntry], *, offset: int = 0, limit: int | None = None
+    ) -> dict[str, Any]:
+        """``offset``: where the entries' text starts in the choice's text; ``limit``: that
+        text's length so far (offsets never point past it)."""
         tokens: list[str] = []
-        token_logprobs: list[float] = []
-        top_logprobs: list[dict[str, float]] = []
+        token_logprobs: list[float | None] = []
+        top_logprobs: list[dict[str, float] | None] = []
         text_offset: list[int] = []
         for entry in entries:
             for token_id, logprob, alternatives in self._tokens(entry):
-                text = self.info.token_text(token_id)
                 tokens.append(self._label(token_id))
                 token_logprobs.append(logprob)
                 top_logprobs.append({self._label(i): lp for i, lp in alternatives})
-                text_offset.append(offset)
-                offset += len(text)
+                text_offset.append(offset if limit is None else min(offset, limit))
+                if token_id not in self.eos and not self.info.is_special(token_id):
+                    offset += len(self.info.token_text(token_id))
+        return {
+            "tokens": tokens,
+            "token_logprobs": token_logprobs,
+            "top_logprobs": top_logprobs,
+            "text_offset": text_offset,
+        }
+
+    def prompt(self, prompt: Sequence[tuple[int, float | None]], *, limit: int) -> dict[str, Any]:
+        """The prompt's tokens in the completion's form (``echo`` with ``logprobs``): the first
+        has no log-probability, as in OpenAI's answer."""
+        tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
+        offset = 0
+        for token_id, logprob in prompt:
+            tokens.append(self._label(token_id))
+            token_logprobs.append(logprob)
+            top_logprobs.append(None if logprob is None else {self._label(token_id): logprob})
+            text_offset.append(min(offset, limit))
+            offset += len(self.info.token_text(token_id)) if not self.info.is_special(token_id) else 0
         return {
             "tokens": tokens,
             "token_logprobs": token_logprobs,
@@ -148,56 +180,209 @@ class Logprobs:
         }
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What one request asked to see in its answer, beside its jobs."""
+
+    model: ServedModel
+    logprobs: Logprobs | None
+    #: Choices answered per prompt (``best_of`` sampled more jobs; the likeliest n answer).
+    n: int = 1
+    tools: ToolPlan | None = None
+    #: Completions: each prompt as prepared (its text and token ids, for ``echo``).
+    prompts: Sequence[PreparedRequest] = ()
+    include_usage: bool = False
+    #: vLLM's ``stream_options.continuous_usage_stats``: usage so far on every chunk.
+    continuous_usage: bool = False
+    #: vLLM's ``return_token_ids``: the prompt's and each choice's token ids.
+    token_ids: bool = False
+    echo: bool = False
+    #: vLLM's ``prompt_logprobs``: each prompt token's log-probability (and alternatives).
+    prompt_logprobs: int | None = None
+
+
 def _token_entries(job: Job) -> list[StreamEntry]:
     return [e for e in job_client.entries(str(job.id)) if e.kind == EntryKind.TOKEN]
 
 
-def chat_body(jobs: Sequence[Job], *, model: ServedModel, logprobs: Logprobs | None) -> dict[str, Any]:
+def _prompt_ids(entries: Sequence[StreamEntry]) -> list[int] | None:
+    for entry in entries:
+        if entry.kind == EntryKind.START and entry.prompt_ids is not None:
+            return entry.prompt_ids
+    return None
+
+
+def _prompt_logprobs(shape: Shape, entries: Sequence[StreamEntry]) -> list[Any] | None:
+    """vLLM's ``prompt_logprobs``: per prompt position, None for the first, else a map of the
+    token (and up to ``prompt_logprobs`` alternatives) to its logprob, rank and text."""
+    if shape.prompt_logprobs is None:
+        return None
+    info = shape.model.info
+    for entry in entries:
+        if entry.prompt_logprobs is None:
+            continue
+        out: list[Any] = []
+        for position, item in enumerate(entry.prompt_logprobs):
+            token_id, logprob = item[0], item[1]
+            if position == 0 or logprob is None:
+                out.append(None)
+                continue
+            rank = item[2] if len(item) > 2 else None
+            found = {
+                str(token_id): {"logprob": logprob, "rank": rank, "decoded_token": info.token_text(token_id)}
+            }
+            for number, (alt_id, alt_lp) in enumerate(
+                (item[3] if len(item) > 3 else [])[: shape.prompt_logprobs]
+            ):
+                found.setdefault(
+                    str(alt_id),
+                    {"logprob": alt_lp, "rank": number + 1, "decoded_token": info.token_text(alt_id)},
+                )
+            out.append(found)
+        return out
+    return None
+
+
+def best_of(jobs: Sequence[Job], *, n: int, prompts: int) -> list[Job]:
+    """``best_of``: of each prompt's jobs (consecutive), the ``n`` with the highest total
+    log-probability, likeliest first (OpenAI's and vLLM's rule); with as many jobs as choices,
+    every job in order."""
+    per_prompt = len(jobs) // max(1, prompts)
+    if per_prompt <= n:
+        return list(jobs)
+    chosen: list[Job] = []
+    for start in range(0, len(jobs), per_prompt):
+        group = jobs[start : start + per_prompt]
+        scores = [sum(lp for entry in _token_entries(job) for lp in entry.logprobs) for job in group]
+        order = sorted(range(len(group)), key=lambda i: -scores[i])
+        chosen += [group[i] for i in order[:n]]
+    return chosen
+
+
+# -- tool calls -------------------------------------------------------------------------------
+
+
+def _call_id(job: Job) -> str:
+    # A function of the job: a replayed or re-read answer names its calls the same way.
+    return f"call_{job.id.hex[:24]}"
+
+
+def _tool_call(call: Call, index: int) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _finish(job_reason: str, calls: bool) -> str | None:
+    reason = finish_reason(job_reason)
+    return "tool_calls" if calls and reason == "stop" else reason
+
+
+def _message(job: Job, shape: Shape) -> tuple[dict[str, Any], bool]:
+    """The assistant message of one choice, with its tool calls read from the text."""
+    message: dict[str, Any] = {"role": "assistant", "content": job.output_text, "refusal": None}
+    if shape.tools is None or not shape.tools.active:
+        return message, False
+    reader = ToolCallStream(shape.tools, call_id=_call_id(job))
+    reader.read_all(job.output_text)
+    if not reader.calls:
+        return message, False
+    message["content"] = reader.content.strip() or None
+    message["tool_calls"] = [_tool_call(call, index) for index, call in enumerate(reader.calls)]
+    return message, True
+
+
+def chat_body(jobs: Sequence[Job], *, shape: Shape) -> dict[str, Any]:
     """One choice per job (n > 1: one job per choice, in order); the prompt counted once."""
     first = jobs[0]
-    return {
+    usage = usage_of(jobs)
+    choices = []
+    for index, job in enumerate(best_of(jobs, n=shape.n, prompts=1)):
+        entries = job_client.entries(str(job.id))
+        tokens = [e for e in entries if e.kind == EntryKind.TOKEN]
+        message, calls = _message(job, shape)
+        choice: dict[str, Any] = {
+            "index": index,
+            "message": message,
+            "finish_reason": _finish(job.finish_reason, calls),
+            "logprobs": shape.logprobs.chat(tokens) if shape.logprobs is not None else None,
+        }
+        if shape.token_ids:
+            choice["token_ids"] = [i for entry in tokens for i in entry.token_ids]
+        if shape.prompt_logprobs is not None:
+            choice["prompt_logprobs"] = _prompt_logprobs(shape, tokens)
+        choices.append(choice)
+    body: dict[str, Any] = {
         "id": f"chatcmpl-{first.id.hex}",
         "object": "chat.completion",
         "created": created_ts(first),
         "model": first.model,
-        "system_fingerprint": fingerprint(model),
-        "choices": [
-            {
-                "index": index,
-                "message": {"role": "assistant", "content": job.output_text, "refusal": None},
-                "finish_reason": finish_reason(job.finish_reason),
-                "logprobs": logprobs.chat(_token_entries(job)) if logprobs is not None else None,
-            }
-            for index, job in enumerate(jobs)
-        ],
-        "usage": usage_of(jobs),
+        "system_fingerprint": fingerprint(shape.model),
+        "choices": choices,
+        "usage": usage,
         **sluice_extras(first),
     }
+    if shape.token_ids:
+        body["prompt_token_ids"] = _prompt_ids(job_client.entries(str(first.id)))
+    return body
 
 
-def completion_body(jobs: Sequence[Job], *, model: ServedModel, logprobs: Logprobs | None) -> dict[str, Any]:
+def completion_body(jobs: Sequence[Job], *, shape: Shape) -> dict[str, Any]:
     """One choice per job: prompts in order, each prompt's ``n`` choices together (OpenAI's
     ``index = prompt * n + choice``); usage counts each prompt once."""
     first = jobs[0]
-    body = {
+    usage = usage_of(jobs)
+    choices = []
+    for index, job in enumerate(best_of(jobs, n=shape.n, prompts=max(1, len(shape.prompts)))):
+        entries = job_client.entries(str(job.id))
+        tokens = [e for e in entries if e.kind == EntryKind.TOKEN]
+        prefix = _echoed(job, shape)
+        text = prefix + job.output_text
+        logprobs = None
+        if shape.logprobs is not None:
+            logprobs = shape.logprobs.completion(tokens, offset=len(prefix), limit=len(text))
+            if shape.echo:
+                logprobs = _join(shape.logprobs.prompt(_prompt_tokens(tokens), limit=len(prefix)), logprobs)
+        choice: dict[str, Any] = {
+            "index": index,
+            "text": text,
+            "finish_reason": finish_reason(job.finish_reason),
+            "logprobs": logprobs,
+        }
+        if shape.token_ids:
+            choice["token_ids"] = [i for entry in tokens for i in entry.token_ids]
+            choice["prompt_token_ids"] = _prompt_ids(entries)
+        if shape.prompt_logprobs is not None:
+            choice["prompt_logprobs"] = _prompt_logprobs(shape, tokens)
+        choices.append(choice)
+    return {
         "id": f"cmpl-{first.id.hex}",
         "object": "text_completion",
         "created": created_ts(first),
         "model": first.model,
-        "system_fingerprint": fingerprint(model),
-        "choices": [
-            {
-                "index": index,
-                "text": job.output_text,
-                "finish_reason": finish_reason(job.finish_reason),
-                "logprobs": logprobs.completion(_token_entries(job)) if logprobs is not None else None,
-            }
-            for index, job in enumerate(jobs)
-        ],
-        "usage": usage_of(jobs),
+        "system_fingerprint": fingerprint(shape.model),
+        "choices": choices,
+        "usage": usage,
         **sluice_extras(first),
     }
-    return body
+
+
+def _echoed(job: Job, shape: Shape) -> str:
+    """``echo``: the prompt as text before the completion (a token-id prompt, decoded)."""
+    if not shape.echo:
+        return ""
+    if isinstance(job.input.get("prompt"), str):
+        return str(job.input["prompt"])
+    return shape.model.info.decode([int(i) for i in job.input.get("prompt_ids") or []])
+
+
+def _prompt_tokens(tokens: Sequence[StreamEntry]) -> list[tuple[int, float | None]]:
+    for entry in tokens:
+        if entry.prompt_logprobs is not None:
+            return [(int(item[0]), item[1]) for item in entry.prompt_logprobs]
+    return []
+
+
+def _join(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    return {key: [*first[key], *second[key]] for key in first}
 
 
 async def follow_all(jobs: Sequence[Job]) -> AsyncIterator[tuple[int, StreamEntry | None]]:
@@ -244,74 +429,177 @@ def refused(exc: ApiError) -> list[bytes]:
     return [sse(body), sse("[DONE]")]
 
 
-def chat_stream(
-    jobs: Sequence[Job],
-    *,
-    model: ServedModel,
-    include_usage: bool,
-    started: float,
-    logprobs: Logprobs | None,
-) -> AsyncIterator[bytes]:
+class _Usage:
+    """Usage over a request's jobs as their streams tell it (``continuous_usage_stats``: so far)."""
+
+    def __init__(self, jobs: Sequence[Job]) -> None:
+        self.jobs = jobs
+        self.prompt = [int(job.prompt_tokens or 0) for job in jobs]  # the gateway's count, until the worker's
+        self.completion = [0] * len(jobs)
+        self.final: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+    def token(self, index: int, entry: StreamEntry) -> None:
+        self.completion[index] = max(self.completion[index], entry.completion_tokens)
+
+    def start(self, index: int, entry: StreamEntry) -> None:
+        if entry.prompt_ids is not None:
+            self.prompt[index] = len(entry.prompt_ids)
+
+    def end(self, index: int, entry: StreamEntry) -> None:
+        add_usage(self.final, entry.usage, shared_prompt=shares_prompt(self.jobs[index]))
+        if entry.usage:
+            self.prompt[index] = int(entry.usage.get("prompt_tokens", 0))
+            self.completion[index] = int(entry.usage.get("completion_tokens", 0))
+
+    def so_far(self) -> dict[str, int]:
+        prompt = sum(p for p, job in zip(self.prompt, self.jobs, strict=True) if not shares_prompt(job))
+        completion = sum(self.completion)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@dataclass
+class _Chunks:
+    """One stream's chunks: the request's fields around each choice, usage so far when asked."""
+
+    response_id: str
+    kind: str
+    first: Job
+    created: int
+    fingerprint: str
+    shape: Shape
+    usage: _Usage
+
+    #: Per-choice fields that ride in the choice, not at the top of the chunk (vLLM's).
+    CHOICE_FIELDS = ("token_ids", "prompt_token_ids", "prompt_logprobs")
+
+    def sse(self, choice: dict[str, Any], extra: dict[str, Any]) -> bytes:
+        for key in self.CHOICE_FIELDS:
+            if key in extra:
+                choice[key] = extra.pop(key)
+        body = {
+            "id": self.response_id,
+            "object": self.kind,
+            "created": self.created,
+            "model": self.first.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": [choice],
+            **extra,
+        }
+        if self.shape.continuous_usage:
+            body["usage"] = self.usage.so_far()
+        return sse(body)
+
+
+def chat_stream(jobs: Sequence[Job], *, shape: Shape, started: float) -> AsyncIterator[bytes]:
     """One stream for a request's choices (one job each): a chunk's choice ``index`` names
     its job; chunks of different choices interleave as they are generated."""
     first = jobs[0]
     timing = Timing(first, started)
     response_id = f"chatcmpl-{first.id.hex}"
     created = created_ts(first)
-    system_fingerprint = fingerprint(model)
+    system_fingerprint = fingerprint(shape.model)
+    usage = _Usage(jobs)
+    readers = [
+        ToolCallStream(shape.tools, call_id=_call_id(job)) if shape.tools is not None else None
+        for job in jobs
+    ]
+
+    chunks = _Chunks(response_id, "chat.completion.chunk", first, created, system_fingerprint, shape, usage)
 
     def chunk(
         index: int, delta: dict[str, Any], reason: str | None = None, lp: Any = None, **extra: Any
     ) -> bytes:
-        return sse(
-            {
-                "id": response_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": first.model,
-                "system_fingerprint": system_fingerprint,
-                "choices": [{"index": index, "delta": delta, "finish_reason": reason, "logprobs": lp}],
-                **extra,
-            }
-        )
+        return chunks.sse({"index": index, "delta": delta, "finish_reason": reason, "logprobs": lp}, extra)
 
-    def delta(text: str | None) -> dict[str, Any]:
-        # Every delta names the role and has tool_calls (null): TGI's chat client requires
-        # both on every chunk; the openai SDK takes them as they are.
-        return {"role": "assistant", "content": text, "tool_calls": None}
+    def delta(text: str | None, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        # Every delta names the role and has tool_calls (null when none): TGI's chat client
+        # requires both on every chunk; the openai SDK takes them as they are.
+        return {"role": "assistant", "content": text, "tool_calls": calls}
+
+    def shaped(index: int, events: Sequence[Event], **extra: Any) -> list[bytes]:
+        out = []
+        for event in events:
+            if isinstance(event, Content):
+                out.append(chunk(index, delta(event.text), **extra))
+            elif isinstance(event, CallStart):
+                call = {
+                    "index": event.index,
+                    "id": event.id,
+                    "type": "function",
+                    "function": {"name": event.name, "arguments": ""},
+                }
+                out.append(chunk(index, delta(None, [call]), **extra))
+            else:
+                out.append(
+                    chunk(
+                        index,
+                        delta(None, [{"index": event.index, "function": {"arguments": event.text}}]),
+                        **extra,
+                    )
+                )
+            extra = {key: value for key, value in extra.items() if key != "token_ids"}
+        return out
 
     async def events() -> AsyncIterator[bytes]:
         for index in range(len(jobs)):
             yield chunk(index, delta(""))
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         async for index, entry in follow_all(jobs):
+            reader = readers[index]
             if entry is None:
                 yield KEEPALIVE
+            elif entry.kind == EntryKind.START:
+                usage.start(index, entry)
+                if shape.token_ids and entry.prompt_ids is not None and index == 0:
+                    yield chunk(index, delta(""), prompt_token_ids=entry.prompt_ids)
             elif entry.kind == EntryKind.CITATIONS:
                 # Sources before the tokens, as an extra field (as Perplexity's API does).
                 yield chunk(index, delta(""), citations=entry.citations)
-            elif entry.kind == EntryKind.TOKEN and (entry.text or (logprobs and entry.token_ids)):
+            elif entry.kind == EntryKind.TOKEN and (entry.text or entry.token_ids):
+                usage.token(index, entry)
                 timing.token()
-                lp = logprobs.chat([entry]) if logprobs is not None else None
-                yield chunk(index, delta(entry.text), lp=lp)
+                lp = shape.logprobs.chat([entry]) if shape.logprobs is not None else None
+                extra: dict[str, Any] = {"token_ids": entry.token_ids} if shape.token_ids else {}
+                if shape.prompt_logprobs is not None and entry.prompt_logprobs is not None:
+                    extra["prompt_logprobs"] = _prompt_logprobs(shape, [entry])
+                parts = (
+                    reader.feed(entry.text)
+                    if reader is not None
+                    else ([Content(entry.text)] if entry.text else [])
+                )
+                if parts and lp is None:
+                    for part in shaped(index, parts, **extra):
+                        yield part
+                elif lp is not None or extra:
+                    # Log-probabilities (or ids) ride with the step's text, whatever it is.
+                    text = "".join(p.text for p in parts if isinstance(p, Content))
+                    others = [p for p in parts if not isinstance(p, Content)]
+                    yield chunk(index, delta(text), lp=lp, **extra)
+                    for part in shaped(index, others):
+                        yield part
             elif entry.kind == EntryKind.END:
+                usage.end(index, entry)
+                tail: list[Event] = []
                 if entry.full_text:
-                    yield chunk(index, delta(entry.full_text))
+                    tail += reader.feed(entry.full_text) if reader is not None else [Content(entry.full_text)]
+                if reader is not None:
+                    tail += reader.finish()
+                for part in shaped(index, tail):
+                    yield part
                 if entry.failed:
                     yield sse(_error_chunk(entry))
                 else:
+                    calls = bool(reader is not None and reader.calls)
                     yield chunk(
-                        index, delta(""), finish_reason(entry.finish_reason), cache_hit=entry.cache_hit
+                        index, delta(""), _finish(entry.finish_reason, calls), cache_hit=entry.cache_hit
                     )
-                add_usage(usage, entry.usage, shared_prompt=shares_prompt(jobs[index]))
-        if include_usage:
+        if shape.include_usage:
             yield usage_event(
                 response_id,
                 "chat.completion.chunk",
                 created=created,
                 model=first.model,
                 fingerprint=system_fingerprint,
-                usage=usage,
+                usage=usage.final,
             )
         timing.done()
         yield sse("[DONE]")
@@ -319,64 +607,70 @@ def chat_stream(
     return cancel_on_disconnect([str(job.id) for job in jobs], events())
 
 
-def completion_stream(
-    jobs: Sequence[Job],
-    *,
-    model: ServedModel,
-    include_usage: bool,
-    started: float,
-    logprobs: Logprobs | None,
-) -> AsyncIterator[bytes]:
+def completion_stream(jobs: Sequence[Job], *, shape: Shape, started: float) -> AsyncIterator[bytes]:
     """One stream for a batch of prompts (each with its ``n`` choices): a chunk's choice
     ``index`` names its job; chunks of different jobs interleave as they are generated."""
     first = jobs[0]
     timing = Timing(first, started)
     response_id = f"cmpl-{first.id.hex}"
     created = created_ts(first)
-    system_fingerprint = fingerprint(model)
+    system_fingerprint = fingerprint(shape.model)
+    usage = _Usage(jobs)
+    logprobs = shape.logprobs
+
+    chunks = _Chunks(response_id, "text_completion", first, created, system_fingerprint, shape, usage)
 
     def chunk(index: int, text: str, reason: str | None = None, lp: Any = None, **extra: Any) -> bytes:
-        return sse(
-            {
-                "id": response_id,
-                "object": "text_completion",
-                "created": created,
-                "model": first.model,
-                "system_fingerprint": system_fingerprint,
-                "choices": [{"index": index, "text": text, "finish_reason": reason, "logprobs": lp}],
-                **extra,
-            }
-        )
+        return chunks.sse({"index": index, "text": text, "finish_reason": reason, "logprobs": lp}, extra)
 
     async def events() -> AsyncIterator[bytes]:
-        offsets = [0] * len(jobs)
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        prefixes = [_echoed(job, shape) for job in jobs]
+        lengths = [len(prefix) for prefix in prefixes]  # the choice's text so far
+        echoed = [not shape.echo for _ in jobs]
         async for index, entry in follow_all(jobs):
             if entry is None:
                 yield KEEPALIVE
-            elif entry.kind == EntryKind.TOKEN and (entry.text or (logprobs and entry.token_ids)):
+            elif entry.kind == EntryKind.START:
+                usage.start(index, entry)
+                if shape.token_ids and entry.prompt_ids is not None:
+                    yield chunk(index, "", prompt_token_ids=entry.prompt_ids)
+            elif entry.kind == EntryKind.TOKEN and (entry.text or entry.token_ids):
+                usage.token(index, entry)
                 timing.token()
+                text = entry.text
                 lp = None
+                if not echoed[index]:
+                    echoed[index] = True
+                    text = prefixes[index] + text
                 if logprobs is not None:
-                    lp = logprobs.completion([entry], offset=offsets[index])
-                    offsets[index] += sum(len(t) for t in lp["tokens"])
-                yield chunk(index, entry.text, lp=lp)
+                    start = lengths[index]
+                    lp = logprobs.completion([entry], offset=start, limit=start + len(entry.text))
+                    if shape.echo and text is not entry.text:
+                        lp = _join(logprobs.prompt(_prompt_tokens([entry]), limit=len(prefixes[index])), lp)
+                lengths[index] += len(entry.text)
+                extra: dict[str, Any] = {"token_ids": entry.token_ids} if shape.token_ids else {}
+                if shape.prompt_logprobs is not None and entry.prompt_logprobs is not None:
+                    extra["prompt_logprobs"] = _prompt_logprobs(shape, [entry])
+                yield chunk(index, text, lp=lp, **extra)
             elif entry.kind == EntryKind.END:
+                usage.end(index, entry)
+                if not echoed[index] and prefixes[index]:
+                    echoed[index] = True
+                    yield chunk(index, prefixes[index])
                 if entry.full_text:
                     yield chunk(index, entry.full_text)
                 if entry.failed:
                     yield sse(_error_chunk(entry))
                 else:
                     yield chunk(index, "", finish_reason(entry.finish_reason), cache_hit=entry.cache_hit)
-                add_usage(usage, entry.usage, shared_prompt=shares_prompt(jobs[index]))
-        if include_usage:
+        if shape.include_usage:
             yield usage_event(
                 response_id,
                 "text_completion",
                 created=created,
                 model=first.model,
                 fingerprint=system_fingerprint,
-                usage=usage,
+                usage=usage.final,
             )
         timing.done()
         yield sse("[DONE]")

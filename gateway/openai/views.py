@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from django.conf import settings
@@ -17,18 +18,23 @@ from gateway.errors import ApiError, openai_exception_handler
 from gateway.guards import guards_for
 from gateway.idempotency import IdempotencyClaim
 from gateway.openai import shaping
-from gateway.openai.serializers import ChatCompletionSerializer, CompletionSerializer, check_neutral
+from gateway.openai.serializers import ChatCompletionSerializer, CompletionSerializer
+from gateway.parameters import check_parameters, declared
 from gateway.prepare import (
+    PreparedRequest,
     prepare_chat,
     prepare_completion,
     resolve_chat_context,
     route_or_404,
     with_choices,
+    with_extra,
+    with_input,
 )
 from gateway.sse import observe_completed, sse_response
 from gateway.submission import Caller, Submission, submit_all
 from inference.models import Job
 from inference.registry import ServedModel, served_models
+from inference.tools.calls import ToolError, ToolPlan, tool_plan
 
 
 class OpenAIView(StreamingApiView):
@@ -36,20 +42,72 @@ class OpenAIView(StreamingApiView):
         return openai_exception_handler
 
 
+def _unsupported(message: str, param: str) -> ApiError:
+    return ApiError(message, code="unsupported_parameter", param=param)
+
+
 def validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
+    """The body checked: every parameter known (refused ones at their neutral value), then typed."""
     if not isinstance(request.data, dict):
         raise ApiError("The request body must be a JSON object.", code="invalid_json")
-    check_neutral(request.data)
+    refused = getattr(serializer_class, "REFUSED", {})
+    check_parameters(
+        request.data, known=declared(serializer_class, refused), refused=refused, error=_unsupported
+    )
     serializer = serializer_class(data=request.data)
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
 
 
-def _logprobs(model: ServedModel, wanted: bool, top: int, *, as_ids: bool = False) -> shaping.Logprobs | None:
+#: SamplingParams fields under the names OpenAI's and vLLM's clients send them.
+PARAM_NAMES = {
+    "structured": "response_format",
+    "truncate": "truncate_prompt_tokens",
+    "include_stop": "include_stop_str_in_output",
+}
+
+
+def caller_of(request: Request, data: dict[str, Any]) -> Caller:
+    """The caller; a body's ``request_id`` (vLLM) names the job unless X-Request-ID did."""
+    caller = Caller.of(request)
+    if data.get("request_id") and not caller.request_id:
+        caller = replace(caller, request_id=str(data["request_id"]))
+    return caller
+
+
+def job_extra(data: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` (kept on the job, shown in the console) and the end user's identifiers."""
+    extra: dict[str, Any] = {}
+    metadata = dict(data.get("metadata") or {})
+    for name in ("user", "safety_identifier"):
+        if data.get(name):
+            metadata.setdefault(f"openai.{name}", data[name])
+    if metadata:
+        extra["metadata"] = metadata
+    return extra
+
+
+def tools_of(data: dict[str, Any], model: ServedModel) -> ToolPlan | None:
+    try:
+        return tool_plan(
+            data.get("tools"),
+            data.get("tool_choice"),
+            parallel=data.get("parallel_tool_calls"),
+            parser=model.tool_parser,
+        )
+    except ToolError as exc:
+        raise ApiError(str(exc), code="invalid_value", param=exc.param) from exc
+
+
+def _logprobs(
+    model: ServedModel, wanted: bool, top: int, *, as_ids: bool = False, include_sampled: bool = False
+) -> shaping.Logprobs | None:
     if not wanted:
         return None
     info = model.info
-    return shaping.Logprobs(info=info, eos=info.eos_token_ids, top=top, as_ids=as_ids)
+    return shaping.Logprobs(
+        info=info, eos=info.eos_token_ids, top=top, as_ids=as_ids, include_sampled=include_sampled
+    )
 
 
 class ChatCompletionCreateApi(OpenAIView):
@@ -62,27 +120,34 @@ class ChatCompletionCreateApi(OpenAIView):
         data = validated(ChatCompletionSerializer, request)
         user = request_user(request)
         model = route_or_404(data["model"], user=user)
+        tools = tools_of(data, model)
         top = int(data.get("top_logprobs") or 0)
         prepared = prepare_chat(
             model=model,
             guards=guards_for(user=user, api_key=request_api_key(request)),
             context=resolve_chat_context(user=user, data=data),
             messages=data["messages"],
-            sampling=ChatCompletionSerializer.to_sampling_params(data),
+            sampling=ChatCompletionSerializer.to_sampling_params(data, tools=tools),
+            tools=tools,
+            param_names=PARAM_NAMES,
+            extra=job_extra(data),
         )
+        if data.get("return_token_ids"):
+            prepared = with_input(prepared, return_token_ids=True)
         claim = IdempotencyClaim.begin(request, user_id=user.pk)
-        caller = Caller.of(request)
+        caller = caller_of(request, data)
+        n = int(data.get("n") or 1)
         submissions = [
             Submission(caller, choice, source="openai.chat", idempotency=claim, index=index)
-            for index, choice in enumerate(with_choices(prepared, int(data.get("n") or 1)))
+            for index, choice in enumerate(with_choices(prepared, int(data.get("best_of") or n)))
         ]
         logprobs = _logprobs(
             model, bool(data.get("logprobs")), top, as_ids=bool(data.get("return_tokens_as_token_ids"))
         )
+        shape = shaping.Shape(model=model, logprobs=logprobs, tools=tools, n=n, **_options(data, prepared))
         return _respond(
-            request, submissions, data, model=model, logprobs=logprobs, stream=shaping.chat_stream,
-            body=shaping.chat_body,
-        )  # fmt: skip
+            request, submissions, data, shape=shape, stream=shaping.chat_stream, body=shaping.chat_body
+        )
 
 
 class CompletionCreateApi(OpenAIView):
@@ -98,35 +163,60 @@ class CompletionCreateApi(OpenAIView):
         sampling = CompletionSerializer.to_sampling_params(data)
         guards = guards_for(user=request_user(request), api_key=request_api_key(request))
         prompts = data["prompt"]
-        caller = Caller.of(request)
+        caller = caller_of(request, data)
         claim = IdempotencyClaim.begin(request, user_id=caller.user.pk)
-        # One job per prompt and choice: prompt 0's n choices, then prompt 1's, ...
+        n = int(data.get("n") or 1)
+        # One job per prompt and choice: prompt 0's choices, then prompt 1's, ...
         prepared = [
-            choice
-            for index, prompt in enumerate(prompts)
-            for choice in with_choices(
-                prepare_completion(
-                    model=model,
-                    prompt=prompt,
-                    sampling=sampling,
-                    guards=guards,
-                    default_max_tokens=16,  # OpenAI's default for /v1/completions
-                    prompt_param="prompt" if len(prompts) == 1 else f"prompt[{index}]",
-                ),
-                int(data.get("n") or 1),
+            prepare_completion(
+                model=model,
+                prompt=prompt,
+                sampling=sampling,
+                guards=guards,
+                default_max_tokens=16,  # OpenAI's default for /v1/completions
+                prompt_param="prompt" if len(prompts) == 1 else f"prompt[{index}]",
+                param_names=PARAM_NAMES,
             )
+            for index, prompt in enumerate(prompts)
+        ]
+        jobs = [
+            with_extra(choice, **job_extra(data))
+            for one in prepared
+            for choice in with_choices(one, int(data.get("best_of") or n))
         ]
         submissions = [
             Submission(caller, one, source="openai.completions", idempotency=claim, index=index)
-            for index, one in enumerate(prepared)
+            for index, one in enumerate(jobs)
         ]
         logprobs = _logprobs(
-            model, top is not None, int(top or 0), as_ids=bool(data.get("return_tokens_as_token_ids"))
+            model,
+            top is not None,
+            int(top or 0),
+            as_ids=bool(data.get("return_tokens_as_token_ids")),
+            include_sampled=True,
+        )
+        shape = shaping.Shape(
+            model=model, logprobs=logprobs, n=n, prompts=prepared, **_options(data, prepared[0])
         )
         return _respond(
-            request, submissions, data, model=model, logprobs=logprobs, stream=shaping.completion_stream,
+            request,
+            submissions,
+            data,
+            shape=shape,
+            stream=shaping.completion_stream,
             body=shaping.completion_body,
-        )  # fmt: skip
+        )
+
+
+def _options(data: dict[str, Any], prepared: PreparedRequest) -> dict[str, Any]:
+    stream_options = data.get("stream_options") or {}
+    return {
+        "include_usage": bool(stream_options.get("include_usage")),
+        "continuous_usage": bool(stream_options.get("continuous_usage_stats")),
+        "token_ids": bool(data.get("return_token_ids")),
+        "echo": bool(data.get("echo")),
+        "prompt_logprobs": data.get("prompt_logprobs"),
+    }
 
 
 def _respond(
@@ -134,8 +224,7 @@ def _respond(
     submissions: list[Submission],
     data: dict[str, Any],
     *,
-    model: ServedModel,
-    logprobs: shaping.Logprobs | None,
+    shape: shaping.Shape,
     stream: Callable[..., AsyncIterator[bytes]],
     body: Callable[..., dict[str, Any]],
 ) -> Any:
@@ -143,10 +232,9 @@ def _respond(
     stream or one body. A single streamed job shows its admission wait as queue comments;
     several are all admitted (waiting if they must), then created together."""
     started = submissions[0].started
-    include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
 
     def stream_for(*jobs: Job) -> AsyncIterator[bytes]:
-        return stream(jobs, model=model, include_usage=include_usage, started=started, logprobs=logprobs)
+        return stream(jobs, shape=shape, started=started)
 
     if data["stream"] and len(submissions) == 1:
         submissions[0].admit(request)
@@ -156,7 +244,7 @@ def _respond(
         return sse_response(stream_for(*jobs))
     finished = [submission.finish(job) for submission, job in zip(submissions, jobs, strict=True)]
     observe_completed(finished[0], started=started)
-    return Response(body(finished, model=model, logprobs=logprobs))
+    return Response(body(finished, shape=shape))
 
 
 def _model_object(name: str, owned_by: str = "sluice") -> dict[str, Any]:

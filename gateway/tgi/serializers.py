@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers, status
 from rest_framework.request import Request
 
+from gateway import structured
 from gateway.errors import ApiError, first_error
 from gateway.fields import (
     AnyJSONField,
@@ -16,18 +17,15 @@ from gateway.fields import (
     StrictFloatField,
     StrictIntegerField,
 )
+from gateway.parameters import Refused, check_parameters, declared
 from gateway.prepare import MAX_TOP_LOGPROBS
 
 TGI_DEFAULT_MAX_NEW_TOKENS = 100
 
 # Parameters TGI defines that Sluice does not implement: accepted at their neutral value.
-NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "repetition_penalty": (None, 1, 1.0),
-    "frequency_penalty": (None, 0, 0.0),
-    "typical_p": (None, 1, 1.0),
-    "watermark": (None, False),
-    "grammar": (None,),
-    "adapter_id": (None, ""),
+REFUSED: dict[str, Refused] = {
+    "watermark": Refused("watermarking is not implemented", (None, False)),
+    "adapter_id": Refused("LoRA adapters are not served", (None, "")),
 }
 
 
@@ -36,6 +34,9 @@ class TgiParametersSerializer(serializers.Serializer):
     temperature = StrictFloatField(required=False, allow_null=True, min_value=0.0, max_value=100.0)
     top_k = StrictIntegerField(required=False, allow_null=True, min_value=1)
     top_p = StrictFloatField(required=False, allow_null=True, min_value=0.0, max_value=1.0)
+    typical_p = StrictFloatField(required=False, allow_null=True, min_value=0.0, max_value=1.0)
+    repetition_penalty = StrictFloatField(required=False, allow_null=True, min_value=0.0, max_value=100.0)
+    frequency_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2.0, max_value=2.0)
     do_sample = StrictBooleanField(required=False, default=False)
     seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=2**64 - 1)
     stop = StopField()
@@ -46,15 +47,21 @@ class TgiParametersSerializer(serializers.Serializer):
     top_n_tokens = StrictIntegerField(
         required=False, allow_null=True, min_value=0, max_value=MAX_TOP_LOGPROBS
     )
-    # Accepted at their neutral values (see NEUTRAL); typed loosely so the check can say why.
-    repetition_penalty = AnyJSONField()
-    frequency_penalty = AnyJSONField()
-    typical_p = AnyJSONField()
-    watermark = AnyJSONField()
     # Parallel sampling: the best of this many sequences (by total log-probability).
     best_of = StrictIntegerField(required=False, allow_null=True)
+    # {"type": "json" | "regex", "value": ...} (read by gateway/structured.py).
     grammar = AnyJSONField()
-    adapter_id = AnyJSONField()
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # TGI's own checks and words (its clients show them as they are).
+        for name, low, high, message in (
+            ("repetition_penalty", 0.0, None, "`repetition_penalty` must be strictly positive"),
+            ("typical_p", 0.0, 1.0, "`typical_p` must be > 0.0 and < 1.0"),
+        ):
+            value = attrs.get(name)
+            if value is not None and (value <= low or (high is not None and value >= high)):
+                raise serializers.ValidationError({name: message})
+        return attrs
 
 
 class TgiGenerateSerializer(serializers.Serializer):
@@ -76,17 +83,31 @@ def unprocessable(message: str, *, param: str | None = None, code: str = "valida
 def validated(request: Request) -> dict[str, Any]:
     if not isinstance(request.data, dict):
         raise unprocessable("The request body must be a JSON object.", code="invalid_json")
+
+    def refuse(message: str, param: str) -> ApiError:
+        return unprocessable(message, code="unsupported_parameter", param=param)
+
+    check_parameters(request.data, known=TgiGenerateSerializer().fields, refused={}, error=refuse)
     parameters = request.data.get("parameters") or {}
     if isinstance(parameters, dict):
-        for name, neutral in NEUTRAL.items():
-            if name in parameters and parameters[name] not in neutral:
-                raise unprocessable(
-                    f"'{name}' is not supported by this server.",
-                    code="unsupported_parameter",
-                    param=f"parameters.{name}",
-                )
+        check_parameters(
+            parameters,
+            known=declared(TgiParametersSerializer, REFUSED),
+            refused=REFUSED,
+            error=refuse,
+            prefix="parameters.",
+        )
     serializer = TgiGenerateSerializer(data=request.data)
     if not serializer.is_valid():
         param, message = first_error(serializer.errors)
         raise unprocessable(f"Invalid value for '{param}': {message}", param=param)
-    return dict(serializer.validated_data)
+    data = dict(serializer.validated_data)
+    found = structured.grammar(
+        (data.get("parameters") or {}).get("grammar"), refuse_grammar, param="parameters.grammar"
+    )
+    data["constraint"] = structured.one([found] if found else [], refuse_grammar)
+    return data
+
+
+def refuse_grammar(message: str, param: str) -> ApiError:
+    return unprocessable(message, param=param)

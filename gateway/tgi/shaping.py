@@ -72,7 +72,7 @@ def _prefill(entries: Sequence[StreamEntry], options: TgiOptions) -> list[dict[s
         if entry.prompt_logprobs is not None:
             return [
                 {"id": token_id, "text": options.info.token_text(token_id), "logprob": logprob}
-                for token_id, logprob in entry.prompt_logprobs
+                for token_id, logprob, *_ in entry.prompt_logprobs
             ]
     return []
 

@@ -38,8 +38,22 @@ from gateway.tgi.serializers import (
     validated,
 )
 from inference.registry import default_model
-from inference.sampling_params import SamplingParams
+from inference.sampling_params import SamplingParams, StructuredOutput
 from inference.selectors import worker_heartbeats
+
+#: SamplingParams fields under TGI's names.
+PARAM_NAMES = {
+    name: f"parameters.{name}"
+    for name in (
+        "repetition_penalty",
+        "frequency_penalty",
+        "typical_p",
+        "top_k",
+        "top_p",
+        "temperature",
+        "truncate",
+    )
+} | {"structured": "parameters.grammar", "max_tokens": "parameters.max_new_tokens"}
 
 
 class TgiView(StreamingApiView):
@@ -47,13 +61,15 @@ class TgiView(StreamingApiView):
         return tgi_exception_handler
 
 
-def _sampling(parameters: dict[str, Any]) -> SamplingParams:
-    """TGI samples when asked to, or when any sampling knob is set; otherwise it is greedy.
-    A sampled request without a seed gets one drawn here, so ``details.seed`` can report it."""
+def _sampling(parameters: dict[str, Any], constraint: StructuredOutput | None = None) -> SamplingParams:
+    """TGI samples when asked to, or when any sampling knob is set (as its NextTokenChooser:
+    temperature, top_k, top_p, typical_p); otherwise it is greedy. A sampled request without a
+    seed gets one drawn here, so ``details.seed`` can report it. Penalties apply either way."""
     temperature = parameters.get("temperature")
     top_p = parameters.get("top_p")
     top_k = parameters.get("top_k")
-    sample = parameters.get("do_sample") or any(v is not None for v in (temperature, top_p, top_k))
+    typical_p = parameters.get("typical_p")
+    sample = parameters.get("do_sample") or any(v is not None for v in (temperature, top_p, top_k, typical_p))
     common: dict[str, Any] = {
         "max_tokens": parameters.get("max_new_tokens"),
         "stop": tuple(parameters.get("stop") or ()),
@@ -61,6 +77,9 @@ def _sampling(parameters: dict[str, Any]) -> SamplingParams:
         "prompt_logprobs": 0 if parameters.get("decoder_input_details") else None,
         "include_stop": True,
         "truncate": parameters.get("truncate"),
+        "repetition_penalty": float(parameters.get("repetition_penalty") or 1.0),
+        "frequency_penalty": float(parameters.get("frequency_penalty") or 0.0),
+        "structured": constraint,
     }
     if not sample:
         return SamplingParams(temperature=0.0, seed=None, **common)
@@ -73,6 +92,7 @@ def _sampling(parameters: dict[str, Any]) -> SamplingParams:
         temperature=1.0 if temperature is None else temperature,
         top_p=1.0 if top_p is None else top_p,
         top_k=top_k or 0,
+        typical_p=1.0 if typical_p is None else typical_p,
         seed=seed if seed is not None else random.getrandbits(63),
         **common,
     )
@@ -91,7 +111,7 @@ def _best_of(parameters: dict[str, Any], *, stream: bool) -> int:
     if parameters.get("seed") is not None:
         raise unprocessable("`seed` must not be set when `best_of` > 1", param="parameters.seed")
     sampled = parameters.get("do_sample") or any(
-        parameters.get(name) is not None for name in ("temperature", "top_k", "top_p")
+        parameters.get(name) is not None for name in ("temperature", "top_k", "top_p", "typical_p")
     )
     if not sampled:
         raise unprocessable("you must use sampling when `best_of` is > 1", param="parameters.best_of")
@@ -103,7 +123,8 @@ def _best_of(parameters: dict[str, Any], *, stream: bool) -> int:
 def _run(request: Request, data: dict[str, Any], *, stream: bool, as_list: bool = False) -> Any:
     parameters = data.get("parameters") or {}
     best_of = _best_of(parameters, stream=stream)
-    sampling = _sampling(parameters)
+    constraint = data.get("constraint")
+    sampling = _sampling(parameters, constraint[0] if constraint else None)
     model = route_or_404(
         None, user=request_user(request), validation_status=status.HTTP_422_UNPROCESSABLE_ENTITY
     )
@@ -116,6 +137,7 @@ def _run(request: Request, data: dict[str, Any], *, stream: bool, as_list: bool 
         max_tokens_param="parameters.max_new_tokens",
         prompt_param="inputs",
         error_status=status.HTTP_422_UNPROCESSABLE_ENTITY,
+        param_names=PARAM_NAMES,
     )
     options = shaping.TgiOptions(
         info=model.info,

@@ -27,12 +27,16 @@ class Sampled:
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
     prompt_logprobs: tuple[float | None, ...] | None = None
+    #: With the prompt's log-probabilities, when alternatives were asked for: per prompt
+    #: position after the first, the token's rank and the most likely tokens there.
+    prompt_top: tuple[tuple[int, tuple[tuple[int, float], ...]], ...] | None = None
     #: Remote backends whose upstream sends text, not token ids: the token's text as the
     #: upstream sent it (the engine uses it instead of detokenizing ``token_id``).
     text: str | None = None
-    #: Remote backends: the upstream ended the sequence here ("stop": its end of sequence or
-    #: a stop string; "length": its token limit). With ``token_id == NO_TOKEN`` it carries no
-    #: token, only the end (and, when the upstream reported it, its count of completion tokens).
+    #: The sequence ends with this token ("stop": a remote upstream's end of sequence or stop
+    #: string, or a local output constraint that is complete; "length": the upstream's token
+    #: limit). With ``token_id == NO_TOKEN`` it carries no token, only the end (and, when the
+    #: upstream reported it, its count of completion tokens).
     final: str | None = None
     completion_tokens: int | None = None
 
@@ -74,12 +78,23 @@ class ModelBackend(ABC):
         """Prefill these sequences into the batch; return each one's first token (or its error)."""
 
     def enqueue(
-        self, keys: Sequence[str], token_ids: Sequence[Sequence[int]], params: Sequence[SamplingParams]
+        self,
+        keys: Sequence[str],
+        token_ids: Sequence[Sequence[int]],
+        params: Sequence[SamplingParams],
+        resumed: Sequence[int] | None = None,
     ) -> dict[str, Sampled | Exception]:
         """Take sequences into the batch; what the engine calls. A backend that fuses prefill
         into its steps (the local torch one) only queues them here and returns their errors,
-        and their first tokens come from later `step`s; by default, `add`."""
+        and their first tokens come from later `step`s; by default, `add`. ``resumed``: per
+        sequence, how many of its last ids an earlier attempt generated (penalties, min_tokens
+        and grammars count them as output)."""
         return self.add(keys, token_ids, params)
+
+    def prepare(self, params: SamplingParams) -> None:  # noqa: B027 - optional hook
+        """Called on the submitting thread, before the sequence reaches the engine's loop: work
+        that may take a while (compiling an output constraint) is done here, not in a step.
+        Raises for a request this backend cannot serve (the sequence fails alone)."""
 
     def prefix_cache_stats(self) -> dict[str, int] | None:
         """Prefix-cache counters (lookups, lookup_tokens, hit_tokens, inserted_blocks,

@@ -28,14 +28,30 @@ logger = logging.getLogger(__name__)
 
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "demo" / "corpus"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+# The demo model's chat format. Tools are announced in the system turn, Hermes-style (calls
+# written as <tool_call>{"name": ..., "arguments": {...}}</tool_call>, the format of the
+# version's default "hermes" tool parser); a tool's result comes back in a user turn inside
+# <tool_response>; any other role renders as its own turn (as vLLM passes custom roles through).
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('unsupported role: ' ~ message['role']) }}"
+    "{% if tools %}<|system|>\n"
+    "{% for message in messages if message['role'] == 'system' %}{{ message['content'] }}\n"
+    "{% endfor %}You may call functions. The functions you can call:\n"
+    "<tools>\n"
+    "{% for tool in tools %}{{ tool | tojson }}\n"
+    "{% endfor %}</tools>\n"
+    'To call one, answer with <tool_call>{"name": "<function name>", "arguments": {<arguments>}'
+    "}</tool_call><|end|>\n"
+    "{% endif %}{% for message in messages %}{% if message['role'] == 'system' and tools %}"
+    "{% elif message['role'] == 'tool' %}<|user|>\n"
+    "<tool_response>{{ message['content'] }}</tool_response><|end|>\n"
+    "{% elif message.get('tool_calls') %}<|assistant|>\n"
+    "{{ message['content'] or '' }}{% for call in message['tool_calls'] %}"
+    '<tool_call>{"name": {{ call.function.name | tojson }}, '
+    '"arguments": {{ call.function.arguments | tojson }}}</tool_call>{% endfor %}<|end|>\n'
+    "{% else %}<|{{ message['role'] }}|>\n"
+    "{{ message['content'] }}<|end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>\n"
     "{% endif %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 BUILD_INFO = "sluice_demo.json"
 
@@ -161,6 +177,13 @@ def build_demo_model(
     if not force and info_path.exists():
         info = json.loads(info_path.read_text())
         if info.get("fingerprint") == fingerprint and (out_dir / "model.safetensors").exists():
+            # The chat format is not in the weights: a model built before it changed gets the
+            # current one (a rewrite of one small file, not a retraining).
+            template = out_dir / "chat_template.jinja"
+            if not template.exists() or template.read_text(encoding="utf-8") != CHAT_TEMPLATE:
+                staged = template.with_name(template.name + ".new")
+                staged.write_text(CHAT_TEMPLATE, encoding="utf-8")
+                staged.replace(template)
             return BuildReport(
                 path=str(out_dir), fingerprint=fingerprint, reused=True, sample=info.get("sample", "")
             )

@@ -4,7 +4,7 @@ else is in the batch)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -16,15 +16,22 @@ def sample_batch(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
     generators: Sequence[torch.Generator | None],
+    process: Callable[[torch.Tensor], dict[int, Exception]] | None = None,
 ) -> list[Sampled | Exception]:
     """Sample one token per row, vectorized over the batch.
 
     Every random draw comes from the row's own generator (one uniform number per row and
     step), and all other arithmetic is row-wise, so a seeded sequence samples the same
     tokens whatever else is in the batch.
+
+    ``process`` changes the float32 logits in place before a token is chosen (penalties, bias,
+    min_tokens, grammar masks: logits.py, grammar.py) and returns the rows that failed. The
+    reported log-probabilities are the model's own, before processing (vLLM's default
+    ``raw_logprobs``): what the model thought of the token, whatever constrained the choice.
     """
     logits = logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
+    failed: dict[int, Exception] = process(logits) if process is not None else {}
     sampled_rows = [row for row, param in enumerate(params) if not param.greedy]
     if len(sampled_rows) < len(params):
         # ``max`` over a dim, not ``argmax``: the same first-maximum index, in 0.7 ms rather
@@ -32,7 +39,7 @@ def sample_batch(
         tokens = logits.max(dim=-1).indices
     else:
         tokens = torch.zeros(len(params), dtype=torch.long, device=logits.device)
-    failed: dict[int, Exception] = {}
+    sampled_rows = [row for row in sampled_rows if row not in failed]
     if sampled_rows:
         for row, outcome in zip(
             sampled_rows, sample_rows(logits, sampled_rows, params, generators), strict=True
@@ -87,6 +94,17 @@ def sample_rows(
     scaled = logits[rows] if len(rows) < logits.shape[0] else logits
     scaled.sub_(scaled.amax(dim=-1, keepdim=True)).div_(temperature[:, None]).exp_()
     probs = scaled
+    # min_p, then typical_p, then top-k/top-p (vLLM's order for min_p; typical as transformers'
+    # TypicalLogitsWarper), each only over the rows that ask for it.
+    min_p = [params[r].min_p for r in rows]
+    if any(value > 0.0 for value in min_p):
+        # The most likely token's weight is exactly 1 here: the threshold is min_p itself.
+        probs.mul_(probs >= torch.tensor(min_p, device=device)[:, None])
+    typical = [i for i, r in enumerate(rows) if params[r].typical_p < 1.0]
+    if typical:
+        at = torch.tensor(typical, device=device)
+        mass = torch.tensor([params[rows[i]].typical_p for i in typical], device=device)
+        probs[at] = _typical(probs[at], mass)
     draws = torch.cat([torch.rand(1, generator=generators[r], device=device) for r in rows])
     top_k = torch.tensor([params[r].top_k if 0 < params[r].top_k < vocab else 0 for r in rows], device=device)
     top_p = torch.tensor([min(params[r].top_p, 1.0) for r in rows], device=device)
@@ -126,6 +144,20 @@ def sample_rows(
         ValueError("sampling failed: the model produced invalid probabilities") if bad else int(token)
         for token, bad in zip(tokens.tolist(), invalid, strict=True)
     ]
+
+
+def _typical(weights: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """Locally typical sampling's truncation (transformers' TypicalLogitsWarper) over rows of
+    unnormalized weights: keep the tokens whose surprisal is closest to the row's entropy, in
+    that order, until they hold ``mass`` of the probability (at least one token)."""
+    p = weights / weights.sum(dim=-1, keepdim=True)
+    logp = torch.log(p)
+    entropy = -(p * logp).nansum(dim=-1, keepdim=True)
+    distance = (-logp - entropy).abs()
+    ordered, order = torch.sort(distance, dim=-1)
+    cumulative = p.gather(1, order).cumsum(dim=-1)
+    last = (cumulative < mass[:, None]).sum(dim=-1).clamp(max=weights.shape[-1] - 1)
+    return weights * (distance <= ordered.gather(1, last[:, None]))
 
 
 _CDF_BLOCK = 256

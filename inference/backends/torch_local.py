@@ -23,15 +23,17 @@ import logging
 import random
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from inference.backends.base import ModelBackend, Sampled
+from inference.backends.grammar import GrammarBatch, GrammarCache, GrammarError
 from inference.backends.kv_cache import Chunk, SlotKVCache, StepPlan, planned, register_attention
 from inference.backends.llama_step import LlamaStep
+from inference.backends.logits import LogitsProcessors
 from inference.backends.packed_linear import pack_linears, packable
 from inference.backends.prefix_cache import PrefixBlock, PrefixCache
 from inference.backends.sampling import sample_batch
@@ -132,6 +134,11 @@ class TorchCausalLMBackend(ModelBackend):
             block_size=prefix_block_size,
             budget_bytes=prefix_cache_bytes,
         )
+        #: Penalties, logit bias and min_tokens of the sequences that ask for them (logits.py).
+        self.processors = LogitsProcessors(
+            vocab_size=self.vocab_size, capacity=max_batch_size, device=self.device
+        )
+        self._grammars: GrammarCache | None = None  # output constraints (grammar.py), on first use
         self.rows: list[_Seq] = []  # row i of the cache holds rows[i]
         self._by_key: dict[str, _Seq] = {}
         self._pending: list[_Seq] = []  # still prefilling, first come first served
@@ -173,31 +180,65 @@ class TorchCausalLMBackend(ModelBackend):
             raise RuntimeError("backend has no tokenizer; pass vocab_decode")
         return str(self._decode_fn(token_ids))
 
+    def grammars(self) -> GrammarCache:
+        """Compiled output constraints of this model (built on first use: most versions never
+        see one)."""
+        if self._grammars is None:
+            self._grammars = GrammarCache(
+                self.model_dir / "tokenizer.json",
+                vocab_size=self.vocab_size,
+                eos_token_ids=sorted(self.eos_token_ids),
+                threads=self.threads or 1,
+            )
+        return self._grammars
+
+    def prepare(self, params: SamplingParams) -> None:
+        if params.structured is not None:
+            self.grammars().compile(params.structured)  # on the job's thread, not in a step
+
+    def _processing(self, param: SamplingParams, ids: list[int], resumed: int) -> tuple[int | None, Any]:
+        """The sequence's logits-processing slot and grammar matcher (None: it needs none)."""
+        prompt, output = ids[: len(ids) - resumed], ids[len(ids) - resumed :]
+        matcher = self.grammars().matcher(param.structured, output) if param.structured is not None else None
+        stop_ids = [*param.stop_token_ids, *(() if param.ignore_eos else self.eos_token_ids)]
+        slot = self.processors.admit(param, prompt_ids=prompt, output_ids=output, stop_ids=stop_ids)
+        return slot, matcher
+
     # Every method that touches the cache runs in inference mode: tensors created there may
     # only be modified there.
     @torch.inference_mode()
     def enqueue(
-        self, keys: Sequence[str], token_ids: Sequence[Sequence[int]], params: Sequence[SamplingParams]
+        self,
+        keys: Sequence[str],
+        token_ids: Sequence[Sequence[int]],
+        params: Sequence[SamplingParams],
+        resumed: Sequence[int] | None = None,
     ) -> dict[str, Sampled | Exception]:
         """Take sequences into the batch without computing anything: the next `step`s prefill
         them, chunk by chunk, alongside the running sequences' decodes. Returns only errors."""
         results: dict[str, Sampled | Exception] = {}
-        todo: list[tuple[str, list[int], SamplingParams]] = []
-        for key, ids, param in zip(keys, token_ids, params, strict=True):
+        todo: list[tuple[str, list[int], SamplingParams, int]] = []
+        for index, (key, ids, param) in enumerate(zip(keys, token_ids, params, strict=True)):
             error = self._check_ids(ids)
             if error is not None:
                 results[key] = ValueError(error)
             elif key in self._by_key:
                 results[key] = ValueError(f"sequence {key} is already in the batch")
             else:
-                todo.append((key, list(ids), param))
+                todo.append((key, list(ids), param, resumed[index] if resumed else 0))
         if len(self.rows) + len(todo) > self.max_batch_size:
             raise RuntimeError("batch is full")
         if not todo:
             return results
-        self._ensure_capacity(len(self.rows) + len(todo), max(len(ids) for _, ids, _ in todo) + 1)
-        for key, ids, param in todo:
+        self._ensure_capacity(len(self.rows) + len(todo), max(len(ids) for _, ids, _, _ in todo) + 1)
+        for key, ids, param, done in todo:
+            try:
+                slot, matcher = self._processing(param, ids, done)
+            except GrammarError as exc:
+                results[key] = exc
+                continue
             seq = _Seq(key=key, params=param, generator=self._generator(param), ids=ids, prompt_len=len(ids))
+            seq.slot, seq.matcher = slot, matcher
             seq.row = len(self.rows)
             self.rows.append(seq)
             self._by_key[key] = seq
@@ -348,14 +389,25 @@ class TorchCausalLMBackend(ModelBackend):
             self.cache.move_row(leader.row, follower.row, leader.prompt_len)
             follower.computed, follower.leader = follower.prompt_len, None
 
-        logits = hidden_logits if len(sample_index) == len(keep) else hidden_logits[sample_index]
-        sampled = sample_batch(logits, [seq.params for seq in sample], [seq.generator for seq in sample])
+        # Each sampled sequence its own row (followers of one prompt share the leader's logits,
+        # and their processing must not see each other's).
+        whole = sample_index == list(range(len(keep)))
+        logits = hidden_logits if whole else hidden_logits[sample_index]
+        sampled = sample_batch(
+            logits,
+            [seq.params for seq in sample],
+            [seq.generator for seq in sample],
+            process=self._processor(sample),
+        )
+        self._after_sampling(sample, sampled)
         results: dict[str, Sampled | Exception] = {}
         for seq, outcome in zip(sample, sampled, strict=True):
             if not isinstance(outcome, Exception):
                 if seq.prompt_logprobs is not None and len(seq.ids) == seq.prompt_len:
-                    outcome = Sampled(
-                        outcome.token_id, outcome.logprob, outcome.top, tuple(seq.prompt_logprobs)
+                    outcome = replace(
+                        outcome,
+                        prompt_logprobs=tuple(seq.prompt_logprobs),
+                        prompt_top=tuple(seq.prompt_top) if seq.params.prompt_logprobs else None,
                     )
                 seq.ids.append(outcome.token_id)
             results[seq.key] = outcome
@@ -371,6 +423,55 @@ class TorchCausalLMBackend(ModelBackend):
                     # prompt) reuse this prompt's blocks.
                     self.prefix.extend(seq.blocks, seq.ids, seq.prompt_len, *self._row_views(seq.row))
         return results
+
+    def _processor(self, sample: list[_Seq]) -> Any:
+        """The step's logits processing for the sampled rows that ask for any (None: none do)."""
+        processed = [(row, seq.slot) for row, seq in enumerate(sample) if seq.slot is not None]
+        constrained = [(row, seq.matcher) for row, seq in enumerate(sample) if seq.matcher is not None]
+        if not processed and not constrained:
+            return None
+
+        def process(logits: torch.Tensor) -> dict[int, Exception]:
+            if processed:
+                rows, slots = zip(*processed, strict=True)
+                self.processors.apply(logits, rows, slots)
+            failed: dict[int, Exception] = {}
+            if constrained:
+                rows, matchers = zip(*constrained, strict=True)
+                errors = GrammarBatch(self.grammars()).apply(logits, rows, matchers)
+                for row, error in zip(rows, errors, strict=True):
+                    if error is not None:
+                        failed[row] = GrammarError(f"output constraint: {error}")
+            return failed
+
+        return process
+
+    def _after_sampling(self, sample: list[_Seq], sampled: list[Sampled | Exception]) -> None:
+        """Penalty counts and grammars follow the tokens just chosen; a grammar that is
+        complete ends its sequence with this token."""
+        processed = [
+            (seq.slot, outcome.token_id)
+            for seq, outcome in zip(sample, sampled, strict=True)
+            if seq.slot is not None and not isinstance(outcome, Exception)
+        ]
+        if processed:
+            slots, tokens = zip(*processed, strict=True)
+            self.processors.observe(slots, tokens)
+        constrained = [
+            (row, seq.matcher, outcome)
+            for row, (seq, outcome) in enumerate(zip(sample, sampled, strict=True))
+            if seq.matcher is not None and not isinstance(outcome, Exception)
+        ]
+        if constrained:
+            rows, matchers, outcomes = zip(*constrained, strict=True)
+            advanced = GrammarBatch.advance(self.grammars(), matchers, [o.token_id for o in outcomes])
+            for row, outcome, (accepted, finished) in zip(rows, outcomes, advanced, strict=True):
+                if not accepted:
+                    sampled[row] = GrammarError(
+                        f"token {outcome.token_id} does not fit the output constraint"
+                    )
+                elif finished:
+                    sampled[row] = replace(outcome, final="stop")
 
     def _generic_forward(
         self, plan: StepPlan, input_ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor
@@ -388,8 +489,11 @@ class TorchCausalLMBackend(ModelBackend):
         ).logits[0]
 
     def _collect_prompt_logprobs(self, seq: _Seq, logits: torch.Tensor, start: int, completes: bool) -> None:
-        """log p(prompt token i+1 | tokens up to i) for the chunk's positions ``start ..``."""
+        """log p(prompt token i+1 | tokens up to i) for the chunk's positions ``start ..``, with
+        its rank and the most likely alternatives when the sequence asked for them (vLLM's
+        prompt_logprobs=k)."""
         assert seq.prompt_logprobs is not None
+        wanted = seq.params.prompt_logprobs or 0
         count = logits.shape[0] - (1 if completes else 0)  # the last position predicts the first new token
         for lo in range(0, count, 256):  # slices: a long prompt's full log-softmax would be large
             hi = min(count, lo + 256)
@@ -397,7 +501,15 @@ class TorchCausalLMBackend(ModelBackend):
             targets = torch.tensor(
                 seq.ids[start + lo + 1 : start + hi + 1], dtype=torch.long, device=block.device
             )
-            seq.prompt_logprobs += block.gather(1, targets[:, None])[:, 0].tolist()
+            chosen = block.gather(1, targets[:, None])
+            seq.prompt_logprobs += chosen[:, 0].tolist()
+            if wanted:
+                ranks = ((block > chosen).sum(dim=-1) + 1).tolist()
+                values, indices = torch.topk(block, min(wanted, block.shape[-1]), dim=-1)
+                seq.prompt_top += [
+                    (rank, tuple(zip(ids, lps, strict=True)))
+                    for rank, ids, lps in zip(ranks, indices.tolist(), values.tolist(), strict=True)
+                ]
 
     def _generator(self, param: SamplingParams) -> torch.Generator | None:
         if param.greedy:
@@ -425,6 +537,8 @@ class TorchCausalLMBackend(ModelBackend):
             seq = self._by_key.pop(key, None)
             if seq is None:
                 continue
+            self.processors.release(seq.slot)
+            seq.matcher = None
             # Its whole computed history (prompt and answer) stays cached for a next turn.
             self.prefix.extend(seq.blocks, seq.ids, seq.computed, *self._row_views(seq.row))
             self.prefix.release(seq.blocks)
@@ -469,7 +583,11 @@ class _Seq:
     computed: int = 0  # positions whose keys/values are in the row (columns [0, computed))
     blocks: list[PrefixBlock] = field(default_factory=list)  # prefix-cache blocks held
     prompt_logprobs: list[float | None] | None = None  # collected while prefilling, when asked
+    #: With prompt_logprobs=k: per prompt position after the first, (rank, k alternatives).
+    prompt_top: list[tuple[int, tuple[tuple[int, float], ...]]] = field(default_factory=list)
     leader: _Seq | None = field(default=None, repr=False)  # prefills the same prompt for it
+    slot: int | None = None  # its logits-processing slot (penalties, bias, min_tokens)
+    matcher: Any = field(default=None, repr=False)  # its output constraint's llguidance matcher
 
     @property
     def prefilling(self) -> bool:

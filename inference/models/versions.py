@@ -31,6 +31,15 @@ class Dtype(models.TextChoices):
     INT8 = "int8", "int8 (dynamic quantization, CPU)"
 
 
+class ToolParser(models.TextChoices):
+    HERMES = (
+        "hermes",
+        'Hermes: <tool_call>{"name", "arguments"}</tool_call> (Qwen 2.5/3, Hermes, the demo model)',
+    )
+    LLAMA3_JSON = "llama3_json", 'Llama 3 JSON: {"name", "parameters"} (Llama 3.1+)'
+    NONE = "none", "none: tool_choice auto returns text (required and named calls still work)"
+
+
 class ModelVersion(models.Model):
     served_name = models.CharField(max_length=200, help_text="what clients put in `model`")
     label = models.CharField(max_length=64, help_text="e.g. v1, 2026-11-22, llama-3b-int8")
@@ -92,6 +101,13 @@ class ModelVersion(models.Model):
         default=0,
         help_text="attempts of a job after transient failures (lost worker, upstream error, load failure) "
         "before it is dead-lettered. 0: SLUICE_MAX_ATTEMPTS",
+    )
+    tool_parser = models.CharField(
+        max_length=16,
+        choices=ToolParser.choices,
+        default=ToolParser.HERMES,
+        help_text="how tool calls are read from this model's free text (tool_choice auto); match the "
+        "format its chat template teaches",
     )
     status = models.CharField(max_length=16, choices=VersionStatus.choices, default=VersionStatus.DRAFT)
     traffic_weight = models.PositiveIntegerField(

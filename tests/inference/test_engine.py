@@ -192,6 +192,58 @@ def test_stop_string_ends_the_sequence(
     assert result.text == full[: full.index(stop)]
 
 
+def test_stop_token_ids_end_the_sequence_on_that_token(
+    engine: tuple[Engine, RecordingSink], backend: TorchCausalLMBackend
+) -> None:
+    """vLLM's stop_token_ids: the token is generated and counted, its text left out."""
+    eng, _ = engine
+    ids = prompt(6, 9)
+    tokens = run_alone(backend, ids, SamplingParams(max_tokens=20, temperature=0), 20)
+    stop_id = tokens[4]
+    at = tokens.index(stop_id)
+    handles = [
+        eng.submit(
+            SequenceRequest(
+                key=f"stop-token-{include}",
+                prompt_ids=ids,
+                params=SamplingParams(
+                    max_tokens=20, temperature=0, stop_token_ids=(stop_id,), include_stop=include
+                ),
+            )
+        )
+        for include in (False, True)
+    ]
+    left_out, kept = wait(handles)
+    for result in (left_out, kept):
+        assert result.finish_reason is FinishReason.STOP and result.token_ids == tokens[: at + 1]
+        assert result.completion_tokens == at + 1
+    assert left_out.text == backend.decode(tokens[:at])
+    assert kept.text == backend.decode(tokens[: at + 1])
+
+
+def test_stop_strings_wait_for_min_tokens(
+    engine: tuple[Engine, RecordingSink], backend: TorchCausalLMBackend
+) -> None:
+    eng, _ = engine
+    ids = prompt(4, 10)
+    tokens = run_alone(backend, ids, SamplingParams(max_tokens=30, temperature=0), 30)
+    full = backend.decode(tokens)
+    stop = full[2:5]  # within the first tokens' text
+    assert stop and full.index(stop) < len(backend.decode(tokens[:8]))
+    handle = eng.submit(
+        SequenceRequest(
+            key="late-stop",
+            prompt_ids=ids,
+            params=SamplingParams(max_tokens=30, temperature=0, stop=(stop,), min_tokens=8),
+        )
+    )
+    (result,) = wait([handle])
+    # The early occurrence did not count; a later one may (then the text ends before it).
+    assert len(result.token_ids) >= 8
+    assert result.text.startswith(backend.decode(tokens[:8]).removesuffix(stop))
+    assert len(result.text) > full.index(stop)
+
+
 def test_deadline_expiry(backend: TorchCausalLMBackend) -> None:
     now = [1000.0]
     sink = RecordingSink()
