@@ -29,7 +29,7 @@ from inference.prompts import ChatTemplateError, ModelFilesError
 from inference.registry import ServedModel, resolve_model
 from inference.routing import route
 from inference.sampling_params import SamplingParams
-from inference.tools.calls import ToolPlan
+from inference.tools.calls import ToolPlan, arguments_object
 
 ROLE_ALIASES = {"developer": "system"}
 MAX_TOP_LOGPROBS = 20
@@ -188,7 +188,7 @@ def normalize_messages(
                     "type": "function",
                     "function": {
                         "name": call["function"]["name"],
-                        "arguments": _arguments(call["function"]["arguments"]),
+                        "arguments": arguments_object(call["function"]["arguments"]),
                     },
                 }
                 for call in message["tool_calls"]
@@ -197,15 +197,6 @@ def normalize_messages(
             item["tool_call_id"] = message["tool_call_id"]
         normalized.append(item)
     return normalized
-
-
-def _arguments(text: str) -> Any:
-    """A call's arguments as the template renders them: the object, or the text as it came."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    return value if isinstance(value, dict) else text
 
 
 def _params(

@@ -355,9 +355,11 @@ class SamplingSerializer(serializers.Serializer):
             *structured.vllm(data, invalid),
             *([f] if (f := structured.response_format(data.get("response_format"), invalid)) else []),
         ]
-        if tools is not None and (forced := forced_constraint(tools)) is not None:
-            found.append((forced, "tool_choice"))
         chosen = structured.one(found, invalid)
+        if tools is not None and (forced := forced_constraint(tools)) is not None:
+            # A forced call is the whole output, no text: the response format constrains the text
+            # of the turns that have some (vLLM and OpenAI do the same); it is still checked.
+            return structured.one([(forced, "tool_choice")], invalid)[0]  # type: ignore[index]
         return chosen[0] if chosen is not None else None
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

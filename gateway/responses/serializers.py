@@ -2,51 +2,108 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rest_framework import serializers
 
 from gateway.errors import ApiError
 from gateway.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from gateway.parameters import Refused, check_parameters
 
 # Parameters the Responses API defines that Sluice does not implement: accepted at their
 # neutral value, refused otherwise.
-NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "tools": (None, []),
-    "tool_choice": (None, "auto", "none"),
-    "parallel_tool_calls": (None, True, False),
-    "truncation": (None, "disabled"),
-    "reasoning": (None, {}),
-    "include": (None, []),
-    "max_tool_calls": (None,),
-    "prompt": (None,),
-    "conversation": (None,),
-    "top_logprobs": (None, 0),
-    "service_tier": (None, "auto", "default"),
+REFUSED: dict[str, Refused] = {
+    "truncation": Refused(
+        "the conversation is trimmed to the context window from its oldest turns", (None, "disabled")
+    ),
+    "reasoning": Refused("no served model reasons", (None, {})),
+    "include": Refused("no extra output data is available", (None, [])),
+    "max_tool_calls": Refused("the number of calls is bounded by parallel_tool_calls only"),
+    "prompt": Refused("stored prompt templates are not implemented"),
+    "conversation": Refused("conversations are continued with previous_response_id"),
+    "top_logprobs": Refused("log-probabilities are not reported on the Responses API", (None, 0)),
+    "service_tier": Refused("there is one service tier", (None, "auto", "default")),
+    "stream_options": Refused("no stream options are implemented", (None, {})),
+    "background_options": Refused("no background options are implemented", (None, {})),
+    "context_management": Refused("context management is not implemented", (None, [])),
+    "prompt_cache_key": Refused("prefix caching is automatic and keyed by the prompt itself"),
+    "prompt_cache_retention": Refused("prefix caching is automatic and keyed by the prompt itself"),
+    "prompt_cache_options": Refused("prefix caching is automatic and keyed by the prompt itself"),
+    "safety_identifier": Refused("use 'user'", (None, "")),
+    "moderation": Refused("moderation is configured as the caller's output guards"),
+    "access_programs": Refused("access programs are not implemented", (None, [])),
+    "image": Refused("only text models are served"),
 }
 
 _TEXT_PARTS = {"input_text", "output_text", "text"}
 
 
-def check_neutral(data: dict[str, Any]) -> None:
-    for name, neutral in NEUTRAL.items():
-        if name in data and data[name] not in neutral:
+def tools_of(value: Any) -> list[dict[str, Any]] | None:
+    """The Responses API's flat function tools in chat's nested form (what the template gets)."""
+    if value in (None, []):
+        return None
+    if not isinstance(value, list):
+        raise ApiError("'tools' must be a list.", code="invalid_value", param="tools")
+    out = []
+    for index, tool in enumerate(value):
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            kind = tool.get("type") if isinstance(tool, dict) else type(tool).__name__
             raise ApiError(
-                f"'{name}' is not supported by this server.", code="unsupported_parameter", param=name
+                f"Only function tools are supported ('{kind}' is not).",
+                code="unsupported_parameter",
+                param=f"tools[{index}]",
             )
-    text = data.get("text")
-    if text not in (None, {}) and (
-        not isinstance(text, dict) or text.get("format") not in (None, {"type": "text"})
-    ):
-        raise ApiError(
-            "Only text output is supported (text.format: {'type': 'text'}).",
-            code="unsupported_parameter",
-            param="text",
+        check_parameters(
+            tool,
+            known={"type", "name", "description", "parameters", "strict"},
+            refused={},
+            error=lambda message, param: ApiError(message, code="unsupported_parameter", param=param),
+            prefix=f"tools[{index}].",
         )
+        function = {
+            key: tool[key] for key in ("name", "description", "parameters") if tool.get(key) is not None
+        }
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def text_format(value: Any) -> tuple[dict[str, Any] | None, Any]:
+    """``text``: its ``format`` as given (echoed on the response) and as a chat
+    ``response_format`` (``json_schema`` carries its fields flat here)."""
+    if value in (None, {}):
+        return None, None
+    if not isinstance(value, dict):
+        raise ApiError("'text' must be an object.", code="invalid_value", param="text")
+    check_parameters(
+        value,
+        known={"format"},
+        refused={"verbosity": Refused("no served model has a verbosity setting")},
+        error=lambda message, param: ApiError(message, code="unsupported_parameter", param=param),
+        prefix="text.",
+    )
+    fmt = value.get("format")
+    if fmt is None or fmt == {"type": "text"}:
+        return None, None
+    if not isinstance(fmt, dict):
+        raise ApiError("'text.format' must be an object.", code="invalid_value", param="text.format")
+    if fmt.get("type") == "json_schema":
+        spec = {key: fmt[key] for key in ("name", "description", "schema", "strict") if key in fmt}
+        extra = set(fmt) - {"type", "name", "description", "schema", "strict"}
+        if extra:
+            raise ApiError(
+                f"Unrecognized request argument supplied: 'text.format.{sorted(extra)[0]}'.",
+                code="unsupported_parameter",
+                param=f"text.format.{sorted(extra)[0]}",
+            )
+        return fmt, {"type": "json_schema", "json_schema": spec}
+    return fmt, fmt
 
 
 def input_messages(value: Any) -> list[dict[str, Any]]:
-    """``input`` (a string or a list of message items) -> [{role, content}] with text content.
+    """``input`` (a string or a list of items) -> chat messages: message items as
+    {role, content}; a ``function_call`` item (the model's earlier call, sent back) as an
+    assistant message with ``tool_calls``; a ``function_call_output`` as a ``tool`` message.
     Raises ApiError naming the offending item."""
     if isinstance(value, str):
         if not value.strip():
@@ -66,6 +123,23 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise ApiError("Each input item must be an object.", code="invalid_value", param=param)
         kind = item.get("type", "message")
+        if kind == "function_call":
+            call = _function_call(item, param)
+            if messages and messages[-1]["role"] == "assistant" and messages[-1].get("tool_calls"):
+                messages[-1]["tool_calls"].append(call)  # parallel calls: one assistant turn
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            continue
+        if kind == "function_call_output":
+            call_id, output = item.get("call_id"), item.get("output")
+            if not isinstance(call_id, str) or not call_id:
+                raise ApiError(
+                    "'call_id' names the call answered.", code="invalid_value", param=f"{param}.call_id"
+                )
+            if not isinstance(output, str):
+                output = json.dumps(output, ensure_ascii=False) if output is not None else ""
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
+            continue
         if kind != "message":
             raise ApiError(
                 f"Input items of type '{kind}' are not supported.",
@@ -104,6 +178,17 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
     return messages
 
 
+def _function_call(item: dict[str, Any], param: str) -> dict[str, Any]:
+    call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments", "{}")
+    if not isinstance(call_id, str) or not call_id:
+        raise ApiError("'call_id' is required.", code="invalid_value", param=f"{param}.call_id")
+    if not isinstance(name, str) or not name:
+        raise ApiError("'name' is required.", code="invalid_value", param=f"{param}.name")
+    if not isinstance(arguments, str):
+        raise ApiError("'arguments' must be a JSON string.", code="invalid_value", param=f"{param}.arguments")
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
 class ResponseCreateSerializer(serializers.Serializer):
     model = StrictCharField(max_length=200)
     input = serializers.JSONField()
@@ -120,6 +205,10 @@ class ResponseCreateSerializer(serializers.Serializer):
     )
     user = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=256)
     text = serializers.JSONField(required=False, allow_null=True)
+    # Function tools (read by tools_of and inference/tools/calls.py).
+    tools = serializers.JSONField(required=False, allow_null=True)
+    tool_choice = serializers.JSONField(required=False, allow_null=True)
+    parallel_tool_calls = StrictBooleanField(required=False, allow_null=True, default=None)
     # Sluice's extension (as on chat): continue past end-of-sequence up to max_output_tokens.
     ignore_eos = StrictBooleanField(required=False, default=False)
 

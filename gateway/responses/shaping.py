@@ -12,10 +12,16 @@ events it missed (``GET /v1/responses/{id}?stream=true&starting_after=N``):
   ``response.output_item.done`` and ``response.completed`` (or ``response.incomplete`` when
   it stopped at ``max_output_tokens``); a failed job ends with ``response.failed``, a
   cancelled one with ``response.failed`` carrying the status ``cancelled``.
+
+With function tools, the output is read as it streams (inference/tools/calls.py): text opens a
+``message`` item as above, a call a ``function_call`` item with
+``response.function_call_arguments.delta`` / ``.done`` events; the message item opens at its
+first text rather than at the start, and closes when a call begins.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,6 +31,7 @@ from gateway.sse import KEEPALIVE, Timing, cancel_on_disconnect, sse
 from inference.client import job_client
 from inference.jobstream import EntryKind, StreamEntry
 from inference.models import Job, JobStatus
+from inference.tools.calls import Arguments, Call, CallStart, Content, Event, ToolCallStream, ToolPlan
 
 RESPONSE_PREFIX = "resp_"
 MESSAGE_PREFIX = "msg_"
@@ -73,6 +80,8 @@ class State:
     started: bool = False
     item_status: str = "in_progress"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Function calls read from the output (with tools), in order.
+    calls: list[Call] = field(default_factory=list)
 
 
 def _final_status(status: str, finish_reason: str) -> str:
@@ -85,9 +94,27 @@ def _final_status(status: str, finish_reason: str) -> str:
     return "in_progress" if status == JobStatus.RUNNING else "queued"
 
 
+def tools_of(job: Job) -> ToolPlan | None:
+    plan = job.input.get("tool_plan") if isinstance(job.input, dict) else None
+    return ToolPlan.from_dict(plan) if plan else None
+
+
+def call_reader(job: Job) -> ToolCallStream | None:
+    plan = tools_of(job)
+    return (
+        ToolCallStream(plan, call_id=f"call_{job.id.hex[:24]}") if plan is not None and plan.active else None
+    )
+
+
 def state_of(job: Job) -> State:
     status = _final_status(job.status, job.finish_reason)
-    state = State(status=status, text=job.output_text, usage=_usage(job.usage, cached=job.cache_hit))
+    text = job.output_text
+    calls: list[Call] = []
+    reader = call_reader(job)
+    if reader is not None:
+        reader.read_all(text)
+        text, calls = reader.content.strip() if reader.calls else text, reader.calls
+    state = State(status=status, text=text, usage=_usage(job.usage, cached=job.cache_hit), calls=calls)
     state.started = job.status != JobStatus.QUEUED or bool(job.output_text)
     state.item_status = {"completed": "completed", "incomplete": "incomplete"}.get(status, "in_progress")
     if status == "failed":
@@ -111,11 +138,30 @@ def _part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
+def _call_item(call: Call, *, status: str = "completed", arguments: str | None = None) -> dict[str, Any]:
+    return {
+        "id": "fc_" + call.id.removeprefix("call_"),
+        "type": "function_call",
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments if arguments is None else arguments,
+        "status": status,
+    }
+
+
+def _output(job: Job, state: State) -> list[dict[str, Any]]:
+    if not state.started:
+        return []
+    items = [_message_item(job, state)] if state.text or not state.calls else []
+    return items + [_call_item(call) for call in state.calls]
+
+
 def response_object(job: Job, state: State | None = None) -> dict[str, Any]:
     state = state or state_of(job)
     instructions = job.input.get("instructions") if isinstance(job.input, dict) else None
     params = job.params or {}
-    output = [_message_item(job, state)] if state.started else []
+    output = _output(job, state)
+    plan = tools_of(job)
     body: dict[str, Any] = {
         "id": response_id(job),
         "object": "response",
@@ -132,14 +178,17 @@ def response_object(job: Job, state: State | None = None) -> dict[str, Any]:
         "max_output_tokens": job.input.get("max_output_tokens") if isinstance(job.input, dict) else None,
         "model": job.model,
         "output": output,
-        "parallel_tool_calls": True,
+        "parallel_tool_calls": plan.parallel if plan is not None else True,
         "previous_response_id": (RESPONSE_PREFIX + job.previous_id.hex) if job.previous_id else None,
         "reasoning": {"effort": None, "summary": None},
         "store": job.store,
         "temperature": params.get("temperature"),
-        "text": {"format": {"type": "text"}},
-        "tool_choice": "auto",
-        "tools": [],
+        "text": {
+            "format": (job.input.get("text_format") if isinstance(job.input, dict) else None)
+            or {"type": "text"}
+        },
+        "tool_choice": _tool_choice(plan),
+        "tools": [_tool_out(tool) for tool in plan.tools] if plan is not None else [],
         "top_p": params.get("top_p"),
         "truncation": "disabled",
         "usage": state.usage,
@@ -151,6 +200,24 @@ def response_object(job: Job, state: State | None = None) -> dict[str, Any]:
     return body
 
 
+def _tool_choice(plan: ToolPlan | None) -> Any:
+    if plan is None:
+        return "auto"
+    return {"type": "function", "name": plan.name} if plan.mode == "function" else plan.mode
+
+
+def _tool_out(tool: dict[str, Any]) -> dict[str, Any]:
+    """A chat-shaped function tool as the Responses API writes it (flat)."""
+    function = tool["function"]
+    return {
+        "type": "function",
+        "name": function["name"],
+        "description": function.get("description"),
+        "parameters": function.get("parameters"),
+        "strict": True,
+    }
+
+
 class Events:
     """Turns a job's stream entries into numbered Responses events."""
 
@@ -159,6 +226,12 @@ class Events:
         self.sequence = -1
         self.state = State(status="queued")
         self.item_id = output_item_id(job)
+        #: With tools: reads calls from the text; the message item opens at its first text.
+        self.reader = call_reader(job)
+        self.message_open = False
+        self.message_index: int | None = None
+        self.items = 0  # output items opened so far (the next one's output_index)
+        self.open_call: tuple[Call, int] | None = None
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         self.sequence += 1
@@ -170,32 +243,121 @@ class Events:
     def _start(self) -> list[dict[str, Any]]:
         self.state.started = True
         self.state.status = "in_progress"
+        events = [self._event("response.in_progress", response=self._response())]
+        if self.reader is None:
+            events += self._open_message()
+        return events
+
+    def _open_message(self) -> list[dict[str, Any]]:
+        self.message_open, self.message_index = True, self.items
+        self.items += 1
         return [
-            self._event("response.in_progress", response=self._response()),
             self._event(
                 "response.output_item.added",
-                output_index=0,
+                output_index=self.message_index,
                 item=_message_item(self.job, State(status="in_progress"), with_text=False),
             ),
             self._event(
                 "response.content_part.added",
                 item_id=self.item_id,
-                output_index=0,
+                output_index=self.message_index,
                 content_index=0,
                 part=_part(""),
             ),
         ]
 
-    def _delta(self, text: str) -> dict[str, Any]:
+    def _delta(self, text: str) -> list[dict[str, Any]]:
+        events = [] if self.message_open else self._open_message()
         self.state.text += text
-        return self._event(
-            "response.output_text.delta",
-            item_id=self.item_id,
-            output_index=0,
-            content_index=0,
-            delta=text,
-            logprobs=[],
-        )
+        return [
+            *events,
+            self._event(
+                "response.output_text.delta",
+                item_id=self.item_id,
+                output_index=self.message_index,
+                content_index=0,
+                delta=text,
+                logprobs=[],
+            ),
+        ]
+
+    def _text(self, text: str) -> list[dict[str, Any]]:
+        """New output text: a delta of the message, or (with tools) whatever it turns out to be."""
+        if self.reader is None:
+            return self._delta(text)
+        return self._tool_events(self.reader.feed(text))
+
+    def _tool_events(self, parts: list[Event]) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        for part in parts:
+            if isinstance(part, Content):
+                events += self._delta(part.text)
+            elif isinstance(part, CallStart):
+                events += self._close_call() + self._close_message("completed")
+                call = self.reader.calls[part.index] if self.reader is not None else Call(part.id, part.name)
+                self.open_call = (call, self.items)
+                self.items += 1
+                self.state.calls.append(call)
+                events.append(
+                    self._event(
+                        "response.output_item.added",
+                        output_index=self.open_call[1],
+                        item=_call_item(call, status="in_progress", arguments=""),
+                    )
+                )
+            elif isinstance(part, Arguments) and self.open_call is not None:
+                call, index = self.open_call
+                events.append(
+                    self._event(
+                        "response.function_call_arguments.delta",
+                        item_id=_call_item(call)["id"],
+                        output_index=index,
+                        delta=part.text,
+                    )
+                )
+        return events
+
+    def _close_call(self) -> list[dict[str, Any]]:
+        if self.open_call is None:
+            return []
+        (call, index), self.open_call = self.open_call, None
+        item = _call_item(call)
+        return [
+            self._event(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=index,
+                arguments=call.arguments,
+            ),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]
+
+    def _close_message(self, status: str) -> list[dict[str, Any]]:
+        if not self.message_open:
+            return []
+        self.message_open = False
+        message = State(status=status, text=self.state.text, item_status=status)
+        index = self.message_index
+        return [
+            self._event(
+                "response.output_text.done",
+                item_id=self.item_id,
+                output_index=index,
+                content_index=0,
+                text=self.state.text,
+                logprobs=[],
+            ),
+            self._event(
+                "response.content_part.done",
+                item_id=self.item_id,
+                output_index=index,
+                content_index=0,
+                part=_part(self.state.text),
+            ),
+            self._event(
+                "response.output_item.done", output_index=index, item=_message_item(self.job, message)
+            ),
+        ]
 
     def of(self, entry: StreamEntry) -> list[dict[str, Any]]:
         if entry.kind == EntryKind.QUEUED:
@@ -203,7 +365,7 @@ class Events:
         if entry.kind == EntryKind.START:
             return [] if self.state.started else self._start()
         if entry.kind == EntryKind.TOKEN and entry.text:
-            return [self._delta(entry.text)]
+            return self._text(entry.text)
         if entry.kind != EntryKind.END:
             return []
         events: list[dict[str, Any]] = []
@@ -213,7 +375,9 @@ class Events:
             if not self.state.started and entry.full_text:
                 events += self._start()
             if entry.full_text:
-                events.append(self._delta(entry.full_text))
+                events += self._text(entry.full_text)
+        if self.reader is not None:
+            events += self._tool_events(self.reader.finish())
         status = _final_status(entry.status, entry.finish_reason)
         self.state.status = status
         if entry.finish_reason == "content_filter":
@@ -221,26 +385,10 @@ class Events:
         self.state.usage = _usage(entry.usage, cached=entry.cache_hit)
         if status in ("completed", "incomplete") and self.state.started:
             self.state.item_status = status
-            item = _message_item(self.job, self.state)
-            events += [
-                self._event(
-                    "response.output_text.done",
-                    item_id=self.item_id,
-                    output_index=0,
-                    content_index=0,
-                    text=self.state.text,
-                    logprobs=[],
-                ),
-                self._event(
-                    "response.content_part.done",
-                    item_id=self.item_id,
-                    output_index=0,
-                    content_index=0,
-                    part=_part(self.state.text),
-                ),
-                self._event("response.output_item.done", output_index=0, item=item),
-                self._event(f"response.{status}", response=self._final()),
-            ]
+            if self.message_index is None and not self.state.calls:
+                events += self._open_message()  # an empty answer still has its message
+            events += self._close_call() + self._close_message(status)
+            events.append(self._event(f"response.{status}", response=self._final()))
         else:
             if status == "failed":
                 self.state.error = {"code": "server_error", "message": entry.error or "generation failed"}
@@ -283,12 +431,38 @@ def input_items(job: Job) -> list[dict[str, Any]]:
     """The items a response was given (its input, not the history it continued)."""
     messages = job.input.get("messages", []) if isinstance(job.input, dict) else []
     ids = job.input.get("item_ids", []) if isinstance(job.input, dict) else []
-    items = []
+    items: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         role = message.get("role", "user")
+        item_id = ids[index] if index < len(ids) else f"{MESSAGE_PREFIX}{job.id.hex}_{index}"
+        if role == "tool":
+            items.append(
+                {
+                    "id": item_id,
+                    "type": "function_call_output",
+                    "call_id": message.get("tool_call_id", ""),
+                    "output": message.get("content", ""),
+                    "status": "completed",
+                }
+            )
+            continue
+        if message.get("tool_calls"):
+            for call in message["tool_calls"]:
+                arguments = call["function"]["arguments"]
+                items.append(
+                    {
+                        "id": "fc_" + str(call["id"]).removeprefix("call_"),
+                        "type": "function_call",
+                        "call_id": call["id"],
+                        "name": call["function"]["name"],
+                        "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+                        "status": "completed",
+                    }
+                )
+            continue
         items.append(
             {
-                "id": ids[index] if index < len(ids) else f"{MESSAGE_PREFIX}{job.id.hex}_{index}",
+                "id": item_id,
                 "type": "message",
                 "role": role,
                 "status": "completed",

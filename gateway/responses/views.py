@@ -23,14 +23,22 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from gateway import structured
 from gateway.apis.base import GatewayApiView, StreamingApiView
 from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError, openai_exception_handler
 from gateway.guards import guards_for
 from gateway.idempotency import IdempotencyClaim
+from gateway.parameters import check_parameters, declared
 from gateway.prepare import prepare_chat, route_or_404
 from gateway.responses import shaping
-from gateway.responses.serializers import ResponseCreateSerializer, check_neutral, input_messages
+from gateway.responses.serializers import (
+    REFUSED,
+    ResponseCreateSerializer,
+    input_messages,
+    text_format,
+    tools_of,
+)
 from gateway.sse import observe_completed, sse, sse_response
 from gateway.submission import Caller, Submission, raise_for_failed
 from inference.chat.selectors import response_history
@@ -38,6 +46,7 @@ from inference.client import job_client
 from inference.models import Job, JobStatus
 from inference.sampling_params import SamplingParams
 from inference.selectors import response_get_for_user
+from inference.tools.calls import ToolError, forced_constraint, tool_plan
 
 CANCEL_WAIT_S = 5.0
 
@@ -62,6 +71,10 @@ def _get_or_404(request: Request, value: str, *, param: str | None = None) -> Jo
     if job is None:
         raise _not_found(value, param)
     return job
+
+
+def _invalid(message: str, param: str) -> ApiError:
+    return ApiError(message, code="invalid_value", param=param)
 
 
 def refused(exc: ApiError) -> list[bytes]:
@@ -92,7 +105,12 @@ class ResponseCreateApi(ResponsesView):
     def post(self, request: Request) -> Any:
         if not isinstance(request.data, dict):
             raise ApiError("The request body must be a JSON object.", code="invalid_json")
-        check_neutral(request.data)
+        check_parameters(
+            request.data,
+            known=declared(ResponseCreateSerializer, REFUSED),
+            refused=REFUSED,
+            error=lambda message, param: ApiError(message, code="unsupported_parameter", param=param),
+        )
         serializer = ResponseCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
@@ -114,6 +132,22 @@ class ResponseCreateApi(ResponsesView):
         model = route_or_404(data["model"], user=user)
         instructions = data.get("instructions") or None
         temperature = data.get("temperature")
+        try:
+            tools = tool_plan(
+                tools_of(data.get("tools")),
+                data.get("tool_choice"),
+                parallel=data.get("parallel_tool_calls"),
+                parser=model.tool_parser,
+            )
+        except ToolError as exc:
+            raise ApiError(str(exc), code="invalid_value", param=exc.param) from exc
+        fmt, response_format = text_format(data.get("text"))
+        found = structured.response_format(response_format, _invalid, param="text.format")
+        forced = forced_constraint(tools) if tools is not None else None
+        # A forced call is the whole output: text.format constrains turns with text (checked anyway).
+        constraint = structured.one([found] if found else [], _invalid)
+        if forced is not None:
+            constraint = structured.one([(forced, "tool_choice")], _invalid)
         prepared = prepare_chat(
             model=model,
             guards=guards_for(user=user, api_key=request_api_key(request)),
@@ -124,7 +158,10 @@ class ResponseCreateApi(ResponsesView):
                 temperature=1.0 if temperature is None else temperature,
                 top_p=data.get("top_p") or 1.0,
                 ignore_eos=bool(data.get("ignore_eos")),
+                structured=constraint[0] if constraint is not None else None,
             ),
+            tools=tools,
+            param_names={"structured": "text.format"},
             messages_param="input",
             max_tokens_param="max_output_tokens",
             extra={
@@ -142,6 +179,8 @@ class ResponseCreateApi(ResponsesView):
                 "instructions": instructions,
                 "item_ids": [f"{shaping.MESSAGE_PREFIX}{uuid.uuid4().hex}" for _ in normalized],
                 "max_output_tokens": data.get("max_output_tokens"),
+                **{key: prepared.input[key] for key in ("tool_plan",) if key in prepared.input},
+                **({"text_format": fmt} if fmt else {}),
             },
         )
         claim = IdempotencyClaim.begin(request, user_id=user.pk)

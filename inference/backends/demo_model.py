@@ -37,7 +37,8 @@ CHAT_TEMPLATE = (
     "{% for message in messages if message['role'] == 'system' %}{{ message['content'] }}\n"
     "{% endfor %}You may call functions. The functions you can call:\n"
     "<tools>\n"
-    "{% for tool in tools %}{{ tool | tojson }}\n"
+    # Compact (a function's JSON is most of a small model's context window).
+    "{% for tool in tools %}{{ tool.function | tojson(separators=(',', ':')) }}\n"
     "{% endfor %}</tools>\n"
     'To call one, answer with <tool_call>{"name": "<function name>", "arguments": {<arguments>}'
     "}</tool_call><|end|>\n"
@@ -84,7 +85,8 @@ class DemoModelSpec:
             intermediate_size=352,
             layers=2,
             heads=4,
-            context_length=512,
+            # Positions are rotary (nothing learned): room for an agent's tools and turns.
+            context_length=2048,
             seq_len=64,
             batch_size=16,
             budget_seconds=budget_seconds,

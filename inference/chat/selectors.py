@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -9,6 +10,7 @@ from django.db.models import Count, QuerySet
 
 from inference.models import ChatSession, Job, Message, UserProfile
 from inference.rag.selectors import is_uuid
+from inference.tools.calls import ToolCallStream, ToolPlan, arguments_object
 
 
 def sessions_for_user(*, user: User) -> QuerySet[ChatSession]:
@@ -32,24 +34,50 @@ def session_history(*, session_id: Any, limit: int = 1000) -> list[dict[str, str
 MAX_RESPONSE_CHAIN = 100
 
 
-def response_history(*, job_id: Any, limit: int = MAX_RESPONSE_CHAIN) -> list[dict[str, str]]:
+def response_history(*, job_id: Any, limit: int = MAX_RESPONSE_CHAIN) -> list[dict[str, Any]]:
     """The conversation a Responses ``previous_response_id`` continues: each earlier response
     of the chain, oldest first, as its input messages and its output (instructions are not
     carried over, as in OpenAI's API). At most ``limit`` responses back."""
-    chain: list[tuple[list[dict[str, str]], str]] = []
+    chain: list[tuple[list[dict[str, Any]], dict[str, Any]]] = []
     current = job_id
     while current is not None and len(chain) < limit:
         row = Job.objects.filter(id=current).values("input", "output_text", "previous_id").first()
         if row is None:
             break
-        messages = row["input"].get("messages", []) if isinstance(row["input"], dict) else []
-        chain.append(([{"role": m["role"], "content": m["content"]} for m in messages], row["output_text"]))
+        job_input = row["input"] if isinstance(row["input"], dict) else {}
+        messages = [
+            {key: m[key] for key in ("role", "content", "tool_calls", "tool_call_id") if key in m}
+            for m in job_input.get("messages", [])
+        ]
+        chain.append((messages, _answer(job_input, row["output_text"], str(current))))
         current = row["previous_id"]
-    history: list[dict[str, str]] = []
-    for messages, output in reversed(chain):
-        history += messages
-        history.append({"role": "assistant", "content": output})
+    history: list[dict[str, Any]] = []
+    for messages, answer in reversed(chain):
+        history += [*messages, answer]
     return history
+
+
+def _answer(job_input: dict[str, Any], output: str, job_id: str) -> dict[str, Any]:
+    """An earlier response's output as the assistant turn the template renders: its function
+    calls as ``tool_calls`` (ids as that response reported them), else its text."""
+    plan = job_input.get("tool_plan")
+    if plan:
+        reader = ToolCallStream(ToolPlan.from_dict(plan), call_id=f"call_{uuid.UUID(job_id).hex[:24]}")
+        reader.read_all(output)
+        if reader.calls:
+            return {
+                "role": "assistant",
+                "content": reader.content.strip(),
+                "tool_calls": [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": arguments_object(c.arguments)},
+                    }
+                    for c in reader.calls
+                ],
+            }
+    return {"role": "assistant", "content": output}
 
 
 def profile_attributes(*, user_id: int) -> dict[str, str]:

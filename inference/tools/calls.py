@@ -175,6 +175,16 @@ def forced_constraint(plan: ToolPlan) -> StructuredOutput | None:
     return StructuredOutput.json_schema(calls)
 
 
+def arguments_object(text: str) -> Any:
+    """A call's arguments as chat templates expect them (transformers' convention): the JSON
+    object, or the text as it came when it is not one."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text
+
+
 # -- the output -------------------------------------------------------------------------------
 
 

@@ -123,7 +123,7 @@ def test_a_session_stays_on_its_worker_and_falls_back(
     settings: Any,
 ) -> None:
     settings.SLUICE_AFFINITY_LOAD_GAP = 1
-    # The tiny model with a long context: a long turn runs for many seconds (its own 512
+    # The tiny model with a long context: a long turn runs for many seconds (its own 2048
     # positions would end it in about one).
     model_dir = tmp_path / "long-context"
     shutil.copytree(demo_model_dir, model_dir)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,10 +20,40 @@ def test_chat_template_renders_roles_and_generation_prompt(demo_model_dir: Path)
     assert ids[0] == info.tokenizer.token_to_id("<|user|>")
 
 
-def test_template_errors_are_reported(demo_model_dir: Path) -> None:
+def test_template_errors_are_reported(demo_model_dir: Path, tmp_path: Path) -> None:
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(demo_model_dir / name, tmp_path / name)
+    (tmp_path / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% if m['role'] not in ['user', 'assistant'] %}"
+        "{{ raise_exception('unsupported role: ' ~ m['role']) }}{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    info = ModelInfo("strict", tmp_path)
+    with pytest.raises(ChatTemplateError, match="unsupported role: critic"):
+        info.render_chat([{"role": "critic", "content": "x"}])
+
+
+def test_tools_and_calls_go_through_the_template(demo_model_dir: Path) -> None:
+    """As transformers' apply_chat_template(tools=...): tools as JSON (not HTML-escaped: '<'
+    stays '<'), an assistant's calls and a tool's result as the template writes them."""
     info = ModelInfo("demo", demo_model_dir)
-    with pytest.raises(ChatTemplateError, match="unsupported role"):
-        info.render_chat([{"role": "tool", "content": "x"}])
+    tools = [{"type": "function", "function": {"name": "f", "description": "a <b>", "parameters": {}}}]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Hi"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "done"},
+        {"role": "critic", "content": "ok"},
+    ]
+    text = info.render_chat(messages, tools=tools)
+    assert '{"name":"f","description":"a <b>","parameters":{}}' in text
+    assert '<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>' in text
+    assert "<tool_response>done</tool_response>" in text and "<|critic|>\nok<|end|>" in text
+    assert "<tools>" not in info.render_chat(messages[:1])
 
 
 def test_user_text_is_not_rendered_as_a_template(demo_model_dir: Path) -> None:
@@ -33,7 +65,7 @@ def test_user_text_is_not_rendered_as_a_template(demo_model_dir: Path) -> None:
 
 def test_metadata(demo_model_dir: Path) -> None:
     info = model_info("demo", demo_model_dir)
-    assert info.context_length == 512
+    assert info.context_length == 2048
     assert info.eos_token_ids == {
         info.tokenizer.token_to_id("<|end|>"),
         info.tokenizer.token_to_id("<|endoftext|>"),
