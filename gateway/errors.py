@@ -11,7 +11,9 @@
   ``text_generation`` and ``huggingface_hub`` map to their error classes.
 
 Views raise `ApiError` (or DRF's exceptions); each protocol's base view picks its handler.
-URLs nobody routes answer 404 in the envelope of the protocol that owns the prefix.
+URLs nobody routes answer 404 in the envelope of the protocol that owns the prefix: a JSON body
+whatever DEBUG says (a catch-all route, not Django's 404 page), but under the admin's, the
+console's and the static files' prefixes.
 """
 
 from __future__ import annotations
@@ -259,10 +261,14 @@ def json_error(request: HttpRequest, error: ApiError) -> JsonResponse:
 
 
 def unknown_url(request: HttpRequest, exception: Exception | None = None, **kwargs: Any) -> JsonResponse:
-    return json_error(
-        request,
-        ApiError(f"Unknown URL: {request.method} {request.path}", status_code=404, code="unknown_url"),
-    )
+    message = f"Unknown URL: {request.method} {request.path}"
+    if not request.path.startswith(("/v1", "/api", "/ws", "/healthz", "/readyz")) and not is_tgi_path(
+        request.path
+    ):
+        # The root belongs to TGI's protocol, whose clients read {"error": ...}; without an
+        # error_type, text_generation and huggingface_hub raise their not-found error for it.
+        return JsonResponse({"error": message}, status=404)
+    return json_error(request, ApiError(message, status_code=404, code="unknown_url"))
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> Any:

@@ -6,7 +6,9 @@ from typing import Any
 
 from rest_framework import serializers
 
+from gateway.errors import ApiError
 from gateway.fields import (
+    AnyJSONField,
     ContextFieldsMixin,
     StopField,
     StrictBooleanField,
@@ -14,7 +16,8 @@ from gateway.fields import (
     StrictFloatField,
     StrictIntegerField,
 )
-from gateway.openai.serializers import ChatMessageSerializer
+from gateway.openai.serializers import ChatMessageSerializer, LogitBiasField, SamplingSerializer, token_list
+from gateway.parameters import check_parameters
 from gateway.prepare import (
     PreparedRequest,
     prepare_chat,
@@ -22,7 +25,6 @@ from gateway.prepare import (
     resolve_chat_context,
     route_or_404,
 )
-from inference.sampling_params import SamplingParams
 
 
 class JobCreateSerializer(ContextFieldsMixin, serializers.Serializer):
@@ -41,6 +43,25 @@ class JobCreateSerializer(ContextFieldsMixin, serializers.Serializer):
     seed = StrictIntegerField(required=False, allow_null=True, min_value=-(2**63), max_value=2**63 - 1)
     stop = StopField()
     ignore_eos = StrictBooleanField(required=False, default=False)
+    # The sampling controls and output constraints of the OpenAI routes, under the same names.
+    min_p = StrictFloatField(required=False, allow_null=True, min_value=0.0, max_value=1.0)
+    presence_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2.0, max_value=2.0)
+    frequency_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2.0, max_value=2.0)
+    repetition_penalty = StrictFloatField(required=False, allow_null=True, min_value=0.01, max_value=10.0)
+    logit_bias = LogitBiasField()
+    min_tokens = StrictIntegerField(required=False, allow_null=True, min_value=0)
+    stop_token_ids = token_list()
+    response_format = AnyJSONField()
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_parameters(
+                data,
+                known=self.fields,
+                refused={},
+                error=lambda message, param: ApiError(message, code="unsupported_parameter", param=param),
+            )
+        return super().to_internal_value(data)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if ("messages" in attrs) == ("prompt" in attrs):
@@ -60,14 +81,11 @@ def job_prepare(data: dict[str, Any], *, user: Any, api_key: Any = None) -> Prep
 
     model = route_or_404(data.get("model"), user=user)
     guards = guards_for(user=user, api_key=api_key)
-    sampling = SamplingParams(
+    sampling = SamplingSerializer.common_sampling(
+        data,
         max_tokens=data.get("max_tokens"),
-        temperature=1.0 if data.get("temperature") is None else data["temperature"],
-        top_p=data.get("top_p") or 1.0,
-        top_k=data.get("top_k") or 0,
-        seed=data.get("seed"),
-        stop=tuple(data.get("stop") or ()),
-        ignore_eos=bool(data.get("ignore_eos")),
+        top_logprobs=0,
+        constraint=SamplingSerializer.constraint({"response_format": data.get("response_format")}),
     )
     if "messages" in data:
         return prepare_chat(

@@ -116,6 +116,7 @@ class StreamOptionsSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+@extend_schema_field({"type": "object", "additionalProperties": {"type": "number"}, "nullable": True})
 class LogitBiasField(serializers.Field):
     """``{"<token id>": bias}``, bias in [-100, 100] (OpenAI's form and range)."""
 

@@ -122,11 +122,14 @@ class Logprobs:
         return out
 
     def _item(self, token_id: int, logprob: float) -> dict[str, Any]:
-        return {
+        item = {
             "token": self._label(token_id),
             "logprob": logprob,
             "bytes": self.info.token_bytes(token_id),
         }
+        if self.info.is_special(token_id):
+            item["special"] = True  # generated and counted, not part of the text (as TGI marks it)
+        return item
 
     def chat(self, entries: Sequence[StreamEntry]) -> dict[str, Any]:
         content = []
@@ -307,8 +310,6 @@ def chat_body(jobs: Sequence[Job], *, shape: Shape) -> dict[str, Any]:
         }
         if shape.token_ids:
             choice["token_ids"] = [i for entry in tokens for i in entry.token_ids]
-        if shape.prompt_logprobs is not None:
-            choice["prompt_logprobs"] = _prompt_logprobs(shape, tokens)
         choices.append(choice)
     body: dict[str, Any] = {
         "id": f"chatcmpl-{first.id.hex}",
@@ -322,6 +323,11 @@ def chat_body(jobs: Sequence[Job], *, shape: Shape) -> dict[str, Any]:
     }
     if shape.token_ids:
         body["prompt_token_ids"] = _prompt_ids(job_client.entries(str(first.id)))
+    if shape.prompt_logprobs is not None:
+        # vLLM's chat answer has one prompt, at the top.
+        body["prompt_logprobs"] = _prompt_logprobs(
+            shape, [e for e in job_client.entries(str(first.id)) if e.kind == EntryKind.TOKEN]
+        )
     return body
 
 
@@ -469,11 +475,12 @@ class _Chunks:
     shape: Shape
     usage: _Usage
 
-    #: Per-choice fields that ride in the choice, not at the top of the chunk (vLLM's).
-    CHOICE_FIELDS = ("token_ids", "prompt_token_ids", "prompt_logprobs")
+    #: Fields that ride in the choice, not at the top of the chunk (vLLM's places: a chat
+    #: chunk has its prompt's ids at the top, a completion chunk in the choice).
+    choice_fields: tuple[str, ...] = ("token_ids",)
 
     def sse(self, choice: dict[str, Any], extra: dict[str, Any]) -> bytes:
-        for key in self.CHOICE_FIELDS:
+        for key in self.choice_fields:
             if key in extra:
                 choice[key] = extra.pop(key)
         body = {
@@ -618,7 +625,16 @@ def completion_stream(jobs: Sequence[Job], *, shape: Shape, started: float) -> A
     usage = _Usage(jobs)
     logprobs = shape.logprobs
 
-    chunks = _Chunks(response_id, "text_completion", first, created, system_fingerprint, shape, usage)
+    chunks = _Chunks(
+        response_id,
+        "text_completion",
+        first,
+        created,
+        system_fingerprint,
+        shape,
+        usage,
+        choice_fields=("token_ids", "prompt_token_ids", "prompt_logprobs"),
+    )
 
     def chunk(index: int, text: str, reason: str | None = None, lp: Any = None, **extra: Any) -> bytes:
         return chunks.sse({"index": index, "text": text, "finish_reason": reason, "logprobs": lp}, extra)

@@ -21,7 +21,6 @@ from gateway.openai import shaping
 from gateway.openai.serializers import ChatCompletionSerializer, CompletionSerializer
 from gateway.parameters import check_parameters, declared
 from gateway.prepare import (
-    PreparedRequest,
     prepare_chat,
     prepare_completion,
     resolve_chat_context,
@@ -144,7 +143,7 @@ class ChatCompletionCreateApi(OpenAIView):
         logprobs = _logprobs(
             model, bool(data.get("logprobs")), top, as_ids=bool(data.get("return_tokens_as_token_ids"))
         )
-        shape = shaping.Shape(model=model, logprobs=logprobs, tools=tools, n=n, **_options(data, prepared))
+        shape = shaping.Shape(model=model, logprobs=logprobs, tools=tools, n=n, **_options(data))
         return _respond(
             request, submissions, data, shape=shape, stream=shaping.chat_stream, body=shaping.chat_body
         )
@@ -179,8 +178,9 @@ class CompletionCreateApi(OpenAIView):
             )
             for index, prompt in enumerate(prompts)
         ]
+        flags = {"return_token_ids": True} if data.get("return_token_ids") else {}
         jobs = [
-            with_extra(choice, **job_extra(data))
+            with_input(with_extra(choice, **job_extra(data)), **flags)
             for one in prepared
             for choice in with_choices(one, int(data.get("best_of") or n))
         ]
@@ -195,9 +195,7 @@ class CompletionCreateApi(OpenAIView):
             as_ids=bool(data.get("return_tokens_as_token_ids")),
             include_sampled=True,
         )
-        shape = shaping.Shape(
-            model=model, logprobs=logprobs, n=n, prompts=prepared, **_options(data, prepared[0])
-        )
+        shape = shaping.Shape(model=model, logprobs=logprobs, n=n, prompts=prepared, **_options(data))
         return _respond(
             request,
             submissions,
@@ -208,7 +206,7 @@ class CompletionCreateApi(OpenAIView):
         )
 
 
-def _options(data: dict[str, Any], prepared: PreparedRequest) -> dict[str, Any]:
+def _options(data: dict[str, Any]) -> dict[str, Any]:
     stream_options = data.get("stream_options") or {}
     return {
         "include_usage": bool(stream_options.get("include_usage")),

@@ -27,6 +27,7 @@ message. Every worker probes every replica (``GET <base>/models``) in the backgr
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +38,7 @@ from urllib.parse import urlsplit
 from inference.backends.base import NO_TOKEN, Sampled
 from inference.backends.remote import RemoteError, RemoteSequence, RemoteStreamsBackend, prompt_text
 from inference.prompts import ModelInfo
-from inference.sampling_params import SamplingParams
+from inference.sampling_params import SamplingParams, StructuredKind, StructuredOutput
 
 if TYPE_CHECKING:
     from inference.upstreams import Lease, ReplicaPool
@@ -224,6 +225,27 @@ class OpenAICompatBackend(RemoteStreamsBackend):
             body["stop"] = list(params.stop)[:4]
         if params.ignore_eos:
             extra["ignore_eos"] = True
+        # OpenAI's own fields, for every upstream.
+        if params.presence_penalty:
+            body["presence_penalty"] = params.presence_penalty
+        if params.frequency_penalty:
+            body["frequency_penalty"] = params.frequency_penalty
+        if self.token_ids:
+            # vLLM's extensions (SGLang and Sluice take them too); token ids are the upstream's
+            # own here, so biases and id lists mean the same there.
+            if params.logit_bias:
+                body["logit_bias"] = {str(token): bias for token, bias in params.logit_bias}
+            for name, value, unset in (
+                ("repetition_penalty", params.repetition_penalty, 1.0),
+                ("min_tokens", params.min_tokens, 0),
+                ("min_p", params.min_p, 0.0),
+                ("stop_token_ids", list(params.stop_token_ids), []),
+                ("allowed_token_ids", list(params.allowed_token_ids), []),
+            ):
+                if value != unset:
+                    extra[name] = value
+            if params.structured is not None:
+                extra["structured_outputs"] = structured_outputs(params.structured)
         if self.token_ids:
             body["logprobs"] = params.top_logprobs
             extra["return_tokens_as_token_ids"] = True
@@ -417,9 +439,29 @@ class OpenAICompatBackend(RemoteStreamsBackend):
                 token_id=NO_TOKEN,
                 logprob=0.0,
                 final="length" if finish == "length" else "stop",
-                completion_tokens=None if self.token_ids else usage,
+                # The upstream's own count wins where it gave one (the engine keeps the larger of
+                # it and the ids received): a token whose chunk carried no id still counts.
+                completion_tokens=usage,
             ),
         )
+
+
+def structured_outputs(structured: StructuredOutput) -> dict[str, Any]:
+    """A constraint in vLLM's ``structured_outputs`` form (what vLLM >= 0.10.2, SGLang and
+    Sluice take on /v1/completions)."""
+    kind = structured.kind
+    spec: dict[str, Any]
+    if kind is StructuredKind.JSON_SCHEMA:
+        spec = {"json": json.loads(structured.value)}
+    elif kind is StructuredKind.JSON_OBJECT:
+        spec = {"json_object": True}
+    elif kind is StructuredKind.CHOICE:
+        spec = {"choice": json.loads(structured.value)}
+    else:
+        spec = {"regex" if kind is StructuredKind.REGEX else "grammar": structured.value}
+    # Sluice allows no free JSON whitespace unless asked; say so to an upstream that does.
+    spec["disable_any_whitespace"] = not structured.whitespace
+    return spec
 
 
 class _AttemptFailed(Exception):

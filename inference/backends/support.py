@@ -59,6 +59,7 @@ def _openai(params: SamplingParams, *, token_ids: bool) -> tuple[str, str] | Non
 
 def _tgi(params: SamplingParams) -> tuple[str, str] | None:
     for field, set_ in (
+        ("prompt_logprobs", params.prompt_logprobs is not None),
         ("presence_penalty", bool(params.presence_penalty)),
         ("logit_bias", bool(params.logit_bias)),
         ("min_tokens", params.min_tokens > 0),

@@ -15,6 +15,7 @@ model version only.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from inference.backends.base import Sampled
 from inference.backends.remote import RemoteError, RemoteSequence, RemoteStreamsBackend, prompt_text
 from inference.prompts import ModelInfo
-from inference.sampling_params import SamplingParams
+from inference.sampling_params import SamplingParams, StructuredKind, StructuredOutput
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,17 @@ def _retryable(exc: BaseException) -> bool:
         "PoolTimeout",
         "RemoteProtocolError",
     }
+
+
+def tgi_grammar(structured: StructuredOutput) -> dict[str, Any]:
+    """A constraint as TGI's ``grammar`` parameter (a JSON schema or a regex: what TGI takes;
+    the gateway refuses the other kinds for TGI versions)."""
+    if structured.kind is StructuredKind.REGEX:
+        return {"type": "regex", "value": structured.value}
+    schema = (
+        json.loads(structured.value) if structured.kind is StructuredKind.JSON_SCHEMA else {"type": "object"}
+    )
+    return {"type": "json", "value": schema}
 
 
 class TgiBackend(RemoteStreamsBackend):
@@ -106,6 +118,16 @@ class TgiBackend(RemoteStreamsBackend):
                 sampling["top_p"] = params.top_p
             if params.top_k > 0:
                 sampling["top_k"] = params.top_k
+            if params.typical_p < 1.0:
+                sampling["typical_p"] = params.typical_p
+        if params.repetition_penalty != 1.0:
+            sampling["repetition_penalty"] = params.repetition_penalty
+        if params.frequency_penalty:
+            sampling["frequency_penalty"] = params.frequency_penalty
+        if params.top_logprobs:
+            sampling["top_n_tokens"] = params.top_logprobs
+        if params.structured is not None:
+            sampling["grammar"] = tgi_grammar(params.structured)
         prompt = prompt_text(self.info, ids)
         delay = self.backoff_s
         for attempt in range(1, self.retries + 1):
@@ -117,8 +139,12 @@ class TgiBackend(RemoteStreamsBackend):
                     stream = await client.text_generation(prompt, **sampling)
                     async for event in stream:
                         token = event.token
+                        top = tuple(
+                            (int(alt.id), float(alt.logprob or 0.0)) for alt in (event.top_tokens or [])
+                        )[: params.top_logprobs]
                         self._deliver(
-                            sequence, Sampled(token_id=int(token.id), logprob=float(token.logprob or 0.0))
+                            sequence,
+                            Sampled(token_id=int(token.id), logprob=float(token.logprob or 0.0), top=top),
                         )
                         received += 1
                 self._deliver(

@@ -563,6 +563,9 @@ class TorchCausalLMBackend(ModelBackend):
         self.remove(["__warmup__"])
         self.prefix.clear()
         self.prefix.allocate()
+        # The output-constraint vocabulary (llguidance's view of the tokenizer) is built here, at
+        # load: seconds for a large vocabulary, which the first constrained request would pay.
+        self.grammars()
 
     def close(self) -> None:
         del self.model

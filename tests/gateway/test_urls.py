@@ -83,13 +83,39 @@ def test_wrong_methods_and_unknown_subpaths_answer_json(live: Live, api_user: Ap
                 assert_envelope(path, http.request(method, path), 404)
 
 
-def test_unknown_api_urls_are_json_even_with_debug_on(settings: Any, api_user: ApiUser) -> None:
-    settings.DEBUG = True  # `make run` runs with DEBUG on: Django would answer its HTML 404 page
+@pytest.mark.parametrize("debug", [True, False])
+def test_unknown_urls_are_json_whatever_debug_says(settings: Any, api_user: ApiUser, debug: bool) -> None:
+    """`make run` may run with DEBUG on, where Django answers its HTML 404 page listing the URL
+    patterns; the peers' clients call root paths (``POST /fake/model``, ``GET /version``)."""
+    settings.DEBUG = debug
     client = Client()
-    for path in ("/v1/nothing", "/api/v1/nothing", "/generate/x"):
-        response = client.get(path, HTTP_AUTHORIZATION=f"Bearer {api_user.key}")
-        assert response.status_code == 404 and response["content-type"].startswith("application/json")
-    assert Client().get("/not-the-api").status_code == 404  # outside the API: Django's own page
+    for method, path in (
+        ("get", "/v1/nothing"),
+        ("get", "/api/v1/nothing"),
+        ("post", "/generate/x"),
+        ("post", "/fake/model"),
+        ("get", "/version"),
+        ("delete", "/not/the/api"),
+    ):
+        response = getattr(client, method)(path, HTTP_AUTHORIZATION=f"Bearer {api_user.key}")
+        assert response.status_code == 404 and response["content-type"].startswith("application/json"), path
+        assert response.json()["error"], path
+    # The admin's and the console's pages stay pages (and redirect a missing slash).
+    assert client.get("/admin").status_code == 301
+    assert client.get("/dashboard/nothing")["content-type"].startswith("text/html")
+
+
+def test_peer_clients_get_their_not_found_error(live: Live, api_user: ApiUser) -> None:
+    """What failed 4 of the peers' protocol tests: their clients could not parse an HTML 404."""
+    import huggingface_hub
+    import text_generation
+
+    with pytest.raises(text_generation.errors.NotFoundError):
+        text_generation.Client(f"{live.base_url}/fake/model", headers=api_user.headers).generate("x")
+    client = huggingface_hub.InferenceClient(base_url=f"{live.base_url}/fake/model", api_key=api_user.key)
+    with pytest.raises(huggingface_hub.errors.HfHubHTTPError) as missing:
+        client.text_generation("x")
+    assert missing.value.response.status_code == 404
 
 
 def test_api_docs_work_offline(live: Live) -> None:

@@ -8,6 +8,8 @@ small health thresholds; requests go through the shared live web server.
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import threading
 import time
@@ -210,6 +212,60 @@ def test_tgi_backend_streams_and_cancels(
     assert Job.objects.get(id=submitted["id"]).status == JobStatus.CANCELLED
     upstream_jobs = Job.objects.filter(user=upstream_user.user).order_by("-queued_at")
     wait_until(lambda: upstream_jobs.first().is_terminal, timeout=20, what="the upstream job to end")  # type: ignore[union-attr]
+
+
+def test_tgi_backend_forwards_grammars_and_penalties_and_refuses_the_rest(
+    live: Live,
+    clean_versions: None,
+    upstream: tuple[str, ServerProcess],
+    make_api_user: Callable[..., ApiUser],
+    demo_model_dir: Path,
+) -> None:
+    """A TGI upstream gets grammar, repetition_penalty, frequency_penalty, typical_p and
+    top_n_tokens in TGI's form (its own job shows them); what TGI has no parameter for is
+    refused by name before a job exists."""
+    upstream_user, client = make_api_user(), make_api_user()
+    loaded(remote_version(upstream[0], upstream_user.key, demo_model_dir))
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    response = httpx.post(
+        f"{live.base_url}/v1/chat/completions",
+        json={
+            "model": REMOTE,
+            "messages": [{"role": "user", "content": "Status?"}],
+            "max_tokens": 20,
+            "seed": 1,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
+            "repetition_penalty": 1.3,
+            "frequency_penalty": 0.5,
+        },
+        headers=client.headers,
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["choices"][0]["message"]["content"]) in ({"ok": True}, {"ok": False})
+    there = Job.objects.filter(user=upstream_user.user, source="tgi").latest("queued_at").params
+    assert there["structured"]["kind"] == "json" and json.loads(there["structured"]["value"]) == schema
+    assert there["repetition_penalty"] == 1.3 and there["frequency_penalty"] == 0.5
+    regex = complete(live, client, model=REMOTE, max_tokens=10, temperature=0, guided_regex="[0-9]{3}")
+    assert regex.status_code == 200 and re.fullmatch("[0-9]{3}", regex.json()["choices"][0]["text"])
+    before = Job.objects.count()
+    for extra, param in (
+        ({"logit_bias": {"5": 2}}, "logit_bias"),
+        ({"min_tokens": 2}, "min_tokens"),
+        ({"guided_choice": ["a", "b"]}, "response_format"),
+    ):
+        refused = complete(live, client, model=REMOTE, max_tokens=4, **extra)
+        assert refused.status_code == 400, refused.text
+        assert (
+            refused.json()["error"]["param"] == param
+            and refused.json()["error"]["code"] == "unsupported_parameter"
+        )
+    assert Job.objects.count() == before
 
 
 def test_tgi_backend_retries_then_fails_clearly_when_nothing_listens(

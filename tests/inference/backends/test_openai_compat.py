@@ -234,6 +234,103 @@ def test_text_mode_keeps_the_text_and_the_upstream_usage(
     assert through.usage.completion_tokens == direct.usage.completion_tokens  # type: ignore[union-attr]
 
 
+def test_sampling_controls_constraints_and_tools_go_upstream(
+    live: Live,
+    clean_versions: None,
+    replicas: Replicas,
+    make_api_user: Callable[..., ApiUser],
+    demo_model_dir: Path,
+) -> None:
+    """Token-id mode: each control reaches the upstream in vLLM's form and has its effect
+    there; usage is exact, every generated token counted (also one that adds no text, under
+    ignore_eos); tools are rendered and parsed here. Text mode refuses what it cannot carry."""
+    upstream, client = make_api_user(), make_api_user()
+    openai_version(replicas.urls[:1], upstream, demo_model_dir, label="ctl")
+    sdk: Any = _sdk(live.base_url, client)
+    forced = sdk.completions.create(
+        model=REMOTE, prompt=PROMPT, max_tokens=4, temperature=0, logit_bias={"300": 100}
+    )
+    assert forced.usage.completion_tokens == 4
+    assert (
+        _job(forced.id).output_text
+        == _sdk(replicas.urls[0], upstream)
+        .completions.create(
+            model=TEST_MODEL_NAME, prompt=PROMPT, max_tokens=4, temperature=0, logit_bias={"300": 100}
+        )
+        .choices[0]
+        .text
+    )
+    choice = sdk.completions.create(
+        model=REMOTE, prompt=PROMPT, max_tokens=10, seed=1, extra_body={"guided_choice": ["north", "south"]}
+    )
+    assert choice.choices[0].text in ("north", "south")
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    structured = sdk.chat.completions.create(
+        model=REMOTE,
+        messages=[{"role": "user", "content": "Status?"}],
+        max_tokens=20,
+        response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
+    )
+    assert json.loads(structured.choices[0].message.content or "") in ({"ok": True}, {"ok": False})
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "f",
+            "parameters": {
+                "type": "object",
+                "properties": {"x": {"enum": ["a", "b"]}},
+                "required": ["x"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    called = sdk.chat.completions.create(
+        model=REMOTE,
+        messages=[{"role": "user", "content": "Call f."}],
+        tools=[tool],
+        tool_choice="required",
+        max_tokens=60,
+    )
+    call = (called.choices[0].message.tool_calls or [])[0]
+    assert (
+        called.choices[0].finish_reason == "tool_calls" and json.loads(call.function.arguments)["x"] in "ab"
+    )
+    # Every token counted, one that adds no text too (the end of sequence, under ignore_eos).
+    for count in (5, 12):
+        exact = sdk.completions.create(
+            model=REMOTE,
+            prompt=PROMPT,
+            max_tokens=count,
+            temperature=0,
+            extra_body={"ignore_eos": True, "min_tokens": count},
+        )
+        assert exact.usage.completion_tokens == count, count
+
+
+def test_text_mode_refuses_what_it_cannot_carry(
+    live: Live,
+    clean_versions: None,
+    replicas: Replicas,
+    make_api_user: Callable[..., ApiUser],
+    demo_model_dir: Path,
+) -> None:
+    """By name, before a job exists: a text upstream's tokenizer is not this version's."""
+    upstream, client = make_api_user(), make_api_user()
+    openai_version(replicas.urls[:1], upstream, demo_model_dir, label="txt", token_ids=False)
+    sdk = _sdk(live.base_url, client)
+    before = Job.objects.count()
+    for extra, param in (({"min_tokens": 2}, "min_tokens"), ({"guided_choice": ["a"]}, "response_format")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.completions.create(model=REMOTE, prompt=PROMPT, max_tokens=4, extra_body=extra)
+        assert refused.value.code == "unsupported_parameter" and refused.value.param == param
+    assert Job.objects.count() == before
+
+
 def test_cancel_closes_the_upstream_job(
     live: Live,
     clean_versions: None,
