@@ -142,11 +142,23 @@ class TgiBackend(RemoteStreamsBackend):
                         top = tuple(
                             (int(alt.id), float(alt.logprob or 0.0)) for alt in (event.top_tokens or [])
                         )[: params.top_logprobs]
+                        # TGI's last event carries its details: the server ended the sequence
+                        # there (its end of sequence, a stop, a complete grammar, its limit).
+                        details = getattr(event, "details", None)
+                        reason = str(getattr(details, "finish_reason", "") or "") if details else ""
+                        final = ("length" if reason == "length" else "stop") if details else None
                         self._deliver(
                             sequence,
-                            Sampled(token_id=int(token.id), logprob=float(token.logprob or 0.0), top=top),
+                            Sampled(
+                                token_id=int(token.id),
+                                logprob=float(token.logprob or 0.0),
+                                top=top,
+                                final=final,
+                            ),
                         )
                         received += 1
+                        if final is not None:
+                            return
                 self._deliver(
                     sequence, RemoteError("the remote server ended the stream before the sequence finished")
                 )
