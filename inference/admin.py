@@ -5,6 +5,7 @@ breaker, workers; events)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin, messages
@@ -555,6 +556,25 @@ class ModelVersionEventAdmin(ModelAdmin):
         return False
 
 
+#: Chart.js options of the usage page's daily chart (stacked tokens, cost on a second axis).
+USAGE_CHART_OPTIONS: dict[str, Any] = {
+    "responsive": True,
+    "maintainAspectRatio": False,
+    "animation": False,
+    "plugins": {"legend": {"display": True, "align": "end"}},
+    "scales": {
+        "x": {"stacked": True},
+        "y": {"stacked": True, "beginAtZero": True, "title": {"display": True, "text": "tokens"}},
+        "cost": {
+            "position": "right",
+            "beginAtZero": True,
+            "grid": {"display": False},
+            "title": {"display": True, "text": "cost"},
+        },
+    },
+}
+
+
 @admin.register(UsageDaily)
 class UsageDailyAdmin(ModelAdmin):
     """Daily usage and cost per user, key, policy, model and version (one upsert per finished
@@ -583,6 +603,9 @@ class UsageDailyAdmin(ModelAdmin):
         context = getattr(response, "context_data", None)
         if context and "cl" in context:
             context["usage_chart"] = usage_daily_chart(context["cl"].queryset)
+            # From the context, not a literal in the template: a template literal is not escaped,
+            # and its double quotes ended the data-options attribute (the chart never drew).
+            context["usage_chart_options"] = json.dumps(USAGE_CHART_OPTIONS)
         return response
 
     @admin.action(description="Export selected rows as CSV")

@@ -69,7 +69,19 @@ async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def _valid_cursor(value: str) -> bool:
     millis, sep, seq = value.partition("-")
     # Redis stream ids are two unsigned 64-bit integers.
-    return bool(sep) and millis.isdigit() and seq.isdigit() and int(millis) < 2**64 and int(seq) < 2**64
+    return (
+        bool(sep)
+        and (millis + seq).isascii()  # "³" is a digit to str.isdigit() and not to int()
+        and millis.isdigit()
+        and seq.isdigit()
+        and int(millis) < 2**64
+        and int(seq) < 2**64
+    )
+
+
+def _position(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    return int(millis or 0), int(seq or 0)
 
 
 def valid_cursor(value: str) -> bool:
@@ -159,8 +171,10 @@ class JobClient:
         else:
             raw_id, raw = newest[0]
             last = StreamEntry.decode(raw_id, raw)
-            if last.id == after and last.kind == EntryKind.END:
-                return  # the client has already seen the end
+            if last.kind == EntryKind.END and _position(after) >= _position(last.id):
+                # The client has seen the end (or names a cursor past it: nothing will follow a
+                # finished job's end, so waiting for it would wait for nothing).
+                return
         outage_since: float | None = None
         quiet = 0
         while True:

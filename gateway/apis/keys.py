@@ -129,7 +129,8 @@ class ApiKeyRevokeApi(GatewayApiView):
         user = request_user(request)
         api_key = (
             ApiKey.objects.select_related("policy").filter(pk=int(key_id), user=user).first()
-            if key_id.isdigit() and len(key_id) < 19
+            # ASCII digits only: "³" is a digit to str.isdigit() and not to int().
+            if key_id.isascii() and key_id.isdigit() and len(key_id) < 19
             else None
         )
         if api_key is None:

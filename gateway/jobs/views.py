@@ -23,6 +23,18 @@ from inference.models import Job, JobStatus
 from inference.selectors import job_get_for_user, job_list_for_user
 
 
+def _query_int(request: Request, name: str, *, default: int, low: int, high: int) -> int:
+    """A query parameter that must be an integer in [low, high]: anything else is a 400 (not
+    clamped: a client that asked for -1 or 10**20 has a bug worth hearing about)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else None
+    if value is None or not low <= value <= high:
+        raise ApiError(f"'{name}' must be an integer from {low} to {high}.", code="invalid_value", param=name)
+    return value
+
+
 def _get_or_404(request: Request, job_id: str) -> Job:
     job = job_get_for_user(user=request_user(request), job_id=job_id)
     if job is None:
@@ -56,16 +68,18 @@ class JobCreateApi(GatewayApiView):
         return response
 
     @extend_schema(
-        parameters=[OpenApiParameter("limit", int), OpenApiParameter("status", str, enum=JobStatus.values)],
+        parameters=[
+            OpenApiParameter("limit", int, description="1 to 100 (default 20)"),
+            OpenApiParameter("offset", int, description="jobs to skip, newest first (default 0)"),
+            OpenApiParameter("status", str, enum=JobStatus.values),
+        ],
         responses={200: OpenApiResponse(description="your most recent jobs")},
         summary="List your jobs",
         operation_id="jobs_list",
     )
     def get(self, request: Request) -> Response:
-        try:
-            limit = max(1, min(100, int(request.query_params.get("limit", 20))))
-        except ValueError as exc:
-            raise ApiError("'limit' must be an integer.", param="limit") from exc
+        limit = _query_int(request, "limit", default=20, low=1, high=100)
+        offset = _query_int(request, "offset", default=0, low=0, high=1_000_000)
         jobs = job_list_for_user(user=request_user(request))
         wanted = request.query_params.get("status")
         if wanted:
@@ -76,7 +90,8 @@ class JobCreateApi(GatewayApiView):
                     param="status",
                 )
             jobs = jobs.filter(status=wanted)
-        return Response({"object": "list", "data": [job_representation(job) for job in jobs[:limit]]})
+        page = jobs[offset : offset + limit]
+        return Response({"object": "list", "data": [job_representation(job) for job in page]})
 
 
 class JobDetailApi(GatewayApiView):

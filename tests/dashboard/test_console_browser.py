@@ -41,6 +41,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         "--window-size=1600,2200", f"--user-data-dir={tmp_path / 'chromium-profile'}",
     ):  # fmt: skip
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for errors
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
     try:
@@ -137,6 +138,20 @@ def test_console_charts_update_live_under_traffic(
         browser.get(f"{live.base_url}/admin/")
         links = [a.get_attribute("href") or "" for a in browser.find_elements(By.CSS_SELECTOR, "a")]
         assert sum(link.endswith("/dashboard/") for link in links) >= 2
+        # Usage and cost: the daily chart draws (its options used to break their attribute,
+        # "Uncaught SyntaxError ... JSON"), with the traffic's tokens, and nothing errs.
+        browser.get_log("browser")  # what came before
+        browser.get(f"{live.base_url}/admin/inference/usagedaily/")
+        drawn = """
+            const canvas = document.querySelector("#usage-chart canvas");
+            const chart = canvas && Chart.getChart(canvas);
+            if (!chart) return -1;
+            return chart.data.datasets.reduce(
+                (sum, d) => sum + d.data.reduce((s, v) => s + (typeof v === "number" ? v : 0), 0), 0);
+        """
+        wait_until(lambda: float(browser.execute_script(drawn)) > 0, timeout=30, what="the usage chart")
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == [], errors
     finally:
         stop.set()
         for thread in threads:

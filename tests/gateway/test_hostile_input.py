@@ -151,3 +151,54 @@ def test_websocket_survives_hostile_messages(live: Live, api_user: ApiUser) -> N
             assert 400 <= reply["error"].get("status", 400) < 500 or reply["error"]["code"]
         ws.send(json.dumps({"type": "ping"}))
         assert json.loads(ws.recv(timeout=30)) == {"type": "pong"}  # the socket is still fine
+
+
+def test_unicode_digits_in_ids_and_cursors(live: Live, api_user: ApiUser) -> None:
+    """``"³".isdigit()`` is true and ``int("³")`` raises: ids and cursors are ASCII digits only."""
+    with httpx.Client(base_url=live.base_url, headers=api_user.headers, timeout=30) as http:
+        for key_id in ("³", "١٢", "1²"):
+            response = http.delete(f"/api/v1/me/keys/{key_id}")
+            assert response.status_code == 404, (key_id, response.text)
+        job = http.post("/api/v1/jobs", json={"prompt": "x", "max_tokens": 2}).json()
+        events = http.get(f"/api/v1/jobs/{job['id']}/events", params={"last_event_id": "³-1"})
+        assert events.status_code == 400, events.text
+
+
+def test_a_resume_cursor_past_a_finished_jobs_end_ends_the_stream(live: Live, api_user: ApiUser) -> None:
+    with httpx.Client(base_url=live.base_url, headers=api_user.headers, timeout=30) as http:
+        job = http.post("/api/v1/jobs", json={"prompt": "x", "max_tokens": 2}).json()
+        http.get(f"/api/v1/jobs/{job['id']}/events")  # followed to its end: the job has finished
+        far = "18446744073709551615-18446744073709551615"
+        # The stream answers at once and ends (the client's read timeout is 30 s).
+        response = http.get(f"/api/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": far}, timeout=10)
+        assert response.status_code == 200
+        assert "event: token" not in response.text
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=-1",
+        "limit=0",
+        "limit=101",
+        "limit=" + "9" * 30,
+        "limit=³",
+        "offset=-1",
+        "offset=x",
+        "offset=" + "9" * 12,
+    ],
+)
+def test_job_list_bounds(live: Live, api_user: ApiUser, query: str) -> None:
+    response = httpx.get(f"{live.base_url}/api/v1/jobs?{query}", headers=api_user.headers, timeout=30)
+    assert_client_error("/api/v1/jobs", response, 400)
+    assert response.json()["error"]["param"] == query.partition("=")[0]
+
+
+def test_job_list_pages(live: Live, api_user: ApiUser) -> None:
+    with httpx.Client(base_url=live.base_url, headers=api_user.headers, timeout=60) as http:
+        ids = [
+            http.post("/api/v1/jobs", json={"prompt": "x", "max_tokens": 1}).json()["id"] for _ in range(3)
+        ]
+        first = http.get("/api/v1/jobs?limit=2").json()["data"]
+        second = http.get("/api/v1/jobs?limit=2&offset=2").json()["data"]
+    assert [job["id"] for job in first + second][:3] == ids[::-1]

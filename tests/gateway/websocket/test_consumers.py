@@ -150,12 +150,28 @@ def test_invalid_messages_get_error_envelopes(live: Live, api_user: ApiUser) -> 
         assert recv(ws)["error"]["code"] == "model_not_found"
 
 
-def test_foreign_origin_is_refused(live: Live, api_user: ApiUser) -> None:
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example",
+        # The same host on a port Sluice does not serve: another site (a local dev server, say).
+        "http://127.0.0.1:9999",
+        "http://localhost:9999",
+    ],
+)
+def test_foreign_origin_is_refused(live: Live, api_user: ApiUser, origin: str) -> None:
     with (
         pytest.raises((InvalidStatus, ConnectionClosed)),
         connect(
             f"{live.ws_url}/ws/v1/jobs/",
-            additional_headers={**api_user.headers, "Origin": "https://evil.example"},
+            additional_headers={**api_user.headers, "Origin": origin},
         ) as ws,
     ):
         ws.recv(timeout=10)
+
+
+def test_the_origin_sluice_serves_is_accepted(live: Live, api_user: ApiUser) -> None:
+    with connect(
+        f"{live.ws_url}/ws/v1/jobs/", additional_headers={**api_user.headers, "Origin": live.base_url}
+    ) as ws:
+        assert json.loads(ws.recv(timeout=30)) == {"type": "ready"}
