@@ -62,6 +62,9 @@ AUTHENTICATION_BACKENDS = [
 # address, that pair is locked out for SLUICE_LOGIN_COOLOFF_MIN minutes (the right password
 # too). Attempts live in Postgres (django-axes' database handler); the admin lists them.
 AXES_FAILURE_LIMIT = env.get_int("SLUICE_LOGIN_FAILURE_LIMIT", 5)
+# A login from any entry point (/admin/login/ with no ?next=) lands in the admin, not Django's
+# default /accounts/profile/ (which Sluice does not serve).
+LOGIN_REDIRECT_URL = "/admin/"
 AXES_COOLOFF_TIME = env.get_float("SLUICE_LOGIN_COOLOFF_MIN", 15.0) / 60  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True

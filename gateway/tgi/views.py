@@ -16,6 +16,8 @@ import random
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpResponse
+from django.shortcuts import render
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
@@ -37,7 +39,7 @@ from gateway.tgi.serializers import (
     unprocessable,
     validated,
 )
-from inference.registry import default_model
+from inference.registry import default_model, served_models
 from inference.sampling_params import SamplingParams, StructuredOutput
 from inference.selectors import worker_heartbeats
 
@@ -194,7 +196,22 @@ class TgiGenerateStreamApi(TgiView):
 
 class TgiCompatGenerateApi(TgiView):
     """``POST /``: TGI's compatibility route; the body's ``stream`` picks the answer's form.
-    As in TGI, a non-streaming answer is a one-element list (what ``text_generation`` reads)."""
+    As in TGI, a non-streaming answer is a one-element list (what ``text_generation`` reads).
+    ``GET /`` (a person, the admin's "View site") gets a small landing page instead."""
+
+    def get_permissions(self) -> Any:
+        return [] if self.request.method in ("GET", "HEAD") else super().get_permissions()
+
+    @extend_schema(exclude=True)
+    def get(self, request: Request) -> HttpResponse:
+        return render(
+            request,
+            "gateway/landing.html",
+            {
+                "models": [model.name for model in served_models()],
+                "base": request.build_absolute_uri("/").rstrip("/"),
+            },
+        )
 
     @extend_schema(
         request=TgiGenerateSerializer,

@@ -25,6 +25,24 @@ def test_login_page_renders_unfold(client: Client) -> None:
     assert b"unfold" in response.content.lower()
 
 
+def test_a_login_from_any_entry_point_lands_in_the_admin(client: Client) -> None:
+    """Straight to /admin/login/ (no ?next=): Django's default is /accounts/profile/, a 404."""
+    User.objects.create_superuser("ops", "ops@example.com", "pw-12345-long")
+    response = client.post("/admin/login/", {"username": "ops", "password": "pw-12345-long"})
+    assert response.status_code == 302 and response["Location"] == "/admin/"
+    assert client.get("/admin/").status_code == 200
+
+
+def test_the_site_root_is_a_landing_page_for_people(client: Client) -> None:
+    """The admin's "View site" lands on / : a page saying what this is and where to go (POST /
+    stays TGI's compatibility route)."""
+    page = client.get("/")
+    assert page.status_code == 200 and page["content-type"].startswith("text/html")
+    for link in ("/api/docs/", "/dashboard/", "/admin/", "/readyz"):
+        assert f'href="{link}"'.encode() in page.content
+    assert client.post("/", {}, content_type="application/json").status_code == 401  # the API's, unchanged
+
+
 def test_api_keys_show_prefix_only(staff: Client) -> None:
     user = User.objects.create(username="carol")
     issued = apikey_create(user=user, name="laptop")

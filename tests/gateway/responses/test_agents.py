@@ -33,7 +33,7 @@ set_tracing_disabled(True)  # nothing leaves the machine
 class Answer(BaseModel):
     """The agent's final output (a structured output: the tiny model's free text would not end)."""
 
-    summary: str = Field(max_length=24)
+    summary: str = Field(max_length=16)
     sunny: bool
 
 
@@ -58,7 +58,7 @@ def _agent(model: Any, calls: list[tuple[str, dict[str, Any]]]) -> Agent[Any]:
         model=model,
         output_type=Answer,
         model_settings=ModelSettings(
-            tool_choice="required", parallel_tool_calls=False, max_tokens=40, temperature=0.7
+            tool_choice="required", parallel_tool_calls=False, max_tokens=80, temperature=0.7
         ),
     )
 
