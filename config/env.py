@@ -12,6 +12,7 @@ When ``DATABASE_URL``/``REDIS_URL`` are unset, the URLs of the embedded servers 
 from __future__ import annotations
 
 import os
+import time
 from functools import cache
 from pathlib import Path
 
@@ -107,6 +108,29 @@ def _embedded_urls() -> dict[str, str]:
         if sep:
             urls[key.strip()] = value.strip()
     return urls
+
+
+def local_secret_key() -> str:
+    """The secret key of a `make run` without DJANGO_SECRET_KEY: random, made on first use and
+    kept in the var dir (mode 0600), so sessions survive a restart and no two installs share
+    one. O_EXCL: the web and worker processes may start at once; one writes, all read."""
+    import secrets
+
+    path = var_dir() / "secret_key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(50))
+    for _ in range(50):  # another process may have created it and not yet written it
+        key = path.read_text().strip()
+        if key:
+            return key
+        time.sleep(0.01)
+    raise RuntimeError(f"{path} is empty; delete it and start again")
 
 
 def database_url() -> str | None:

@@ -180,6 +180,10 @@ class Supervisor:
         self.redis_url = urls["REDIS_URL"]
         child_env = self.child_env(urls)
         self.manage(child_env, "migrate", "--noinput", "-v", "0")
+        debug = env.get_bool("SLUICE_DEBUG", env.get_bool("DJANGO_DEBUG", False))
+        if not debug:
+            # Hashed, compressed copies in the var dir; only what changed since the last start.
+            self.manage(child_env, "collectstatic", "--noinput", "-v", "0")
         model_path = env.model_path()
         if not (model_path / "config.json").exists():
             if env.get_opt("SLUICE_MODEL_PATH"):
@@ -233,9 +237,10 @@ class Supervisor:
             print("Sluice did not become ready; see the logs above.", file=sys.stderr)
             return 1
         key = creds["api_key"]
+        mode = "  DEBUG on (SLUICE_DEBUG=1): for development only" if debug else ""
         print(
             f"""
-Sluice is ready ({time.monotonic() - started:.1f}s)
+Sluice is ready ({time.monotonic() - started:.1f}s){mode}
   API        {base}/v1  (OpenAI)   {base}/generate  (TGI)   {base}/api/v1/jobs  (jobs)
   WebSocket  ws://{self.host}:{self.port}/ws/v1/jobs/
   Admin      {base}/admin/   login: {creds["admin_user"]} / {creds["admin_password"]}

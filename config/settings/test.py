@@ -19,6 +19,7 @@ from config.settings.base import (
     DATABASES,
     LOGGING,
     SLUICE_DB_CONNECT_TIMEOUT_S,
+    STORAGES,
     channel_layer_hosts,
     db_pool_options,
 )
@@ -36,6 +37,10 @@ CHANNEL_LAYERS = {
     }
 }
 CELERY_BROKER_URL = REDIS_URL
+
+# Tests collect no static files: serve them from the apps' directories, unhashed.
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+SERVESTATIC_USE_FINDERS = True
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast; test users only
 SLUICE_JOB_LEASE_S = env.get_float("SLUICE_JOB_LEASE_S", 4.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -149,7 +150,21 @@ def test_run_with_embedded_servers(demo_model_dir: Path, tmp_path: Path) -> None
             assert response.status_code == 302 and response.headers["location"] == "/admin/"
             assert browser.get("/admin/gateway/apikey/").status_code == 200
             assert browser.get("/dashboard/").status_code == 200
-            assert browser.get("/static/admin/css/base.css").status_code == 200  # static files are served
+            # Production-shaped: static files collected, under hashed names, cached for good and
+            # compressed; DEBUG off, so an unknown page is Django's plain 404, not its URL list.
+            page = browser.get("/admin/").text
+            css = re.search(r'href="(/static/[^"]+\.[0-9a-f]{12}\.css)"', page)
+            assert css, page[:3000]
+            static = browser.get(css.group(1), headers={"Accept-Encoding": "gzip"})
+            assert static.status_code == 200 and static.headers["content-encoding"] == "gzip"
+            assert "immutable" in static.headers["cache-control"]
+            assert (var / "static" / "staticfiles.json").exists()
+            missing = browser.get("/admin/no-such-page/")
+            assert missing.status_code == 404 and "URLconf" not in missing.text
+            api_missing = browser.get("/no/such/thing")
+            assert api_missing.status_code == 404 and api_missing.json()["error"]
+        assert "DEBUG on" not in run.output
+        assert (var / "secret_key").stat().st_mode & 0o777 == 0o600  # its own key, private
     assert not (var / "pg" / "postmaster.pid").exists()  # embedded Postgres stopped
 
 

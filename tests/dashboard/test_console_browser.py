@@ -19,21 +19,19 @@ from django.contrib.auth.models import User
 
 from config.processes import wait_until
 from tests.conftest import TEST_MODEL_NAME, ApiUser, Live
+from tests.support.tools import require_tools
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    if not CHROMIUM or not CHROMEDRIVER:
-        pytest.skip("Debian's chromium and chromium-driver are not installed (make install installs them)")
+    chromium, chromedriver = require_tools("chromium", "chromedriver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium
     # The flags a closed network needs (no background connections, no update checks).
     for flag in (
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
@@ -42,7 +40,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     ):  # fmt: skip
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for errors
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
     driver.set_page_load_timeout(60)
     try:
         yield driver

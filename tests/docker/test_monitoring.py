@@ -19,26 +19,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config.env import BASE_DIR
 from tests.conftest import TEST_MODEL_NAME, ApiUser, Live
+from tests.support.tools import require_tools
 
 PROMETHEUS = BASE_DIR / "docker" / "prometheus"
 GRAFANA = BASE_DIR / "docker" / "grafana"
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool (Debian's prometheus) is not installed; make install installs it"
-)
 METRIC = re.compile(r"\b(sluice_[a-z_]+)\b")
 
 
 def promtool(*args: str, cwd: Path) -> str:
-    assert PROMTOOL is not None
-    result = subprocess.run(
-        [PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
+    [path] = require_tools("promtool")
+    result = subprocess.run([path, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
-@needs_promtool
 def test_config_and_rules_check_and_the_rule_tests_pass(tmp_path: Path) -> None:
     copy = tmp_path / "prometheus"
     shutil.copytree(PROMETHEUS, copy)

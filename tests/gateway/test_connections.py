@@ -223,6 +223,38 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path: Path) -> None:
     assert "no issues" in result.stdout
 
 
+@pytest.mark.parametrize("debug", ["", "1"])
+def test_check_deploy_is_clean_with_the_settings_make_run_uses(tmp_path: Path, debug: str) -> None:
+    """`make run` is production-shaped: DEBUG off and a secret key of its own (plain HTTP on a
+    loopback address, so the four HTTPS checks are silenced there and only there); debug is an
+    explicit opt-in, which check --deploy names."""
+    import os
+    import subprocess
+    import sys
+
+    from config.env import BASE_DIR
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SLUICE_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.local", SLUICE_VAR_DIR=str(tmp_path), SLUICE_DEBUG=debug
+    )
+    check = [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"]
+    result = subprocess.run(
+        check, cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    if debug:
+        assert result.returncode != 0 and "security.W018" in result.stderr, result.stdout + result.stderr
+        return
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues (4 silenced)" in result.stdout
+    # Bound to an address other machines reach, the HTTPS checks speak again.
+    exposed = subprocess.run(
+        check, cwd=BASE_DIR, env={**env, "SLUICE_HOST": "192.0.2.10"}, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert exposed.returncode != 0 and "security.W008" in exposed.stderr
+
+
 def test_more_concurrent_streams_than_a_redis_pool_holds(
     small_pool: str, api_user: ApiUser, unserved: str
 ) -> None:
