@@ -91,16 +91,9 @@ def _both(
     return lambda parts: first(parts) and second(parts)
 
 
-def _rates(values: list[float], window: Window, now: float) -> list[float]:
-    """Per-second rates; the newest bucket is still filling, so it is divided by its age."""
-    out = []
-    last = len(values) - 1
-    for index, value in enumerate(values):
-        span = float(window.resolution)
-        if index == last:
-            span = max(1.0, min(window.resolution, now - window.buckets[index][0]))
-        out.append(round(value / span, 3))
-    return out
+def _rates(values: list[float], window: Window) -> list[float]:
+    """Per-second rates of whole buckets (the charts leave the filling one out)."""
+    return [round(value / window.resolution, 3) for value in values]
 
 
 def _time_labels(window: Window) -> list[str]:
@@ -118,7 +111,13 @@ COLORS = ["#9333ea", "#16a34a", "#dc2626", "#f59e0b", "#2563eb", "#0891b2", "#db
 OUTCOME_COLORS = {"succeeded": "#16a34a", "failed": "#dc2626", "cancelled": "#f59e0b", "rejected": "#6b7280"}
 
 
-def _charts(window: Window, scope: Scope, now: float) -> dict[str, dict[str, Any]]:
+def _charts(window: Window, scope: Scope) -> dict[str, dict[str, Any]]:
+    """Every chart's series. The newest bucket is still filling: drawn, it dipped at the right
+    edge of every chart, so the charts end at the last whole bucket (the cards and tables count
+    up to now). A bucket with no sample is a gap (None, no line drawn across it), not a zero."""
+    window = Window(
+        name=window.name, seconds=window.seconds, resolution=window.resolution, buckets=window.buckets[:-1]
+    )
     labels = _time_labels(window)
     req = scope.labels()
 
@@ -126,21 +125,19 @@ def _charts(window: Window, scope: Scope, now: float) -> dict[str, dict[str, Any
         return lambda parts: req(parts) and len(parts) > 3 and parts[3] == status
 
     requests = [
-        _dataset(
-            status, _rates(window.per_bucket("req", outcome(status)), window, now), OUTCOME_COLORS[status]
-        )
+        _dataset(status, _rates(window.per_bucket("req", outcome(status)), window), OUTCOME_COLORS[status])
         for status in OUTCOMES
     ]
     tokens = [
-        _dataset("generated/s", _rates(window.per_bucket("tok_gen", req), window, now), COLORS[0]),
-        _dataset("prefilled/s", _rates(window.per_bucket("tok_prompt", req), window, now), COLORS[4]),
+        _dataset("generated/s", _rates(window.per_bucket("tok_gen", req), window), COLORS[0]),
+        _dataset("prefilled/s", _rates(window.per_bucket("tok_prompt", req), window), COLORS[4]),
     ]
 
     def percentile_lines(name: str, match: Callable[[list[str]], bool]) -> list[dict[str, Any]]:
         per_bucket = window.histograms_per_bucket(name, match)
         return [
-            _dataset("p50", [_ms(h.quantile(0.5)) for h in per_bucket], COLORS[4], spanGaps=True),
-            _dataset("p99", [_ms(h.quantile(0.99)) for h in per_bucket], COLORS[2], spanGaps=True),
+            _dataset("p50", [_ms(h.quantile(0.5)) for h in per_bucket], COLORS[4]),
+            _dataset("p99", [_ms(h.quantile(0.99)) for h in per_bucket], COLORS[2]),
         ]
 
     queue_lines = [
@@ -148,7 +145,6 @@ def _charts(window: Window, scope: Scope, now: float) -> dict[str, dict[str, Any
             "queue p99",
             [_ms(h.quantile(0.99)) for h in window.histograms_per_bucket("queue", req)],
             COLORS[3],
-            spanGaps=True,
         ),
         _dataset(
             "admission wait p99",
@@ -159,7 +155,6 @@ def _charts(window: Window, scope: Scope, now: float) -> dict[str, dict[str, Any
                 )
             ],
             COLORS[5],
-            spanGaps=True,
         ),
     ]
 
@@ -180,10 +175,10 @@ def _charts(window: Window, scope: Scope, now: float) -> dict[str, dict[str, Any
         for b, s in zip(window.per_bucket("batch_sum", req), steps, strict=True)
     ]
     sequences = [
-        _dataset("running", summed("running", 1), COLORS[1], spanGaps=True),
-        _dataset("waiting in engines", summed("waiting", 1), COLORS[3], spanGaps=True),
-        _dataset("queued", summed("queued", 0), COLORS[2], spanGaps=True),
-        _dataset("mean batch size", batch, COLORS[4], spanGaps=True),
+        _dataset("running", summed("running", 1), COLORS[1]),
+        _dataset("waiting in engines", summed("waiting", 1), COLORS[3]),
+        _dataset("queued", summed("queued", 0), COLORS[2]),
+        _dataset("mean batch size", batch, COLORS[4]),
     ]
     kv = []
     for index, (key, values) in enumerate(sorted(window.gauges_per_bucket("kv").items())):
@@ -193,7 +188,6 @@ def _charts(window: Window, scope: Scope, now: float) -> dict[str, dict[str, Any
                     f"{key[0]} {key[1]}@{key[2]}",
                     [round(v * 100, 1) if v is not None else None for v in values],
                     COLORS[index % len(COLORS)],
-                    spanGaps=True,
                 )
             )
     errors = []
@@ -214,7 +208,6 @@ def _charts(window: Window, scope: Scope, now: float) -> dict[str, dict[str, Any
                     for f, s in zip(failed, succeeded, strict=True)
                 ],
                 COLORS[index % len(COLORS)],
-                spanGaps=True,
             )
         )
     hits, misses = (window.per_bucket("cache", _both(req, labelled(3, r))) for r in ("hit", "miss"))
@@ -223,7 +216,6 @@ def _charts(window: Window, scope: Scope, now: float) -> dict[str, dict[str, Any
             "hit rate %",
             [round(100 * h / (h + m), 1) if h + m else None for h, m in zip(hits, misses, strict=True)],
             COLORS[1],
-            spanGaps=True,
         )
     ]
     return {
@@ -528,7 +520,7 @@ def dashboard_snapshot(*, window: str = "5m", scope: Scope | None = None) -> dic
                 }
             )
     snapshot.update(
-        charts=_charts(current, scope, now),
+        charts=_charts(current, scope),
         versions=versions,
         workers=workers,
         upstreams=_upstreams_table(client, current, scope),

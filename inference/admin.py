@@ -6,11 +6,15 @@ breaker, workers; events)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -32,7 +36,7 @@ from inference.models import (
     UserProfile,
 )
 from inference.rag.services import document_upload
-from inference.registry import registry_invalidate
+from inference.registry import all_versions, registry_invalidate, settings_version
 from inference.selectors import job_timings, version_replicas
 from inference.services import deadletter_discard, deadletter_requeue, job_cancel
 from inference.usage import usage_csv, usage_daily_chart
@@ -136,16 +140,19 @@ class JobAdmin(ModelAdmin):
                 + (f", error: {obj.error}" if obj.error else ""),
             ),
         ]
+        # A step that has not happened says so (a running job has no first token yet: its note
+        # used to read "time to first token None ms"). Times never wrap (nowrap cells).
+        pending = "not yet" if obj.finished_at is None else "-"
         rows = format_html_join(
             "",
-            '<tr><td class="pr-4 font-semibold">{}</td><td class="pr-4">{}</td>'
-            '<td class="pr-4 text-right">{}</td><td>{}</td></tr>',
+            '<tr><td class="pr-4 font-semibold">{}</td><td class="pr-4" style="white-space: nowrap">{}</td>'
+            '<td class="pr-4 text-right" style="white-space: nowrap">{}</td><td>{}</td></tr>',
             (
                 (
                     label,
-                    timezone.localtime(at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if at else "-",
+                    timezone.localtime(at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if at else pending,
                     f"+{round((at - start).total_seconds() * 1000)} ms" if at and start else "-",
-                    detail,
+                    detail if at else "-",
                 )
                 for label, at, detail in steps
             ),
@@ -365,6 +372,50 @@ def _heartbeats() -> list[dict[str, Any]]:
         return []
 
 
+def _loaded_on(matches: Callable[[dict[str, Any]], bool]) -> str:
+    """The workers that have a version loaded, from their heartbeats."""
+    names = []
+    for beat in _heartbeats():
+        for version in beat.get("versions", []):
+            if matches(version):
+                state = (
+                    f"error: {version['error'][:60]}"
+                    if version.get("error")
+                    else f"{version.get('running', 0)} running"
+                )
+                names.append(f"{beat.get('name')} ({state})")
+    return ", ".join(names) or "-"
+
+
+def _settings_version() -> dict[str, Any]:
+    """The version SLUICE_MODEL_NAME/SLUICE_MODEL_PATH serve, as the version list shows it: a
+    fresh `make run` serves it and has no row, so without this the list reads "0 versions"."""
+    version = settings_version()
+    serving = any(v.version_id is None for v in all_versions())
+    stats = version_stats(version.key)
+    health = "-"
+    if stats.samples:
+        ttft = f", TTFT p99 {stats.ttft_p99_ms:.0f} ms" if stats.ttft_p99_ms is not None else ""
+        health = f"{stats.samples} jobs, {stats.error_rate:.0%} errors{ttft}"
+    adopt = {
+        "served_name": version.name, "label": "v1", "backend": version.backend, "path": str(version.path),
+        "dtype": version.dtype, "tool_parser": version.tool_parser, "status": "draft",
+    }  # fmt: skip
+    return {
+        "key": version.key,
+        "name": version.name,
+        "backend": version.backend,
+        "status": "serving" if serving else "superseded (a version of this name is in the table)",
+        "path": version.path,
+        "dtype": version.dtype,
+        "tool_parser": version.tool_parser,
+        "health": health,
+        "breaker": "OPEN" if open_breakers([version.key]) else "closed",
+        "loaded_on": _loaded_on(lambda v: v.get("id") is None and v.get("key") == version.key),
+        "adopt_url": f"{reverse('admin:inference_modelversion_add')}?{urlencode(adopt)}",
+    }
+
+
 class ModelVersionEventInline(TabularInline):
     model = ModelVersionEvent
     extra = 0
@@ -427,6 +478,7 @@ class ModelVersionAdmin(AuditedAdmin, ModelAdmin):
         ("Health", {"fields": ("health_detail", "created_at", "updated_at")}),
     )
     inlines = [ModelVersionEventInline]
+    list_before_template = "inference/admin/settings_version.html"
     actions = ["activate_stable", "start_canary", "promote", "roll_back", "drain", "retire"]
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
@@ -454,7 +506,18 @@ class ModelVersionAdmin(AuditedAdmin, ModelAdmin):
 
     @admin.display(description="health")
     def health_detail(self, obj: ModelVersion) -> str:
-        return str(version_stats(self._key(obj)).as_dict()) if obj.pk else "-"
+        if not obj.pk:
+            return "-"
+        stats = version_stats(self._key(obj))
+        rows = (
+            ("jobs in the window", f"{stats.samples} (last {settings.SLUICE_VERSION_WINDOW_S:.0f} s)"),
+            ("errors", f"{stats.errors} ({stats.error_rate:.1%})"),
+            ("time to first token, p99", "-" if stats.ttft_p99_ms is None else f"{stats.ttft_p99_ms:.0f} ms"),
+        )
+        body = format_html_join(
+            "", '<tr><th class="pr-4 text-left font-normal">{}</th><td>{}</td></tr>', rows
+        )
+        return format_html('<table class="text-sm" id="health">{}</table>', body)
 
     @admin.display(description="breaker")
     def breaker(self, obj: ModelVersion) -> str:
@@ -493,17 +556,12 @@ class ModelVersionAdmin(AuditedAdmin, ModelAdmin):
 
     @admin.display(description="loaded on (workers)")
     def loaded_on(self, obj: ModelVersion) -> str:
-        names = []
-        for beat in _heartbeats():
-            for version in beat.get("versions", []):
-                if version.get("id") == obj.pk:
-                    state = (
-                        f"error: {version['error'][:60]}"
-                        if version.get("error")
-                        else f"{version.get('running', 0)} running"
-                    )
-                    names.append(f"{beat.get('name')} ({state})")
-        return ", ".join(names) or "-"
+        return _loaded_on(lambda version: version.get("id") == obj.pk)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        return super().changelist_view(
+            request, {**(extra_context or {}), "settings_version": _settings_version()}
+        )
 
     def _each(self, request: HttpRequest, queryset: QuerySet[ModelVersion], action: Any, done: str) -> None:
         actor = getattr(request.user, "username", "admin")

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
@@ -133,6 +134,14 @@ def settings_version(name: str | None = None) -> ServedModel:
 
 _lock = threading.Lock()
 _cache: tuple[float, list[ServedModel]] | None = None
+#: Bumped on every change of the version table: each process compares it with the one its
+#: cache was loaded under (at most every GENERATION_CHECK_S), so an admin edit reaches every
+#: web process and worker at once, not when their caches expire. Redis down: the cache's
+#: time limit still holds.
+GENERATION_KEY = "sluice:registry:generation"
+GENERATION_CHECK_S = 0.25
+_generation: bytes | None = None
+_generation_checked = 0.0
 #: Every version label this process has loaded, kept through invalidations (version_label).
 _labels: dict[int, str] = {}
 
@@ -141,6 +150,35 @@ def registry_invalidate() -> None:
     global _cache
     with _lock:
         _cache = None
+
+
+def registry_changed() -> None:
+    """The version table changed: this process reloads now, every other one within
+    GENERATION_CHECK_S."""
+    import redis
+
+    from inference.store import get_redis  # the store module loads the job streams: only here
+
+    registry_invalidate()
+    try:
+        get_redis().incr(GENERATION_KEY)
+    except redis.RedisError:
+        logger.warning(
+            "could not announce a version change; other processes see it within %ss",
+            settings.SLUICE_REGISTRY_CACHE_S,
+        )
+
+
+def _read_generation() -> bytes | None:
+    import redis
+
+    from inference.store import get_redis
+
+    try:
+        value: Any = get_redis().get(GENERATION_KEY)
+    except redis.RedisError:
+        return _generation  # as if unchanged: the cache's time limit still applies
+    return bytes(value) if value is not None else None
 
 
 def _load() -> list[ServedModel]:
@@ -189,11 +227,18 @@ def _load() -> list[ServedModel]:
 
 def all_versions() -> list[ServedModel]:
     """Every version in the table (any status) plus the settings version where it applies."""
-    global _cache
+    global _cache, _generation, _generation_checked
     now = time.monotonic()
     with _lock:
-        if _cache is not None and _cache[0] > now:
+        fresh = _cache is not None and _cache[0] > now
+        if _cache is not None and fresh and now - _generation_checked < GENERATION_CHECK_S:
             return list(_cache[1])
+    generation = _read_generation()  # before loading: a change during the load is seen next time
+    with _lock:
+        _generation_checked = now
+        if _cache is not None and fresh and generation == _generation:
+            return list(_cache[1])
+        _generation = generation
     versions = _load()
     if not any(v.name == settings.SLUICE_MODEL_NAME and v.status != "draft" for v in versions):
         versions.append(settings_version())
@@ -253,10 +298,26 @@ def default_model() -> ServedModel:
     return models[0] if models else settings_version()
 
 
+#: When this process last re-read the table for a name it did not know (at most every 0.5 s:
+#: a client asking for names that do not exist costs no query per request).
+_last_miss_reload = 0.0
+
+
 def canonical_name(name: str | None) -> str | None:
-    """The served name a request means; TGI-style placeholders mean the default model."""
+    """The served name a request means; TGI-style placeholders mean the default model. A name
+    this process does not know may have been added a moment ago (the cache is per process):
+    look again, once, before answering that it does not exist."""
+    global _last_miss_reload
     if not name or name in settings.SLUICE_MODEL_ALIASES:
         return default_model().name
+    if any(v.name == name for v in served_versions()):
+        return name
+    now = time.monotonic()
+    with _lock:
+        if now - _last_miss_reload < 0.5:
+            return None
+        _last_miss_reload = now
+    registry_invalidate()
     return name if any(v.name == name for v in served_versions()) else None
 
 

@@ -37,7 +37,6 @@ from inference.upstreams import resolve_api_key
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 2.0  # the console shows live load from the heartbeats
-HEARTBEAT_TTL_S = 15
 WORKERS_SEEN_TTL_S = 24 * 3600
 
 
@@ -222,6 +221,9 @@ class WorkerRuntime:
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _load_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    #: Set when the loaded versions change: the heartbeat goes out at once, not at its next tick
+    #: (the console, the admin's "loaded on" and whoever waits for a load or unload see it now).
+    _beat_now: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     # -- versions ------------------------------------------------------------------------------
@@ -246,6 +248,7 @@ class WorkerRuntime:
                 loaded = load_version(model, worker=self.name)
                 with self._lock:
                     self.versions[model.key] = loaded
+                    self._beat_now.set()
                 self._event_loaded(loaded)
             return loaded
 
@@ -277,7 +280,11 @@ class WorkerRuntime:
 
     def sync(self) -> None:
         """Follow the registry: load what became active, unload what retired and is idle."""
-        desired = {v.key: v for v in self.desired()}
+        known = all_versions()
+        desired = {v.key: v for v in known if v.active and self.serves(v.name)}
+        # A deleted version takes no new jobs (creating one for it fails: VersionGone), so it
+        # needs no grace; a retired one may still be routed to by a web's cached registry.
+        still_listed = {v.key for v in known}
         for name in sorted(self.served_names - {"*"}):
             self._consume(queue_for(name))  # its settings version's queue (jobs from before versions)
         for key, model in desired.items():
@@ -296,7 +303,8 @@ class WorkerRuntime:
                 continue
             if loaded.undesired_since is None:
                 loaded.undesired_since = now
-            if now - loaded.undesired_since < grace or self._busy(loaded):
+            waited = now - loaded.undesired_since
+            if (key in still_listed and waited < grace) or self._busy(loaded):
                 continue  # jobs finish on the version they started on: keep consuming its queue
             self._cancel(loaded.model.queue)
             if self._busy(loaded):  # a message slipped in meanwhile: take it after all
@@ -307,6 +315,7 @@ class WorkerRuntime:
                     continue
                 del self.versions[key]
             loaded.stop()
+            self._beat_now.set()
             logger.info("unloaded %s", key)
             try:
                 from inference.models import EventKind
@@ -443,7 +452,7 @@ class WorkerRuntime:
         while not self._stop.is_set():
             try:
                 payload = self.heartbeat_payload()
-                client.set(worker_key(self.name), json.dumps(payload), ex=HEARTBEAT_TTL_S)
+                client.set(worker_key(self.name), json.dumps(payload), ex=settings.SLUICE_HEARTBEAT_TTL_S)
                 # Workers seen lately, with their last beat: a worker whose heartbeat expired
                 # shows as down (sluice_worker_up 0, the console's dead workers) for a day.
                 client.hset(WORKERS_SEEN_KEY, self.name, payload["ts"])
@@ -455,7 +464,8 @@ class WorkerRuntime:
                     series.flush(client)
             except Exception:
                 logger.warning("heartbeat failed", exc_info=True)
-            self._stop.wait(interval)
+            self._beat_now.wait(interval)
+            self._beat_now.clear()
 
     def _sync_loop(self) -> None:
         from django.db import close_old_connections
@@ -489,6 +499,7 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        self._beat_now.set()
         with self._lock:
             loaded, self.versions = list(self.versions.values()), {}
         for version in loaded:

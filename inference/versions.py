@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import transaction
 
 from inference.models import EventKind, ModelVersion, ModelVersionEvent, VersionStatus
-from inference.registry import ServedModel, all_versions, registry_invalidate
+from inference.registry import ServedModel, all_versions, registry_changed
 from inference.store import get_redis
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def canary_check(canary: ServedModel) -> bool:
                 {"canary": mine.as_dict(), "stable": baseline.as_dict()},
                 actor="auto",
             )
-    registry_invalidate()
+    registry_changed()
     return bool(rolled)
 
 
@@ -204,7 +204,7 @@ def _save(version: ModelVersion, kind: str, reason: str, actor: str, **fields: A
             setattr(version, name, value)
         version.save()
         version_event(version.pk, kind, reason, {k: str(v) for k, v in fields.items()}, actor=actor)
-    registry_invalidate()
+    registry_changed()
     return version
 
 

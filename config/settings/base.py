@@ -323,6 +323,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # larger files are spooled to disk, n
 
 # --- Model versions (inference/registry.py, inference/versions.py) ---
 SLUICE_REGISTRY_CACHE_S = env.get_float("SLUICE_REGISTRY_CACHE_S", 2.0)
+# A worker's heartbeat (every 2 s) lives this long: a worker silent for longer is gone (its
+# session-affinity queue is emptied into the shared one, the console shows it down).
+SLUICE_HEARTBEAT_TTL_S = env.get_int("SLUICE_HEARTBEAT_TTL_S", 15)
 # Served names this worker serves (all their active versions): comma-separated; empty or "*": all.
 SLUICE_WORKER_MODELS = env.get_list("SLUICE_WORKER_MODELS", [])
 SLUICE_WORKER_SYNC_S = env.get_float("SLUICE_WORKER_SYNC_S", 2.0)  # how soon workers see version changes

@@ -48,6 +48,20 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
+def charts_without_points(driver: Any) -> list[str]:
+    """The dashboard's charts that hold no number yet (a gap is None, not a point)."""
+    return list(
+        driver.execute_script(
+            """
+            return [...document.querySelectorAll("canvas[data-chart]")].filter((canvas) => {
+                const chart = Chart.getChart(canvas);
+                return !chart || !chart.data.datasets.some((d) => d.data.some((v) => typeof v === "number"));
+            }).map((canvas) => canvas.dataset.chart);
+            """
+        )
+    )
+
+
 def chart_points(driver: Any, chart: str) -> float:
     """The sum of every data point of a chart, as Chart.js holds it now."""
     return float(
@@ -76,7 +90,11 @@ def test_console_charts_update_live_under_traffic(
     def traffic(stream: bool) -> None:
         with httpx.Client(base_url=live.base_url, headers=user.headers, timeout=60) as client:
             while not stop.is_set():
-                body = {"model": TEST_MODEL_NAME, "prompt": "The river", "max_tokens": 8, "ignore_eos": True}
+                body: dict[str, Any] = {
+                    "model": TEST_MODEL_NAME, "prompt": "The river", "max_tokens": 8, "ignore_eos": True,
+                }  # fmt: skip
+                if not stream and sent["n"] % 2:
+                    body["seed"] = 7  # the same seeded request: result-cache hits for their chart
                 with client.stream("POST", "/v1/completions", json={**body, "stream": stream}) as response:
                     assert response.status_code == 200
                     response.read()
@@ -122,7 +140,10 @@ def test_console_charts_update_live_under_traffic(
         labels = browser.execute_script(
             "return Chart.getChart(document.getElementById('chart-requests')).data.labels.length"
         )
-        assert labels == 30  # 5 minutes of 10 s buckets
+        assert labels == 29  # 5 minutes of 10 s buckets, the one still filling left out
+        # Every chart has data (latency, queue, sequences and KV from the worker, error and
+        # cache-hit rates), and its newest point is a whole bucket.
+        wait_until(lambda: charts_without_points(browser) == [], timeout=60, what="every chart to have data")
         # The tables are live too: the worker that serves the traffic, and its version.
         workers = browser.find_element(By.ID, "workers-table").text
         assert "live-worker" in workers and "ok" in workers
@@ -150,6 +171,42 @@ def test_console_charts_update_live_under_traffic(
         wait_until(lambda: float(browser.execute_script(drawn)) > 0, timeout=30, what="the usage chart")
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == [], errors
+        # Every other page of the console renders with no console error: each model's list,
+        # a version's and a job's page, the API docs, and the landing page.
+        from django.contrib import admin
+
+        from inference.models import Job, ModelVersion
+
+        version = ModelVersion.objects.create(served_name="browsed", label="v1", path="/nowhere")
+        pages = [f"/admin/{m._meta.app_label}/{m._meta.model_name}/" for m in admin.site._registry]
+        pages += [
+            f"/admin/inference/modelversion/{version.pk}/change/",
+            f"/admin/inference/job/{Job.objects.order_by('-queued_at').values_list('id', flat=True)[0]}/change/",
+            "/dashboard/?window=1h", "/dashboard/?window=24h", "/api/docs/", "/",
+        ]  # fmt: skip
+        for page in pages:
+            browser.get(f"{live.base_url}{page}")
+            wait_until(
+                lambda: browser.execute_script("return document.readyState") == "complete",
+                timeout=30,
+                what=f"{page} to load",
+            )
+            assert "Server Error" not in browser.title and "Page not found" not in browser.title, page
+            errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+            assert errors == [], (page, errors)
+        assert "Sluice" in browser.find_element(By.TAG_NAME, "h1").text  # the landing page
+        # Logged out, the login page straight (no ?next=) lands in the admin.
+        browser.delete_all_cookies()
+        browser.get(f"{live.base_url}/admin/login/")
+        browser.find_element(By.NAME, "username").send_keys("ops")
+        browser.find_element(By.NAME, "password").send_keys("console-pass-12345")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
+        wait_until(
+            lambda: browser.current_url.rstrip("/").endswith("/admin"),
+            timeout=30,
+            what="the admin after login",
+        )
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         stop.set()
         for thread in threads:

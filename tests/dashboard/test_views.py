@@ -27,7 +27,8 @@ def test_only_staff_see_the_console(client: Client) -> None:
     assert client.get("/dashboard/snapshot").status_code == 302
 
 
-@pytest.mark.parametrize(("window", "buckets"), [("5m", 30), ("1h", 60), ("24h", 144), ("bogus", 30)])
+# Whole buckets only: the one still filling is left out (it dipped at every chart's right edge).
+@pytest.mark.parametrize(("window", "buckets"), [("5m", 29), ("1h", 59), ("24h", 143), ("bogus", 29)])
 def test_snapshot_of_each_window(staff: Client, window: str, buckets: int) -> None:
     response = staff.get("/dashboard/snapshot", {"window": window})
     assert response.status_code == 200 and response["Content-Type"] == "application/json"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import re
+
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
@@ -171,3 +174,42 @@ def test_result_cache_can_be_cleared_from_the_admin(staff: Client) -> None:
     assert first is not None
     staff.post("/admin/inference/cachedresult/", {"action": "clear_all", "_selected_action": [first.pk]})
     assert not CachedResult.objects.exists()
+
+
+def test_the_settings_served_model_is_on_the_version_list(staff: Client, demo_model_dir: object) -> None:
+    """A fresh `make run` serves SLUICE_MODEL_NAME from SLUICE_MODEL_PATH with no row: the
+    list shows it (read-only) with a link that adds it as a managed version; a stable version
+    of the same name supersedes it."""
+    from django.conf import settings
+
+    from inference.models import ModelVersion
+    from inference.registry import registry_invalidate
+
+    registry_invalidate()
+    page = staff.get("/admin/inference/modelversion/").content.decode()
+    assert 'id="settings-version"' in page
+    assert f"{settings.SLUICE_MODEL_NAME}@default" in page and str(settings.SLUICE_MODEL_PATH) in page
+    assert ">serving<" in page
+    adopt = re.search(r'href="(/admin/inference/modelversion/add/\?[^"]+)"', page)
+    assert adopt, page
+    form = staff.get(html.unescape(adopt.group(1)))
+    assert form.status_code == 200
+    initial = form.context["adminform"].form.initial
+    assert (initial["served_name"], initial["path"], initial["status"]) == (
+        settings.SLUICE_MODEL_NAME, str(settings.SLUICE_MODEL_PATH), "draft",
+    )  # fmt: skip
+
+    ModelVersion.objects.create(
+        served_name=settings.SLUICE_MODEL_NAME, label="v1", path=str(demo_model_dir), status="stable"
+    )
+    registry_invalidate()
+    assert "superseded" in staff.get("/admin/inference/modelversion/").content.decode()
+
+
+def test_a_versions_health_is_a_table(staff: Client, demo_model_dir: object) -> None:
+    from inference.models import ModelVersion
+
+    version = ModelVersion.objects.create(served_name="svc", label="v1", path=str(demo_model_dir))
+    page = staff.get(f"/admin/inference/modelversion/{version.pk}/change/").content.decode()
+    health = page[page.index('id="health"') :][:1000]
+    assert "time to first token, p99" in health and "ttft_p99_ms" not in page and "None" not in health

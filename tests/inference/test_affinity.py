@@ -131,7 +131,14 @@ def test_a_session_stays_on_its_worker_and_falls_back(
     (model_dir / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 8192}))
     model = ServedModel(name=MODEL, path=model_dir)
     key = model.key
-    env = child_env(test_database_url, model_dir, SLUICE_MODEL_NAME=MODEL, SLUICE_WORKER_MODELS=MODEL)
+    # A dead worker's heartbeat expires after 6 s (15 s by default): the test waits for that.
+    env = child_env(
+        test_database_url,
+        model_dir,
+        SLUICE_MODEL_NAME=MODEL,
+        SLUICE_WORKER_MODELS=MODEL,
+        SLUICE_HEARTBEAT_TTL_S="6",
+    )
     # Two task threads each: two long jobs fill a worker (prefetch 1), so a third goes elsewhere.
     workers: dict[str, ServerProcess] = {
         name: worker_process(env, model=MODEL, name=name, log_dir=tmp_path, concurrency=2).start()

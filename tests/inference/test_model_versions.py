@@ -67,9 +67,11 @@ def test_hot_switch_under_load(
     try:
         wait_until(lambda: len(results) >= 10, timeout=60, what="traffic on v1")
         v2 = create("v2", random_model_dir, status=VersionStatus.DRAFT)
+        # Every process sees the change at once (the registry's generation): what was sent
+        # before the switch began went to v1; from the activation on, either may serve.
+        switched = time.monotonic()
         version_activate(version=v2, status=VersionStatus.STABLE, actor="test")
         version_retire(version=v1, actor="test")
-        switched = time.monotonic()
         wait_until(
             lambda: sum(1 for t, _, _ in results if t > switched + 6) >= 10, timeout=90, what="traffic on v2"
         )

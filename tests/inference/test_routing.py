@@ -1,9 +1,10 @@
-"""Version routing: weighted split, stickiness per user, breakers and fallbacks (pure)."""
+"""Version routing: weighted split, stickiness per user, breakers and fallbacks (pure), and a name added a moment ago."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,3 +67,53 @@ def test_open_breaker_sends_traffic_to_the_fallback_else_the_healthy_rest() -> N
     healthy = version(4, 50)
     assert route_among([broken, healthy], [broken, healthy], point, {"m@v1"}) == healthy
     assert route_among([broken], [broken, fallback], point, {"m@v1", "m@v3"}) is None
+
+
+@pytest.mark.django_db
+def test_a_name_added_a_moment_ago_is_known_at_once(settings: Any, demo_model_dir: Path) -> None:
+    """Each process caches the version table; a name it does not know is looked up again
+    (at most every 0.5 s) before the request is told the model does not exist."""
+    from inference import registry
+    from inference.models import ModelVersion
+
+    settings.SLUICE_REGISTRY_CACHE_S = 3600
+    registry.registry_invalidate()
+    registry._last_miss_reload = 0.0
+    assert registry.canonical_name("fresh-name") is None  # cached now, for an hour
+    registry._last_miss_reload = 0.0  # as if 0.5 s had passed
+    ModelVersion.objects.create(
+        served_name="fresh-name", label="v1", path=str(demo_model_dir), status="stable"
+    )
+    assert registry.canonical_name("fresh-name") == "fresh-name"
+    ModelVersion.objects.create(served_name="another", label="v1", path=str(demo_model_dir), status="stable")
+    assert registry.canonical_name("another") is None  # within 0.5 s of the last look: no query
+    registry.registry_invalidate()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_made_by_another_process_is_seen_at_once(settings: Any, demo_model_dir: Path) -> None:
+    """Another process changed the table and bumped the generation: this process's cache
+    (an hour here) is reloaded within GENERATION_CHECK_S; a save here bumps it too."""
+    from config.processes import wait_until
+    from inference import registry
+    from inference.models import ModelVersion
+    from inference.store import get_redis
+
+    settings.SLUICE_REGISTRY_CACHE_S = 3600
+    version = ModelVersion.objects.create(
+        served_name="gen", label="v1", path=str(demo_model_dir), status="stable"
+    )
+    assert [v.status for v in registry.all_versions() if v.name == "gen"] == ["stable"]
+    ModelVersion.objects.filter(pk=version.pk).update(status="retired")  # no signal: "elsewhere"
+    assert [v.status for v in registry.all_versions() if v.name == "gen"] == ["stable"]  # cached
+    get_redis().incr(registry.GENERATION_KEY)
+    wait_until(
+        lambda: [v.status for v in registry.all_versions() if v.name == "gen"] == ["retired"],
+        timeout=5,
+        what="the reload",
+    )
+    before = registry._read_generation()
+    version.label = "v2"
+    version.save()  # the signal bumps the generation once committed
+    assert registry._read_generation() not in (before, None)
+    registry.registry_invalidate()

@@ -162,3 +162,8 @@ def test_a_jobs_timeline_is_ordered_and_complete(
     html = page.content.decode()
     assert 'id="job-timeline"' in html and 'id="rendered-prompt"' in html
     assert job.worker in html
+    # A running job (no first token yet) says "not yet", never "None ms".
+    Job.objects.filter(id=job_id).update(status="running", first_token_at=None, finished_at=None)
+    running = client.get(f"/admin/inference/job/{job_id}/change/").content.decode()
+    timeline = running[running.index('id="job-timeline"') :].split("</table>")[0]
+    assert "not yet" in timeline and "None" not in timeline

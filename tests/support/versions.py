@@ -61,6 +61,8 @@ def versions_worker(
         SLUICE_BREAKER_MIN_SAMPLES="4",
         SLUICE_BREAKER_COOLDOWN_S="120",
         SLUICE_TGI_RETRIES="3",
+        # Job-level retries after a transient failure: 0.2 s, 0.4 s ... (1 s, 2 s ... by default).
+        SLUICE_RETRY_BACKOFF_S="0.2",
         SLUICE_TGI_BACKOFF_S="0.2",
         SLUICE_TGI_TIMEOUT_S="5",
         SLUICE_WORKER_METRICS_PORT=str(metrics_port),

@@ -26,6 +26,7 @@
       td.className = "py-1 pr-3 align-top";
       if (cell instanceof Node) td.appendChild(cell);
       else td.textContent = fmt(cell);
+      if (td.textContent.length > 40) td.classList.add("wrap"); // long text wraps, the rest never
       tr.appendChild(td);
     }
     return tr;
@@ -174,7 +175,10 @@
       if (key === "workers") {
         el.textContent = `${workers.filter((w) => w.state === "ok").length} / ${workers.length}`;
       } else {
-        el.textContent = fmt((s.totals || {})[key] ?? 0, 0);
+        const value = (s.totals || {})[key] ?? 0;
+        el.textContent = fmt(value, 0);
+        // Red only when something failed: "Failed 0" in red read as an alarm.
+        el.style.color = key === "failed" && value > 0 ? "#b91c1c" : "";
       }
     }
   }
