@@ -35,11 +35,11 @@ from inference.batching import FinishReason, IncrementalDecoder  # noqa: E402
 from inference.engine import SequenceResult  # noqa: E402
 from inference.jobstream import StreamEntry  # noqa: E402
 from inference.models import Job, JobStatus  # noqa: E402
-from inference.registry import default_model  # noqa: E402
 from inference.sampling_params import SamplingParams  # noqa: E402
 from inference.services import job_finish, job_prompt  # noqa: E402
 from inference.store import get_redis, get_streams  # noqa: E402
 from inference.streams import Progress  # noqa: E402
+from inference.versions.registry import default_model  # noqa: E402
 
 logger = logging.getLogger("bench.celery_batches")
 app = Celery("sluice-bench-celery-batches")

@@ -23,10 +23,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from inference.metrics import workers_seen
-from inference.registry import all_versions
 from inference.store import get_redis
 from inference.timeseries import WINDOWS, Histogram, Window, read
-from inference.versions import open_breakers
+from inference.versions.health import open_breakers
+from inference.versions.registry import all_versions
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def _versions_table(window: Window, scope: Scope) -> list[dict[str, Any]]:
 def _upstreams_table(client: Any, window: Window, scope: Scope) -> list[dict[str, Any]]:
     """Every upstream replica of an openai version: health, fleet-wide load, and from the
     window its time to first token and requests by result."""
-    from inference.upstreams import read_replicas, registered_versions
+    from inference.versions.replicas import read_replicas, registered_versions
 
     requests = window.groups("up_req")
     rows: list[dict[str, Any]] = []

@@ -25,7 +25,7 @@ from gateway.services import (
 )
 from inference.admission.ratelimit import Capacity, Decision, Limits, Outcome, Quota, Ticket
 from inference.metrics import record_request_end
-from inference.registry import ServedModel
+from inference.versions.registry import ServedModel
 
 HEADERS_ATTR = "_sluice_ratelimit_headers"
 

@@ -26,10 +26,10 @@ from gateway.guards import RequestGuards
 from inference.backends.support import unsupported_by
 from inference.models import JobKind
 from inference.prompts import ChatTemplateError, ModelFilesError
-from inference.registry import ServedModel, resolve_model
-from inference.routing import route
 from inference.sampling_params import SamplingParams
 from inference.tools.calls import ToolPlan, arguments_object
+from inference.versions.registry import ServedModel, resolve_model
+from inference.versions.routing import route
 
 ROLE_ALIASES = {"developer": "system"}
 MAX_TOP_LOGPROBS = 20

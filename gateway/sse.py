@@ -19,7 +19,7 @@ from rest_framework.renderers import BaseRenderer
 from inference.client import job_client, release_connection
 from inference.metrics import record_latency
 from inference.models import Job
-from inference.registry import version_label
+from inference.versions.registry import version_label
 
 KEEPALIVE = b": keepalive\n\n"
 

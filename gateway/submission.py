@@ -35,7 +35,7 @@ from gateway.prepare import PreparedRequest
 from gateway.sse import sse_comment, sse_response
 from inference.client import db, job_client, release_connection
 from inference.models import Job, JobStatus
-from inference.registry import VersionGone
+from inference.versions.registry import VersionGone
 
 logger = logging.getLogger(__name__)
 

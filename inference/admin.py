@@ -36,19 +36,18 @@ from inference.models import (
     UserProfile,
 )
 from inference.rag.services import document_upload
-from inference.registry import all_versions, registry_invalidate, settings_version
 from inference.selectors import job_timings, version_replicas
 from inference.services import deadletter_discard, deadletter_requeue, job_cancel
 from inference.usage import usage_csv, usage_daily_chart
-from inference.versions import (
-    open_breakers,
+from inference.versions.health import open_breakers, version_stats
+from inference.versions.lifecycle import (
     version_activate,
     version_drain,
     version_promote,
     version_retire,
     version_rollback,
-    version_stats,
 )
+from inference.versions.registry import all_versions, registry_invalidate, settings_version
 
 
 def _queued_note(t: dict[str, Any]) -> str:

@@ -27,8 +27,8 @@ from typing import Any
 from django.conf import settings
 
 from inference.metrics import WORKERS_SEEN_KEY, celery_queue_keys, fleet
-from inference.registry import SETTINGS_LABEL, ServedModel
 from inference.store import get_redis
+from inference.versions.registry import SETTINGS_LABEL, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -199,8 +199,8 @@ def affinity_reconcile(pinned: Iterable[tuple[Any, str, int | None, int, str]]) 
     their shared queue. ``pinned``: (job id, served name, version id, priority, worker) of
     queued jobs published to a worker's queue. Returns how many moved."""
     from inference.models import Job
-    from inference.registry import version_by_id
     from inference.services import job_publish
+    from inference.versions.registry import version_by_id
 
     rows = list(pinned)
     if not rows:
@@ -231,6 +231,6 @@ def affinity_reconcile(pinned: Iterable[tuple[Any, str, int | None, int, str]]) 
 
 
 def _shared_queue(name: str, version_id: int | None) -> str:
-    from inference.registry import queue_for, version_queue
+    from inference.versions.registry import queue_for, version_queue
 
     return queue_for(name) if version_id is None else version_queue(version_id)

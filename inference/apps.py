@@ -5,10 +5,10 @@ from django.apps import AppConfig
 
 def _version_table_changed(**kwargs: Any) -> None:
     """Any save or delete of a ModelVersion (admin, services, a shell): every process's
-    registry reloads once the change is committed (inference/registry.py)."""
+    registry reloads once the change is committed (inference/versions/registry.py)."""
     from django.db import transaction
 
-    from inference.registry import registry_changed
+    from inference.versions.registry import registry_changed
 
     transaction.on_commit(registry_changed)
 

@@ -417,7 +417,7 @@ class FleetCollector:
 
     def _gauges(self, client: redis.Redis) -> Iterator[Metric]:
         from inference.admission.ratelimit import RateLimiter
-        from inference.registry import all_versions
+        from inference.versions.registry import all_versions
 
         waiting = GaugeMetricFamily(
             "sluice_jobs_in_queue", "Jobs waiting: in the model's queues and in engines", labels=["model"]
@@ -692,7 +692,7 @@ class UpstreamCollector:
 
     def collect(self) -> Iterator[Metric]:
         from inference.store import get_redis
-        from inference.upstreams import read_replicas, registered_versions
+        from inference.versions.replicas import read_replicas, registered_versions
 
         labels = ["model", "version", "replica"]
         healthy = GaugeMetricFamily(
@@ -741,3 +741,24 @@ def register_fleet_collector() -> None:
             REGISTRY.register(StoreCollector())
             REGISTRY.register(UpstreamCollector())
             _registered = True
+
+
+class UpstreamMetrics:
+    """Per-replica latencies and outcomes, into the fleet series (/metrics) and the console's."""
+
+    def __init__(self, version: str) -> None:
+        model, _, label = version.partition("@")
+        self.model, self.label = model, label or "default"
+
+    def ttft(self, url: str, seconds: float) -> None:
+        labels = (self.model, self.label, url)
+        fleet.observe("sluice_upstream_time_to_first_token_seconds", labels, seconds)
+        series_buffer().observe("up_ttft", labels, seconds)
+
+    def itl(self, url: str, seconds: float) -> None:
+        fleet.observe("sluice_upstream_inter_token_latency_seconds", (self.model, self.label, url), seconds)
+
+    def outcome(self, url: str, result: str) -> None:
+        labels = (self.model, self.label, url, result)
+        fleet.count("sluice_upstream_requests_total", labels)
+        series_buffer().add("up_req", labels)

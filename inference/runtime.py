@@ -29,10 +29,10 @@ from inference.affinity import affinity_queue
 from inference.backends.base import ModelBackend
 from inference.engine import Engine
 from inference.metrics import WORKERS_SEEN_KEY, EngineMetrics, celery_queue_keys, record_heartbeat
-from inference.registry import ServedModel, all_versions, queue_for
 from inference.store import get_redis, get_streams
 from inference.streams import RedisTokenSink
-from inference.upstreams import resolve_api_key
+from inference.versions.registry import ServedModel, all_versions, queue_for
+from inference.versions.replicas import resolve_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def load_backend(model: ServedModel, *, worker: str = "") -> ModelBackend:
     info = model.info
     if model.backend == "openai":
         from inference.backends.openai_compat import OpenAICompatBackend
-        from inference.upstreams import ReplicaPool, UpstreamMetrics
+        from inference.metrics import UpstreamMetrics
+        from inference.versions.replicas import ReplicaPool
 
         pool = ReplicaPool(
             model.key,
@@ -254,7 +255,7 @@ class WorkerRuntime:
 
     def _event_loaded(self, loaded: LoadedVersion) -> None:
         from inference.models import EventKind
-        from inference.versions import version_event
+        from inference.versions.lifecycle import version_event
 
         try:
             if loaded.error:
@@ -319,7 +320,7 @@ class WorkerRuntime:
             logger.info("unloaded %s", key)
             try:
                 from inference.models import EventKind
-                from inference.versions import version_event
+                from inference.versions.lifecycle import version_event
 
                 version_event(
                     loaded.model.version_id, EventKind.UNLOADED, f"unloaded from {self.name}", actor=self.name
@@ -480,7 +481,7 @@ class WorkerRuntime:
 
     def _reconcile_loop(self) -> None:
         from inference.services import jobs_reconcile
-        from inference.versions import versions_health_check
+        from inference.versions.health import versions_health_check
 
         client = get_redis()
         interval = settings.SLUICE_RECONCILE_INTERVAL_S

@@ -13,7 +13,7 @@ from inference.models import Job, ModelVersion
 from inference.store import get_redis
 
 if TYPE_CHECKING:
-    from inference.upstreams import ReplicaState
+    from inference.versions.replicas import ReplicaState
 
 
 def job_get_for_user(*, user: User, job_id: str | uuid.UUID) -> Job | None:
@@ -44,7 +44,7 @@ def job_timings(job: Job) -> dict[str, Any]:
     """A job's timeline in milliseconds: received -> admitted (wait, and what for) -> queued
     -> started (worker, version, attempt) -> first token -> finished. A step that has not
     happened (or a job from before timelines were kept) is ``null``."""
-    from inference.registry import version_by_id
+    from inference.versions.registry import version_by_id
 
     received = job.received_at or job.queued_at
     version = version_by_id(job.model_version_id, job.model)
@@ -97,7 +97,7 @@ def worker_heartbeats() -> list[dict[str, Any]]:
 def version_replicas(version: ModelVersion) -> list[ReplicaState]:
     """An openai version's replicas with their health and fleet-wide load (empty for others,
     or when Redis is unreachable)."""
-    from inference.upstreams import read_replicas
+    from inference.versions.replicas import read_replicas
 
     if version.backend != "openai" or not version.pk:
         return []

@@ -33,7 +33,14 @@ from inference.models import CachedResult, DeadLetter, DeadLetterReason, Job, Jo
 from inference.prompts import ChatTemplateError, ModelFilesError
 from inference.rag.selectors import Hit, chunks_search
 from inference.rag.services import local_embedder
-from inference.registry import (
+from inference.sampling_params import SamplingParams
+from inference.store import get_streams
+from inference.streams import Progress, cancel_key, stream_key
+from inference.textutil import pg_safe
+from inference.tools.calls import ToolPlan
+from inference.usage import job_ended
+from inference.versions.health import version_record_outcome
+from inference.versions.registry import (
     ServedModel,
     VersionGone,
     queue_for,
@@ -41,14 +48,7 @@ from inference.registry import (
     version_by_id,
     version_queue,
 )
-from inference.routing import route
-from inference.sampling_params import SamplingParams
-from inference.store import get_streams
-from inference.streams import Progress, cancel_key, stream_key
-from inference.textutil import pg_safe
-from inference.tools.calls import ToolPlan
-from inference.usage import job_ended
-from inference.versions import version_record_outcome
+from inference.versions.routing import route
 
 logger = logging.getLogger(__name__)
 
@@ -396,7 +396,7 @@ def _run_claimed(*, job: Job, token: str, runtime: Any, model: ServedModel | Non
     loaded = runtime.ensure(model)
     if loaded.engine is None:
         # Not retried: a version that cannot load fails its jobs fast, so that its circuit
-        # breaker opens and a failing canary is rolled back (inference/versions.py).
+        # breaker opens and a failing canary is rolled back (inference/versions/health.py).
         _finish_without_run(
             job=job,
             token=token,

@@ -18,7 +18,7 @@ from django.db import connection
 
 from inference.metrics import record_request_end, record_usage
 from inference.models import Job, JobStatus, UsageDaily
-from inference.registry import version_by_id
+from inference.versions.registry import version_by_id
 
 logger = logging.getLogger(__name__)
 

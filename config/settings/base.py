@@ -321,7 +321,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(SLUICE_MAX_UPLOAD_BYTES, SLUICE_MAX_REQUEST_BY
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000  # Django's default, stated: more is a 400
 FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # larger files are spooled to disk, never held in memory
 
-# --- Model versions (inference/registry.py, inference/versions.py) ---
+# --- Model versions (inference/versions/) ---
 SLUICE_REGISTRY_CACHE_S = env.get_float("SLUICE_REGISTRY_CACHE_S", 2.0)
 # A worker's heartbeat (every 2 s) lives this long: a worker silent for longer is gone (its
 # session-affinity queue is emptied into the shared one, the console shows it down).
@@ -340,7 +340,7 @@ SLUICE_BREAKER_COOLDOWN_S = env.get_float("SLUICE_BREAKER_COOLDOWN_S", 30.0)
 SLUICE_TGI_RETRIES = env.get_int("SLUICE_TGI_RETRIES", 3)
 SLUICE_TGI_BACKOFF_S = env.get_float("SLUICE_TGI_BACKOFF_S", 0.5)
 SLUICE_TGI_TIMEOUT_S = env.get_float("SLUICE_TGI_TIMEOUT_S", 30.0)
-# OpenAI-compatible upstreams (inference/backends/openai_compat.py, inference/upstreams.py): the
+# OpenAI-compatible upstreams (inference/backends/openai_compat.py, inference/versions/replicas.py): the
 # same attempts, backoff and read timeout (defaulting to the TGI ones); consecutive failures
 # (requests or probes) that take a replica out of rotation, how long it stays out before one
 # trial request may go to it (half-open), and how often every worker probes every replica.

@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from inference.registry import served_models
+from inference.versions.registry import served_models
 
 PROBE_TIMEOUT_S = 2
 SUPERVISOR_KEY = "sluice:supervisor"  # = config.run.SUPERVISOR_KEY

@@ -22,6 +22,7 @@ from dashboard.audit import audit_changed, audit_created, audit_deleted, object_
 from gateway.apis.base import GatewayApiView
 from gateway.apis.sessions import PAGE, page_params
 from gateway.auth import request_user
+from gateway.bodies import validated_body
 from gateway.errors import ApiError
 from gateway.fields import StrictCharField, StrictFloatField, StrictIntegerField
 from gateway.parsers import BoundedJSONParser
@@ -118,11 +119,7 @@ class KnowledgeBaseWriteSerializer(serializers.Serializer):
 
 
 def _validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
-    if not isinstance(request.data, dict):
-        raise ApiError("The request body must be a JSON object.", code="invalid_json")
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
+    return validated_body(request, serializer_class)
 
 
 def _sharing(data: dict[str, Any]) -> tuple[list[User] | None, list[Group] | None]:

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 
 from gateway.apis.base import GatewayApiView
 from gateway.auth import request_user
-from gateway.errors import ApiError
+from gateway.bodies import validated_body
 from gateway.fields import StrictCharField
 from inference.chat.selectors import profile_attributes
 from inference.chat.services import profile_update
@@ -37,11 +37,7 @@ class ProfileGetApi(GatewayApiView):
 class ProfileUpdateApi(GatewayApiView):
     @extend_schema(request=ProfileSerializer, responses={200: OpenApiResponse(description="your profile")})
     def patch(self, request: Request) -> Response:
-        if not isinstance(request.data, dict):
-            raise ApiError("The request body must be a JSON object.", code="invalid_json")
-        serializer = ProfileSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        profile = profile_update(user=request_user(request), **serializer.validated_data)
+        profile = profile_update(user=request_user(request), **validated_body(request, ProfileSerializer))
         return Response(
             _body({"language": profile.language, "role": profile.role, "interests": profile.interests})
         )

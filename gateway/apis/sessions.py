@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from gateway.apis.base import GatewayApiView
 from gateway.auth import request_user
+from gateway.bodies import validated_body
 from gateway.errors import ApiError
 from gateway.fields import StrictCharField
 from inference.chat.selectors import session_get_for_user, sessions_for_user
@@ -75,11 +76,7 @@ class SessionWriteSerializer(serializers.Serializer):
 
 
 def _validated(request: Request) -> dict[str, Any]:
-    if not isinstance(request.data, dict):
-        raise ApiError("The request body must be a JSON object.", code="invalid_json")
-    serializer = SessionWriteSerializer(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
+    return validated_body(request, SessionWriteSerializer)
 
 
 class SessionCreateApi(GatewayApiView):

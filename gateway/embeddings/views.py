@@ -23,6 +23,7 @@ from rest_framework.response import Response
 
 from gateway.admission import HEADERS_ATTR, admit
 from gateway.apis.base import GatewayApiView
+from gateway.bodies import validated_body
 from gateway.errors import ApiError, openai_exception_handler
 from gateway.fields import StrictCharField, StrictIntegerField
 from gateway.openai.serializers import PromptField
@@ -53,11 +54,7 @@ class EmbeddingCreateApi(GatewayApiView):
         summary="Create embeddings (OpenAI-compatible)",
     )
     def post(self, request: Request) -> Response:
-        if not isinstance(request.data, dict):
-            raise ApiError("The request body must be a JSON object.", code="invalid_json")
-        serializer = EmbeddingCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = validated_body(request, EmbeddingCreateSerializer)
         name = settings.SLUICE_EMBEDDING_MODEL_NAME
         if data["model"] != name:
             raise ApiError(

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from gateway.apis.base import GatewayApiView, StreamingApiView
 from gateway.auth import request_api_key, request_user
+from gateway.bodies import validated_body
 from gateway.errors import ApiError
 from gateway.idempotency import IdempotencyClaim
 from gateway.jobs.serializers import JobCreateSerializer, job_prepare
@@ -49,12 +50,10 @@ class JobCreateApi(GatewayApiView):
         summary="Submit a job",
     )
     def post(self, request: Request) -> Response:
-        if not isinstance(request.data, dict):
-            raise ApiError("The request body must be a JSON object.", code="invalid_json")
-        serializer = JobCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
         prepared = job_prepare(
-            dict(serializer.validated_data), user=request_user(request), api_key=request_api_key(request)
+            validated_body(request, JobCreateSerializer),
+            user=request_user(request),
+            api_key=request_api_key(request),
         )
         caller = Caller.of(request)
         claim = IdempotencyClaim.begin(request, user_id=caller.user.pk)

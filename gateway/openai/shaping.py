@@ -15,9 +15,9 @@ from inference.client import job_client
 from inference.jobstream import EntryKind, StreamEntry
 from inference.models import Job
 from inference.prompts import ModelInfo
-from inference.registry import ServedModel
 from inference.services import EOS, STOP_SEQUENCE
 from inference.tools.calls import Call, CallStart, Content, Event, ToolCallStream, ToolPlan
+from inference.versions.registry import ServedModel
 
 
 def finish_reason(reason: str) -> str | None:

@@ -14,6 +14,7 @@ from rest_framework.response import Response
 
 from gateway.apis.base import GatewayApiView, StreamingApiView
 from gateway.auth import request_api_key, request_user
+from gateway.bodies import validated_body
 from gateway.errors import ApiError, openai_exception_handler
 from gateway.guards import guards_for
 from gateway.idempotency import IdempotencyClaim
@@ -32,8 +33,8 @@ from gateway.prepare import (
 from gateway.sse import observe_completed, sse_response
 from gateway.submission import Caller, Submission, submit_all
 from inference.models import Job
-from inference.registry import ServedModel, served_models
 from inference.tools.calls import ToolError, ToolPlan, tool_plan
+from inference.versions.registry import ServedModel, served_models
 
 
 class OpenAIView(StreamingApiView):
@@ -47,15 +48,14 @@ def _unsupported(message: str, param: str) -> ApiError:
 
 def validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
     """The body checked: every parameter known (refused ones at their neutral value), then typed."""
-    if not isinstance(request.data, dict):
-        raise ApiError("The request body must be a JSON object.", code="invalid_json")
     refused = getattr(serializer_class, "REFUSED", {})
-    check_parameters(
-        request.data, known=declared(serializer_class, refused), refused=refused, error=_unsupported
+    return validated_body(
+        request,
+        serializer_class,
+        check=lambda data: check_parameters(
+            data, known=declared(serializer_class, refused), refused=refused, error=_unsupported
+        ),
     )
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
 
 
 #: SamplingParams fields under the names OpenAI's and vLLM's clients send them.

@@ -26,6 +26,7 @@ from rest_framework.response import Response
 from gateway import structured
 from gateway.apis.base import GatewayApiView, StreamingApiView
 from gateway.auth import request_api_key, request_user
+from gateway.bodies import validated_body
 from gateway.errors import ApiError, openai_exception_handler
 from gateway.guards import guards_for
 from gateway.idempotency import IdempotencyClaim
@@ -103,17 +104,16 @@ class ResponseCreateApi(ResponsesView):
         summary="Create a response (OpenAI Responses API)",
     )
     def post(self, request: Request) -> Any:
-        if not isinstance(request.data, dict):
-            raise ApiError("The request body must be a JSON object.", code="invalid_json")
-        check_parameters(
-            request.data,
-            known=declared(ResponseCreateSerializer, REFUSED),
-            refused=REFUSED,
-            error=lambda message, param: ApiError(message, code="unsupported_parameter", param=param),
+        data = validated_body(
+            request,
+            ResponseCreateSerializer,
+            check=lambda body: check_parameters(
+                body,
+                known=declared(ResponseCreateSerializer, REFUSED),
+                refused=REFUSED,
+                error=lambda message, param: ApiError(message, code="unsupported_parameter", param=param),
+            ),
         )
-        serializer = ResponseCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = dict(serializer.validated_data)
         user = request_user(request)
         items = input_messages(data["input"])
         previous: Job | None = None

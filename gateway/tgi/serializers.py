@@ -8,6 +8,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 
 from gateway import structured
+from gateway.bodies import body_object
 from gateway.errors import ApiError, first_error
 from gateway.fields import (
     AnyJSONField,
@@ -81,14 +82,13 @@ def unprocessable(message: str, *, param: str | None = None, code: str = "valida
 
 
 def validated(request: Request) -> dict[str, Any]:
-    if not isinstance(request.data, dict):
-        raise unprocessable("The request body must be a JSON object.", code="invalid_json")
+    body = body_object(request, error=lambda message, code: unprocessable(message, code=code))
 
     def refuse(message: str, param: str) -> ApiError:
         return unprocessable(message, code="unsupported_parameter", param=param)
 
-    check_parameters(request.data, known=TgiGenerateSerializer().fields, refused={}, error=refuse)
-    parameters = request.data.get("parameters") or {}
+    check_parameters(body, known=TgiGenerateSerializer().fields, refused={}, error=refuse)
+    parameters = body.get("parameters") or {}
     if isinstance(parameters, dict):
         check_parameters(
             parameters,
@@ -97,7 +97,7 @@ def validated(request: Request) -> dict[str, Any]:
             error=refuse,
             prefix="parameters.",
         )
-    serializer = TgiGenerateSerializer(data=request.data)
+    serializer = TgiGenerateSerializer(data=body)
     if not serializer.is_valid():
         param, message = first_error(serializer.errors)
         raise unprocessable(f"Invalid value for '{param}': {message}", param=param)

@@ -39,9 +39,9 @@ from gateway.tgi.serializers import (
     unprocessable,
     validated,
 )
-from inference.registry import default_model, served_models
 from inference.sampling_params import SamplingParams, StructuredOutput
 from inference.selectors import worker_heartbeats
+from inference.versions.registry import default_model, served_models
 
 #: SamplingParams fields under TGI's names.
 PARAM_NAMES = {

@@ -17,7 +17,7 @@ Two ways to speak to it, per version (``token_ids``):
   came; ids are this version's tokenizer's reading of it, and usage is the upstream's own count
   (``stream_options.include_usage``) when it reports one.
 
-Replicas: each request asks the `ReplicaPool` (inference/upstreams.py) for the least-loaded
+Replicas: each request asks the `ReplicaPool` (inference/versions/replicas.py) for the least-loaded
 healthy replica. A connection error, a timeout, a 429 or 5xx before the first token is
 retried with backoff, on another replica when there is one; after the first token nothing can be
 retried (the output would repeat), so a failure mid-stream fails the sequence with a clear
@@ -41,7 +41,7 @@ from inference.prompts import ModelInfo
 from inference.sampling_params import SamplingParams, StructuredKind, StructuredOutput
 
 if TYPE_CHECKING:
-    from inference.upstreams import Lease, ReplicaPool
+    from inference.versions.replicas import Lease, ReplicaPool
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def base_url(url: str) -> str:
 
 
 class UpstreamObserver(Protocol):
-    """Where per-replica latencies go (inference/upstreams.py wires in the metrics)."""
+    """Where per-replica latencies go (inference/versions/replicas.py wires in the metrics)."""
 
     def ttft(self, url: str, seconds: float) -> None: ...
 

@@ -17,7 +17,7 @@ from dashboard.models import AuditEntry, AuthFailure
 from gateway.models import RateLimitPolicy
 from gateway.services import apikey_create
 from inference.models import ModelVersion, ModelVersionEvent
-from inference.versions import version_rollback
+from inference.versions.lifecycle import version_rollback
 from tests.conftest import ApiUser, Live
 
 pytestmark = pytest.mark.django_db(transaction=True)

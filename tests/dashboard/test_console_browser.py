@@ -2,7 +2,8 @@
 selenium; nothing is downloaded): log in, open the dashboard while the live server serves
 traffic, and see the charts receive data points and update without a reload. A screenshot
 is saved under the test's tmp dir (and, with SLUICE_CONSOLE_SCREENSHOT set, there too: the
-README's picture is made this way)."""
+README's picture is made this way). With SLUICE_CONSOLE_SCREENSHOTS naming a folder, every
+console page the test walks is saved there."""
 
 from __future__ import annotations
 
@@ -194,6 +195,9 @@ def test_console_charts_update_live_under_traffic(
             assert "Server Error" not in browser.title and "Page not found" not in browser.title, page
             errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
             assert errors == [], (page, errors)
+            if os.environ.get("SLUICE_CONSOLE_SCREENSHOTS"):  # a folder: every page, for review
+                name = page.strip("/").replace("/", "_").replace("?", "_") or "landing"
+                browser.save_screenshot(str(Path(os.environ["SLUICE_CONSOLE_SCREENSHOTS"]) / f"{name}.png"))
         assert "Sluice" in browser.find_element(By.TAG_NAME, "h1").text  # the landing page
         # Logged out, the login page straight (no ?next=) lands in the admin.
         browser.delete_all_cookies()

@@ -183,7 +183,7 @@ def test_the_settings_served_model_is_on_the_version_list(staff: Client, demo_mo
     from django.conf import settings
 
     from inference.models import ModelVersion
-    from inference.registry import registry_invalidate
+    from inference.versions.registry import registry_invalidate
 
     registry_invalidate()
     page = staff.get("/admin/inference/modelversion/").content.decode()

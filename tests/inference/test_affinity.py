@@ -16,10 +16,10 @@ from inference.affinity import Affinity, affinity_queue, decide, preferred_worke
 from inference.chat.services import session_create
 from inference.metrics import WORKERS_SEEN_KEY, celery_queue_keys
 from inference.models import Job, JobKind, JobStatus, ModelVersion
-from inference.registry import ServedModel
 from inference.sampling_params import SamplingParams
 from inference.services import job_cancel, job_create
 from inference.store import get_redis
+from inference.versions.registry import ServedModel
 from tests.conftest import ApiUser, child_env
 
 

@@ -12,10 +12,10 @@ import pytest
 from config.processes import wait_until, worker_process
 from inference.backends.torch_local import TorchCausalLMBackend
 from inference.models import Job, JobStatus
-from inference.registry import ServedModel
 from inference.sampling_params import SamplingParams
 from inference.services import job_create, job_publish
 from inference.store import get_redis, get_streams
+from inference.versions.registry import ServedModel
 from tests.conftest import ApiUser, child_env
 from tests.support.redis_entries import stream_entries
 

@@ -10,9 +10,9 @@ import pytest
 
 from config.processes import wait_until, worker_process
 from inference.models import Job, JobStatus
-from inference.registry import ServedModel
 from inference.sampling_params import SamplingParams
 from inference.services import job_create
+from inference.versions.registry import ServedModel
 from tests.conftest import ApiUser, child_env
 
 pytestmark = pytest.mark.e2e

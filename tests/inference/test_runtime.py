@@ -12,8 +12,8 @@ import pytest
 from inference import runtime
 from inference.backends.base import ModelBackend
 from inference.batching import SequenceRequest
-from inference.registry import ServedModel
 from inference.sampling_params import SamplingParams
+from inference.versions.registry import ServedModel
 
 
 def test_on_own_thread_returns_what_the_function_returns_from_a_thread_that_has_ended() -> None:

@@ -17,10 +17,10 @@ from django.utils import timezone
 
 from inference.metrics import celery_queue_keys
 from inference.models import DeadLetter, Job, JobStatus
-from inference.registry import ServedModel, queue_for
 from inference.sampling_params import SamplingParams
 from inference.services import job_cancel, job_create, jobs_reconcile
 from inference.store import get_redis, get_streams
+from inference.versions.registry import ServedModel, queue_for
 from tests.support.redis_entries import stream_entries
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -163,7 +163,7 @@ def test_a_version_deleted_after_routing_gets_its_job_rerouted(
     """A web process routes with a registry cached for a few seconds: a version deleted (and
     replaced) meanwhile must not turn the insert's foreign-key failure into a 500."""
     from inference.models import ModelVersion
-    from inference.registry import VersionGone, registry_invalidate, version_by_id, version_queue
+    from inference.versions.registry import VersionGone, registry_invalidate, version_by_id, version_queue
 
     user = User.objects.create(username="u-gone")
     old = ModelVersion.objects.create(

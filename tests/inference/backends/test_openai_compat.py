@@ -32,7 +32,7 @@ from websockets.sync.client import connect
 from config.processes import ServerProcess, free_port, wait_until, web_process
 from inference.models import Job, JobStatus, ModelVersion
 from inference.store import get_redis
-from inference.upstreams import read_replicas
+from inference.versions.replicas import read_replicas
 from tests.conftest import TEST_MODEL_NAME, ApiUser, Live, child_env
 from tests.support import versions as versions_support
 from tests.support.metrics import scrape, value

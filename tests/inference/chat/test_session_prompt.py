@@ -10,8 +10,8 @@ from django.contrib.auth.models import User
 
 from inference.chat.services import profile_update, session_create, session_record_turn
 from inference.models import Job, JobKind, Message
-from inference.registry import ServedModel
 from inference.services import job_prompt
+from inference.versions.registry import ServedModel
 from tests.conftest import TEST_MODEL_NAME
 
 pytestmark = pytest.mark.django_db

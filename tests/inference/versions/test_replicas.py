@@ -1,4 +1,4 @@
-"""Replica choice and health (inference/upstreams.py) against the suite's real Redis: load is
+"""Replica choice and health (inference/versions/replicas.py) against the suite's real Redis: load is
 summed over workers, a dead worker's load expires, a replica's breaker opens, goes half-open
 for one trial at a time and closes on success; the upstream key from a variable or a file."""
 
@@ -12,7 +12,7 @@ import pytest
 
 from config.processes import wait_until
 from inference.store import get_redis
-from inference.upstreams import (
+from inference.versions.replicas import (
     CLOSED,
     HALF_OPEN,
     OPEN,

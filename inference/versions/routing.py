@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Sequence
 
-from inference.registry import ServedModel, all_versions, canonical_name, served_versions
+from inference.versions.registry import ServedModel, all_versions, canonical_name, served_versions
 
 
 def user_point(name: str, user_key: str) -> float:
@@ -53,7 +53,7 @@ def route_among(
 def route(name: str | None, user_key: str) -> ServedModel | None:
     """The version for this user's request to ``name`` (None: no such name, or nothing that can
     take it)."""
-    from inference.versions import open_breakers
+    from inference.versions.health import open_breakers
 
     canonical = canonical_name(name)
     if canonical is None:

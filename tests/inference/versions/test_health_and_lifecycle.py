@@ -9,24 +9,22 @@ import pytest
 from django.test import override_settings
 
 from inference.models import EventKind, ModelVersion, ModelVersionEvent, VersionStatus
-from inference.registry import (
+from inference.store import get_redis
+from inference.versions.health import (
+    breaker_key,
+    open_breakers,
+    stats_key,
+    version_record_outcome,
+    version_stats,
+    versions_health_check,
+)
+from inference.versions.lifecycle import version_drain, version_promote, version_rollback
+from inference.versions.registry import (
     all_versions,
     registry_invalidate,
     served_models,
     served_versions,
     version_by_id,
-)
-from inference.store import get_redis
-from inference.versions import (
-    breaker_key,
-    open_breakers,
-    stats_key,
-    version_drain,
-    version_promote,
-    version_record_outcome,
-    version_rollback,
-    version_stats,
-    versions_health_check,
 )
 from tests.conftest import TEST_MODEL_NAME
 

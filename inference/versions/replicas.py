@@ -332,33 +332,6 @@ class ReplicaPool:
         return read_replicas(self._client(), self.version, self.urls)
 
 
-class UpstreamMetrics:
-    """Per-replica latencies and outcomes, into the fleet series (/metrics) and the console's."""
-
-    def __init__(self, version: str) -> None:
-        model, _, label = version.partition("@")
-        self.model, self.label = model, label or "default"
-
-    def ttft(self, url: str, seconds: float) -> None:
-        from inference.metrics import fleet, series_buffer
-
-        labels = (self.model, self.label, url)
-        fleet.observe("sluice_upstream_time_to_first_token_seconds", labels, seconds)
-        series_buffer().observe("up_ttft", labels, seconds)
-
-    def itl(self, url: str, seconds: float) -> None:
-        from inference.metrics import fleet
-
-        fleet.observe("sluice_upstream_inter_token_latency_seconds", (self.model, self.label, url), seconds)
-
-    def outcome(self, url: str, result: str) -> None:
-        from inference.metrics import fleet, series_buffer
-
-        labels = (self.model, self.label, url, result)
-        fleet.count("sluice_upstream_requests_total", labels)
-        series_buffer().add("up_req", labels)
-
-
 def resolve_api_key(plain: str, env_name: str, environ: dict[str, str]) -> str:
     """The upstream's bearer token: from the environment variable named on the version, or
     the file its ``NAME_FILE`` variant points at (a mounted secret), else the plain field."""

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from inference.registry import ServedModel
-from inference.routing import choose, route_among, user_point
+from inference.versions.registry import ServedModel
+from inference.versions.routing import choose, route_among, user_point
 
 
 def version(
@@ -73,8 +73,8 @@ def test_open_breaker_sends_traffic_to_the_fallback_else_the_healthy_rest() -> N
 def test_a_name_added_a_moment_ago_is_known_at_once(settings: Any, demo_model_dir: Path) -> None:
     """Each process caches the version table; a name it does not know is looked up again
     (at most every 0.5 s) before the request is told the model does not exist."""
-    from inference import registry
     from inference.models import ModelVersion
+    from inference.versions import registry
 
     settings.SLUICE_REGISTRY_CACHE_S = 3600
     registry.registry_invalidate()
@@ -95,9 +95,9 @@ def test_a_change_made_by_another_process_is_seen_at_once(settings: Any, demo_mo
     """Another process changed the table and bumped the generation: this process's cache
     (an hour here) is reloaded within GENERATION_CHECK_S; a save here bumps it too."""
     from config.processes import wait_until
-    from inference import registry
     from inference.models import ModelVersion
     from inference.store import get_redis
+    from inference.versions import registry
 
     settings.SLUICE_REGISTRY_CACHE_S = 3600
     version = ModelVersion.objects.create(
