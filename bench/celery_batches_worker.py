@@ -11,7 +11,6 @@ nothing new joins until the whole batch has finished.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -67,12 +66,14 @@ def backend() -> TorchCausalLMBackend:
 
 
 def _heartbeat() -> None:
-    """Readiness for /readyz: the same heartbeat key Sluice's workers write."""
+    """Readiness for /readyz: the heartbeat Sluice's workers write, through the same writer."""
+    from inference.worker.heartbeat import beat_write
+
     model = default_model().name
     name = f"celery-batches@{socket.gethostname()}:{os.getpid()}"
     while True:
         payload = {"name": name, "models": [model], "backend": "celery-batches", "ts": time.time()}
-        get_redis().set(f"sluice:worker:{name}", json.dumps(payload), ex=15)
+        beat_write(get_redis(), name, payload, ttl_s=15)
         time.sleep(5)
 
 

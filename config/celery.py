@@ -1,4 +1,4 @@
-"""The Celery application. Workers run `celery -A config worker` (see inference/worker.py)."""
+"""The Celery application. Workers run `celery -A config worker` (see inference/worker/signals.py)."""
 
 from __future__ import annotations
 
@@ -34,4 +34,4 @@ def _share_the_disabled_backend(sender: Celery, **kwargs: Any) -> None:
 
 # Worker lifecycle hooks (model loading, engine shutdown). Connected here, at import, so that
 # they are in place before Celery sends worker_init.
-import inference.worker  # noqa: E402, F401
+import inference.worker.signals  # noqa: E402, F401

@@ -22,11 +22,11 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from inference.metrics import workers_seen
 from inference.store import get_redis
 from inference.timeseries import WINDOWS, Histogram, Window, read
 from inference.versions.health import open_breakers
 from inference.versions.registry import all_versions
+from inference.worker.heartbeat import workers_seen
 
 logger = logging.getLogger(__name__)
 
@@ -91,14 +91,22 @@ def _both(
     return lambda parts: first(parts) and second(parts)
 
 
-def _rates(values: list[float], window: Window) -> list[float]:
-    """Per-second rates of whole buckets (the charts leave the filling one out)."""
-    return [round(value / window.resolution, 3) for value in values]
+def _rates(values: list[float], window: Window, now: float) -> list[float]:
+    """Per-second rates; a bucket still filling (the newest, where it is drawn) is divided by
+    the time it has been filling, not by its whole span."""
+    out = []
+    for (start, _), value in zip(window.buckets, values, strict=True):
+        span = max(1.0, min(float(window.resolution), now - start))
+        out.append(round(value / span, 3))
+    return out
 
 
-def _time_labels(window: Window) -> list[str]:
+def _time_labels(window: Window, now: float) -> list[str]:
     fmt = "%H:%M:%S" if window.resolution < 60 else "%H:%M"
-    return [time.strftime(fmt, time.localtime(stamp)) for stamp in window.stamps]
+    labels = [time.strftime(fmt, time.localtime(stamp)) for stamp in window.stamps]
+    if labels and now - window.stamps[-1] < window.resolution:
+        labels[-1] += " (so far)"  # the bucket still filling, marked as partial
+    return labels
 
 
 def _dataset(label: str, data: list[Any], color: str, **extra: Any) -> dict[str, Any]:
@@ -111,26 +119,39 @@ COLORS = ["#9333ea", "#16a34a", "#dc2626", "#f59e0b", "#2563eb", "#0891b2", "#db
 OUTCOME_COLORS = {"succeeded": "#16a34a", "failed": "#dc2626", "cancelled": "#f59e0b", "rejected": "#6b7280"}
 
 
-def _charts(window: Window, scope: Scope) -> dict[str, dict[str, Any]]:
-    """Every chart's series. The newest bucket is still filling: drawn, it dipped at the right
-    edge of every chart, so the charts end at the last whole bucket (the cards and tables count
-    up to now). A bucket with no sample is a gap (None, no line drawn across it), not a zero."""
-    window = Window(
-        name=window.name, seconds=window.seconds, resolution=window.resolution, buckets=window.buckets[:-1]
-    )
-    labels = _time_labels(window)
+#: Windows whose buckets are this short leave the one still filling out of their charts.
+PARTIAL_BUCKET_MIN_S = 60
+
+
+def _charts(window: Window, scope: Scope, now: float) -> dict[str, dict[str, Any]]:
+    """Every chart's series. A bucket with no sample is a gap (None: no line is drawn across
+    it), not a zero. The newest bucket is still filling, and processes add their points up to
+    SLUICE_METRICS_FLUSH_S late: drawn in a 10 s bucket it dipped at every chart's right edge,
+    so the 5 minute window ends at the last whole bucket (its cards and tables count up to
+    now). Minute and ten-minute buckets are drawn as they fill, marked "(so far)", rates over
+    the time filled, so the 1 and 24 hour windows show the last minutes without waiting."""
+    if window.resolution < PARTIAL_BUCKET_MIN_S:
+        window = Window(
+            name=window.name,
+            seconds=window.seconds,
+            resolution=window.resolution,
+            buckets=window.buckets[:-1],
+        )
+    labels = _time_labels(window, now)
     req = scope.labels()
 
     def outcome(status: str) -> Callable[[list[str]], bool]:
         return lambda parts: req(parts) and len(parts) > 3 and parts[3] == status
 
     requests = [
-        _dataset(status, _rates(window.per_bucket("req", outcome(status)), window), OUTCOME_COLORS[status])
+        _dataset(
+            status, _rates(window.per_bucket("req", outcome(status)), window, now), OUTCOME_COLORS[status]
+        )
         for status in OUTCOMES
     ]
     tokens = [
-        _dataset("generated/s", _rates(window.per_bucket("tok_gen", req), window), COLORS[0]),
-        _dataset("prefilled/s", _rates(window.per_bucket("tok_prompt", req), window), COLORS[4]),
+        _dataset("generated/s", _rates(window.per_bucket("tok_gen", req), window, now), COLORS[0]),
+        _dataset("prefilled/s", _rates(window.per_bucket("tok_prompt", req), window, now), COLORS[4]),
     ]
 
     def percentile_lines(name: str, match: Callable[[list[str]], bool]) -> list[dict[str, Any]]:
@@ -366,7 +387,7 @@ def _top_users(window: Window) -> list[dict[str, Any]]:
 
 def _workers(client: Any, now: float) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for name, beat in workers_seen(client, now=now):
+    for name, beat in workers_seen(client):
         if beat is None:
             seen: Any = client.hget("sluice:workers:seen", name)
             age = now - float(seen) if seen else None
@@ -520,7 +541,7 @@ def dashboard_snapshot(*, window: str = "5m", scope: Scope | None = None) -> dic
                 }
             )
     snapshot.update(
-        charts=_charts(current, scope),
+        charts=_charts(current, scope, now),
         versions=versions,
         workers=workers,
         upstreams=_upstreams_table(client, current, scope),

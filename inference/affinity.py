@@ -16,7 +16,6 @@ caches and a version without a cache has nothing to be near.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Iterable
@@ -26,9 +25,10 @@ from typing import Any
 
 from django.conf import settings
 
-from inference.metrics import WORKERS_SEEN_KEY, celery_queue_keys, fleet
+from inference.metrics import celery_queue_keys, fleet
 from inference.store import get_redis
 from inference.versions.registry import SETTINGS_LABEL, ServedModel
+from inference.worker.heartbeat import live_beats
 
 logger = logging.getLogger(__name__)
 
@@ -183,15 +183,7 @@ def live_versions(client: Any = None) -> dict[str, set[str]]:
 
 
 def _beats(client: Any) -> dict[str, dict[str, Any]]:
-    """The live workers' heartbeats by name (the workers seen lately whose beat has not expired)."""
-    raw: Any = client.hkeys(WORKERS_SEEN_KEY)
-    names = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in raw or ())
-    if not names:
-        return {}
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.get(f"sluice:worker:{name}")
-    return {name: json.loads(beat) for name, beat in zip(names, pipe.execute(), strict=True) if beat}
+    return live_beats(client)
 
 
 def affinity_reconcile(pinned: Iterable[tuple[Any, str, int | None, int, str]]) -> int:

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from inference.worker.heartbeat import seen_at, workers_seen
+
 if TYPE_CHECKING:
     import redis
 
@@ -451,7 +453,7 @@ class FleetCollector:
             labels=["worker", "model", "version"],
         )
         now = time.time()
-        for worker, beat in workers_seen(client, now=now):
+        for worker, beat in workers_seen(client):
             up.add_metric([worker], 1.0 if beat is not None else 0.0)
             age.add_metric(
                 [worker], max(0.0, now - (beat["ts"] if beat is not None else seen_at(client, worker)))
@@ -489,9 +491,6 @@ class FleetCollector:
         yield waiting
         yield running
         yield admission
-
-
-WORKERS_SEEN_KEY = "sluice:workers:seen"  # the same as inference.runtime's
 
 
 class PrefixCacheFamilies:
@@ -534,33 +533,6 @@ class PrefixCacheFamilies:
 
     def families(self) -> Iterator[Metric]:
         yield from (self.lookup, self.hit, self.ratio, self.blocks, self.evicted)
-
-
-def workers_seen(client: redis.Redis, *, now: float | None = None) -> list[tuple[str, dict[str, Any] | None]]:
-    """Every worker that beat in the last day, with its last heartbeat (``None``: expired,
-    the worker is down), by name."""
-    raw: Any = client.hgetall(WORKERS_SEEN_KEY)
-    names = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in (raw or {}))
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.get(f"sluice:worker:{name}")
-    beats = pipe.execute() if names else []
-    found = {name: (json.loads(beat) if beat else None) for name, beat in zip(names, beats, strict=True)}
-    # A worker that beat before the seen-set existed (or whose entry was lost) still counts.
-    for raw_key in client.scan_iter(match="sluice:worker:*", count=500):
-        name = (raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)).removeprefix(
-            "sluice:worker:"
-        )
-        if name not in found:
-            beat = client.get(raw_key)
-            if beat:
-                found[name] = json.loads(beat)
-    return sorted(found.items())
-
-
-def seen_at(client: redis.Redis, worker: str) -> float:
-    value: Any = client.hget(WORKERS_SEEN_KEY, worker)
-    return float(value) if value else 0.0
 
 
 class DatabasePoolCollector:

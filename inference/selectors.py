@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +10,7 @@ from django.db.models import QuerySet
 
 from inference.models import Job, ModelVersion
 from inference.store import get_redis
+from inference.worker.heartbeat import live_beats
 
 if TYPE_CHECKING:
     from inference.versions.replicas import ReplicaState
@@ -84,14 +84,8 @@ def job_list_for_user(*, user: User) -> QuerySet[Job]:
 
 
 def worker_heartbeats() -> list[dict[str, Any]]:
-    """The live workers' heartbeats (each expires ~15 s after its worker stops beating)."""
-    client = get_redis()
-    beats = []
-    for key in client.scan_iter(match="sluice:worker:*", count=100):
-        raw = client.get(key)
-        if raw:
-            beats.append(json.loads(raw))
-    return beats
+    """The live workers' heartbeats (each expires SLUICE_HEARTBEAT_TTL_S after its last beat)."""
+    return list(live_beats(get_redis()).values())
 
 
 def version_replicas(version: ModelVersion) -> list[ReplicaState]:

@@ -306,7 +306,7 @@ def _wall(mono: float | None, *, now_wall: datetime, now_mono: float) -> datetim
 def job_execute(*, job_id: str, worker: str) -> None:
     """Run one job on this worker's engine. Idempotent: a finished job, or one that another
     live worker holds the lease on, is left alone; an abandoned one resumes from its stream."""
-    from inference.runtime import get_runtime
+    from inference.worker.runtime import get_runtime
 
     job = Job.objects.filter(id=job_id).first()
     if job is None:

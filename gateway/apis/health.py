@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from inference.versions.registry import served_models
+from inference.worker.heartbeat import live_beats
 
 PROBE_TIMEOUT_S = 2
 SUPERVISOR_KEY = "sluice:supervisor"  # = config.run.SUPERVISOR_KEY
@@ -59,12 +60,7 @@ def _redis() -> redis.Redis:
 
 
 def _heartbeats(client: redis.Redis) -> list[dict[str, Any]]:
-    beats = []
-    for key in client.scan_iter(match="sluice:worker:*", count=100):
-        raw: Any = client.get(key)
-        if raw:
-            beats.append(json.loads(raw))
-    return beats
+    return list(live_beats(client).values())
 
 
 class ReadinessApi(APIView):

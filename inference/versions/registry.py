@@ -6,7 +6,7 @@ The source of truth is the `ModelVersion` table (admin-edited), cached per proce
 fresh `make run` serves before anyone adds a version).
 
 Each version has its own Celery queue; workers consume the queues of the versions they have
-loaded (inference/runtime.py).
+loaded (inference/worker/runtime.py).
 """
 
 from __future__ import annotations

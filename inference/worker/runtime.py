@@ -12,7 +12,6 @@ and canary check see) instead of waiting in a queue nobody consumes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -23,86 +22,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+# The worker's own app (`celery -A config` made it current): importing config.celery here would
+# close an import cycle (config.celery connects this package's signals).
+from celery import current_app
 from django.conf import settings
 
 from inference.affinity import affinity_queue
 from inference.backends.base import ModelBackend
 from inference.engine import Engine
-from inference.metrics import WORKERS_SEEN_KEY, EngineMetrics, celery_queue_keys, record_heartbeat
+from inference.metrics import EngineMetrics, celery_queue_keys, record_heartbeat
 from inference.store import get_redis, get_streams
 from inference.streams import RedisTokenSink
 from inference.versions.registry import ServedModel, all_versions, queue_for
-from inference.versions.replicas import resolve_api_key
+from inference.worker import backends
+from inference.worker.heartbeat import HEARTBEAT_INTERVAL_S, beat_remove, beat_write
 
 logger = logging.getLogger(__name__)
-
-HEARTBEAT_INTERVAL_S = 2.0  # the console shows live load from the heartbeats
-WORKERS_SEEN_TTL_S = 24 * 3600
-
-
-def worker_key(name: str) -> str:
-    return f"sluice:worker:{name}"
-
-
-def load_backend(model: ServedModel, *, worker: str = "") -> ModelBackend:
-    """Build the backend of a version (the only place that reaches for torch)."""
-    info = model.info
-    if model.backend == "openai":
-        from inference.backends.openai_compat import OpenAICompatBackend
-        from inference.metrics import UpstreamMetrics
-        from inference.versions.replicas import ReplicaPool
-
-        pool = ReplicaPool(
-            model.key,
-            model.replicas or (model.url,),
-            worker=worker or socket.gethostname(),
-            client=get_redis,
-            failures=settings.SLUICE_UPSTREAM_FAILURES,
-            cooldown_s=settings.SLUICE_UPSTREAM_COOLDOWN_S,
-            trial_s=settings.SLUICE_UPSTREAM_TIMEOUT_S + 5,
-            load_ttl_s=max(30.0, settings.SLUICE_UPSTREAM_PROBE_S * 4),
-        )
-        return OpenAICompatBackend(
-            pool=pool,
-            info=info,
-            model_id=model.upstream_model or model.name,
-            api_key=resolve_api_key(model.api_key, model.api_key_env, dict(os.environ)),
-            token_ids=model.token_ids,
-            max_batch_size=model.batch_size,
-            retries=settings.SLUICE_UPSTREAM_RETRIES,
-            backoff_s=settings.SLUICE_UPSTREAM_BACKOFF_S,
-            timeout_s=settings.SLUICE_UPSTREAM_TIMEOUT_S,
-            probe_s=settings.SLUICE_UPSTREAM_PROBE_S,
-            observer=UpstreamMetrics(model.key),
-        )
-    if model.backend == "tgi":
-        from inference.backends.tgi import TgiBackend
-
-        return TgiBackend(
-            url=model.url,
-            api_key=resolve_api_key(model.api_key, model.api_key_env, dict(os.environ)),
-            info=info,
-            max_batch_size=model.batch_size,
-            retries=settings.SLUICE_TGI_RETRIES,
-            backoff_s=settings.SLUICE_TGI_BACKOFF_S,
-            timeout_s=settings.SLUICE_TGI_TIMEOUT_S,
-        )
-    from inference.backends.torch_local import TorchCausalLMBackend
-
-    return TorchCausalLMBackend(
-        model.path,
-        device=settings.SLUICE_DEVICE,
-        dtype=model.dtype if model.dtype != "auto" else settings.SLUICE_DTYPE,
-        threads=settings.SLUICE_TORCH_THREADS,
-        max_batch_size=model.batch_size,
-        step_tokens=settings.SLUICE_STEP_TOKENS,
-        packed_linear=settings.SLUICE_PACKED_LINEAR,
-        fused_step=settings.SLUICE_FUSED_STEP,
-        prefix_cache_bytes=model.prefix_cache_bytes,
-        prefix_block_size=settings.SLUICE_PREFIX_BLOCK_SIZE,
-        eos_token_ids=sorted(info.eos_token_ids),
-        vocab_decode=info.decode,
-    )
 
 
 @dataclass
@@ -176,7 +111,7 @@ def on_own_thread(fn: Callable[[], T], *, name: str) -> T:
 
 
 def _load_and_warm_up(model: ServedModel, worker: str) -> ModelBackend:
-    backend = load_backend(model, worker=worker)
+    backend = backends.build_backend(model, worker=worker)
     try:
         backend.warmup()
     except BaseException:
@@ -347,11 +282,9 @@ class WorkerRuntime:
         """Take a version's shared queue and this worker's own queue of it (session affinity)."""
         if not self.ready:
             return
-        from config.celery import app
-
         for name in (queue, affinity_queue(queue, self.name)):
             if name not in self.consumed:
-                app.control.add_consumer(name, destination=[self.name], reply=True, timeout=5)
+                current_app.control.add_consumer(name, destination=[self.name], reply=True, timeout=5)
                 self.consumed.add(name)
 
     def _cancel(self, queue: str) -> None:
@@ -359,11 +292,9 @@ class WorkerRuntime:
         # before versions wait). Jobs left in the own queue go to the shared one (reconciler).
         if queue not in self.consumed or not self.ready or queue == queue_for(settings.SLUICE_MODEL_NAME):
             return
-        from config.celery import app
-
         for name in (queue, affinity_queue(queue, self.name)):
             if name in self.consumed:
-                app.control.cancel_consumer(name, destination=[self.name], reply=True, timeout=5)
+                current_app.control.cancel_consumer(name, destination=[self.name], reply=True, timeout=5)
                 self.consumed.discard(name)
 
     def on_consumer_ready(self, consumer: Any) -> None:
@@ -453,11 +384,7 @@ class WorkerRuntime:
         while not self._stop.is_set():
             try:
                 payload = self.heartbeat_payload()
-                client.set(worker_key(self.name), json.dumps(payload), ex=settings.SLUICE_HEARTBEAT_TTL_S)
-                # Workers seen lately, with their last beat: a worker whose heartbeat expired
-                # shows as down (sluice_worker_up 0, the console's dead workers) for a day.
-                client.hset(WORKERS_SEEN_KEY, self.name, payload["ts"])
-                client.expire(WORKERS_SEEN_KEY, WORKERS_SEEN_TTL_S)
+                beat_write(client, self.name, payload, ttl_s=settings.SLUICE_HEARTBEAT_TTL_S)
                 record_heartbeat(payload)
                 with self._lock:
                     metrics = [v.metrics for v in self.versions.values() if v.metrics is not None]
@@ -507,8 +434,7 @@ class WorkerRuntime:
             version.stop()
         try:
             client = get_redis()
-            client.delete(worker_key(self.name))
-            client.hdel(WORKERS_SEEN_KEY, self.name)  # it left: not a dead worker
+            beat_remove(client, self.name)
         except Exception:
             logger.debug("could not remove worker heartbeat", exc_info=True)
 

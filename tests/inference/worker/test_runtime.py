@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from inference import runtime
 from inference.backends.base import ModelBackend
 from inference.batching import SequenceRequest
 from inference.sampling_params import SamplingParams
 from inference.versions.registry import ServedModel
+from inference.worker import backends, runtime
 
 
 def test_on_own_thread_returns_what_the_function_returns_from_a_thread_that_has_ended() -> None:
@@ -41,13 +41,13 @@ def test_a_version_is_loaded_and_warmed_up_off_the_callers_thread_and_then_serve
     demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loaded_on: list[threading.Thread] = []
-    real_load = runtime.load_backend
+    real_load = backends.build_backend
 
     def load_recording_thread(model: ServedModel, *, worker: str = "") -> ModelBackend:
         loaded_on.append(threading.current_thread())
         return real_load(model, worker=worker)
 
-    monkeypatch.setattr(runtime, "load_backend", load_recording_thread)
+    monkeypatch.setattr(backends, "build_backend", load_recording_thread)
     loaded = runtime.load_version(ServedModel(name="own-thread", path=demo_model_dir))
     try:
         assert loaded.error == ""

@@ -37,7 +37,7 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
     # The engine thread holds the GIL through the Python parts of every forward pass; task
     # threads (database, Redis) would wait up to the default 5 ms for each hand-over.
     sys.setswitchinterval(settings.SLUICE_WORKER_SWITCH_INTERVAL_S)
-    from inference.runtime import start_runtime
+    from inference.worker.runtime import start_runtime
 
     hostname = getattr(sender, "hostname", None)
     runtime = start_runtime(name=hostname)
@@ -48,7 +48,7 @@ def _serve_metrics(payload: Callable[[], dict[str, Any]]) -> None:
     """The worker's own /metrics, where SLUICE_WORKER_METRICS_PORT asks for it."""
     if not settings.SLUICE_WORKER_METRICS_PORT:
         return
-    from inference.worker_metrics import serve_worker_metrics
+    from inference.worker.metrics_server import serve_worker_metrics
 
     try:
         serve_worker_metrics(
@@ -66,7 +66,7 @@ def _serve_metrics(payload: Callable[[], dict[str, Any]]) -> None:
 def _consume_versions(sender: Any = None, **kwargs: Any) -> None:
     if settings.SLUICE_WORKER_ROLE == "embeddings" or not settings.SLUICE_WORKER_PRELOAD:
         return
-    from inference.runtime import get_runtime
+    from inference.worker.runtime import get_runtime
 
     get_runtime().on_consumer_ready(sender)
 
@@ -75,6 +75,6 @@ def _consume_versions(sender: Any = None, **kwargs: Any) -> None:
 def _stop_engine(**kwargs: Any) -> None:
     if settings.SLUICE_WORKER_ROLE == "embeddings":
         return
-    from inference.runtime import stop_runtime
+    from inference.worker.runtime import stop_runtime
 
     stop_runtime()
