@@ -7,12 +7,19 @@ policy overrides its user's; everyone else gets the default policy).
 
 from __future__ import annotations
 
+import hashlib
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from inference.admission.ratelimit import MAX_TIER
+
+
+def hash_key(raw_key: str) -> str:
+    """How an API key is stored (and looked up): its SHA-256, never the key."""
+    return hashlib.sha256(raw_key.encode("utf-8")).hexdigest()
 
 
 class RateLimitPolicy(models.Model):

@@ -9,8 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from gateway.models import ApiKey, RateLimitPolicy
-from gateway.services import hash_key
+from gateway.models import ApiKey, RateLimitPolicy, hash_key
 from inference.admission.ratelimit import Limits
 
 UNLIMITED = Limits()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 import time
@@ -16,7 +15,8 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from gateway.models import ApiKey, RateLimitPolicy
+from gateway.models import ApiKey, RateLimitPolicy, hash_key
+from gateway.selectors import admission_subject
 from inference.admission.ratelimit import Capacity, Decision, Outcome, Quota, Ticket, poll_interval
 from inference.admission.services import get_limiter
 from inference.metrics import record_admission
@@ -26,10 +26,6 @@ logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "sk-sl-"
 VISIBLE_CHARS = 12
-
-
-def hash_key(raw_key: str) -> str:
-    return hashlib.sha256(raw_key.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -78,8 +74,6 @@ def apikey_touch(*, api_key: ApiKey, now: datetime | None = None) -> None:
 def admission_ticket(
     *, user: User, api_key: ApiKey | None, model: str, capacity: Capacity, cost: int
 ) -> Ticket:
-    from gateway.selectors import admission_subject
-
     limits, subject = admission_subject(user=user, api_key=api_key)
     return Ticket(
         subject=subject,
@@ -149,7 +143,5 @@ def admission_abandon(*, ticket: Ticket) -> None:
 
 
 def quota_get(*, user: User, api_key: ApiKey | None) -> Quota:
-    from gateway.selectors import admission_subject
-
     limits, subject = admission_subject(user=user, api_key=api_key)
     return get_limiter().peek(subject, limits)

@@ -26,13 +26,16 @@ from typing import Any, TypeVar
 import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from inference.jobstream import EntryKind, StreamEntry
 from inference.models import Job
+from inference.sampling_params import SamplingParams
 from inference.store import async_redis, get_redis, get_streams
 from inference.streams import cancel_key, stream_key
+from inference.versions.registry import ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +123,32 @@ class JobClient:
 
     # -- submit / cancel ------------------------------------------------------------------------
 
-    def submit(self, **kwargs: Any) -> Job:
+    def submit(
+        self,
+        *,
+        user: User,
+        api_key_id: int | None,
+        model: ServedModel,
+        kind: str,
+        input: dict[str, Any],
+        params: SamplingParams,
+        source: str,
+        prompt_tokens: int | None = None,
+        priority: int = 0,
+        admission: dict[str, Any] | None = None,
+        session_id: uuid.UUID | str | None = None,
+        request_id: str = "",
+        extra: dict[str, Any] | None = None,
+        timeline: dict[str, Any] | None = None,
+    ) -> Job:
+        """Create the job and queue it once its row is committed (``job_create`` says how)."""
         from inference.services import job_create
 
-        return job_create(**kwargs)
+        return job_create(
+            user=user, api_key_id=api_key_id, model=model, kind=kind, input=input, params=params,
+            source=source, prompt_tokens=prompt_tokens, priority=priority, admission=admission,
+            session_id=session_id, request_id=request_id, extra=extra, timeline=timeline,
+        )  # fmt: skip
 
     def cancel(self, job: Job) -> Job:
         """Cancel: at once if it has not started, else at the engine's next step."""
@@ -132,6 +157,15 @@ class JobClient:
         if job.is_terminal:
             return job
         return job_cancel(job=job)
+
+    def delete(self, job: Job) -> Job:
+        """Cancel it if it still runs, then hide it from its owner (the Responses API's DELETE);
+        the row stays for usage and audit."""
+        from inference.services import job_soft_delete
+
+        job = self.cancel(job)
+        job_soft_delete(job=job)
+        return job
 
     async def abandon(self, job_id: str) -> None:
         """The client of a streaming request went away: stop generating for it."""

@@ -29,7 +29,16 @@ from inference.chat.services import session_record_turn
 from inference.engine import SequenceResult
 from inference.jobstream import StreamEntry
 from inference.metrics import record_cache, record_retrieval
-from inference.models import CachedResult, DeadLetter, DeadLetterReason, Job, JobKind, JobStatus, ModelVersion
+from inference.models import (
+    CachedResult,
+    DeadLetter,
+    DeadLetterReason,
+    Job,
+    JobFinish,
+    JobKind,
+    JobStatus,
+    ModelVersion,
+)
 from inference.prompts import ChatTemplateError, ModelFilesError
 from inference.rag.selectors import Hit, chunks_search
 from inference.rag.services import local_embedder
@@ -54,8 +63,6 @@ logger = logging.getLogger(__name__)
 
 
 # Engine finish reasons as stored on the job (the APIs map them to their own vocabularies).
-EOS = "eos"
-STOP_SEQUENCE = "stop_sequence"
 
 
 @dataclass
@@ -271,15 +278,13 @@ def job_cancel(*, job: Job) -> Job:
     now = timezone.now()
     Job.objects.filter(id=job.id, cancel_requested_at__isnull=True).update(cancel_requested_at=now)
     updated = Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
-        status=JobStatus.CANCELLED, finish_reason=FinishReason.CANCELLED.value, finished_at=now
+        status=JobStatus.CANCELLED, finish_reason=JobFinish.CANCELLED, finished_at=now
     )
     streams = get_streams()
     if updated:
         streams.finish(
             str(job.id),
-            StreamEntry.end(
-                status=JobStatus.CANCELLED, finish_reason=FinishReason.CANCELLED.value, usage=None
-            ),
+            StreamEntry.end(status=JobStatus.CANCELLED, finish_reason=JobFinish.CANCELLED, usage=None),
         )
         _release_admission(job, used_tokens=0, ran=False)
         job_ended(job_id=job.id)
@@ -365,9 +370,7 @@ def _run_claimed(*, job: Job, token: str, runtime: Any, model: ServedModel | Non
     attempt = job.attempts
     now = timezone.now()
     if job.cancel_requested_at is not None or streams.cancel_requested(job_id):
-        _finish_without_run(
-            job=job, token=token, status=JobStatus.CANCELLED, reason=FinishReason.CANCELLED.value
-        )
+        _finish_without_run(job=job, token=token, status=JobStatus.CANCELLED, reason=JobFinish.CANCELLED)
         return
     allowed = model.attempts_allowed if model is not None else settings.SLUICE_MAX_ATTEMPTS
     if attempt > allowed:
@@ -381,7 +384,11 @@ def _run_claimed(*, job: Job, token: str, runtime: Any, model: ServedModel | Non
         return
     if job.deadline_at is not None and now >= job.deadline_at:
         _finish_without_run(
-            job=job, token=token, status=JobStatus.FAILED, reason="deadline", error="deadline exceeded"
+            job=job,
+            token=token,
+            status=JobStatus.FAILED,
+            reason=JobFinish.DEADLINE,
+            error="deadline exceeded",
         )
         return
     if model is None or not runtime.serves(model.name):
@@ -389,7 +396,7 @@ def _run_claimed(*, job: Job, token: str, runtime: Any, model: ServedModel | Non
             job=job,
             token=token,
             status=JobStatus.FAILED,
-            reason="error",
+            reason=JobFinish.ERROR,
             error=f"model {job.model!r} (version {job.model_version_id}) is not served here",
         )
         return
@@ -401,7 +408,7 @@ def _run_claimed(*, job: Job, token: str, runtime: Any, model: ServedModel | Non
             job=job,
             token=token,
             status=JobStatus.FAILED,
-            reason="load_failed",
+            reason=JobFinish.LOAD_FAILED,
             error=f"model version {model.key} could not be loaded: {loaded.error}",
             version=model,
         )
@@ -422,7 +429,7 @@ def _run_on(*, job: Job, token: str, model: ServedModel, engine: Any) -> None:
         plan = job_prompt(job=job, model=model)
     except (ChatTemplateError, ModelFilesError, KeyError, TypeError, ValueError) as exc:
         _finish_without_run(
-            job=job, token=token, status=JobStatus.FAILED, reason="error", error=f"bad input: {exc}"
+            job=job, token=token, status=JobStatus.FAILED, reason=JobFinish.ERROR, error=f"bad input: {exc}"
         )
         return
     # return_token_ids: the prompt's ids as built here (history, retrieval and template applied).
@@ -582,16 +589,16 @@ def _finish_without_run(
 def _outcome(result: SequenceResult) -> tuple[str, str]:
     reason = result.finish_reason
     if reason is FinishReason.STOP:
-        return JobStatus.SUCCEEDED, (STOP_SEQUENCE if result.stopped_by_string else EOS)
+        return JobStatus.SUCCEEDED, (JobFinish.STOP_SEQUENCE if result.stopped_by_string else JobFinish.EOS)
     if reason is FinishReason.LENGTH:
-        return JobStatus.SUCCEEDED, "length"
+        return JobStatus.SUCCEEDED, JobFinish.LENGTH
     if reason is FinishReason.CONTENT_FILTER:
-        return JobStatus.SUCCEEDED, "content_filter"
+        return JobStatus.SUCCEEDED, JobFinish.CONTENT_FILTER
     if reason is FinishReason.CANCELLED:
-        return JobStatus.CANCELLED, "cancelled"
+        return JobStatus.CANCELLED, JobFinish.CANCELLED
     if reason is FinishReason.DEADLINE:
-        return JobStatus.FAILED, "deadline"
-    return JobStatus.FAILED, "error"
+        return JobStatus.FAILED, JobFinish.DEADLINE
+    return JobStatus.FAILED, JobFinish.ERROR
 
 
 def job_finish(
@@ -669,7 +676,7 @@ def job_finish(
     return True
 
 
-def job_fail(*, job_id: uuid.UUID | str, error: str, reason: str = "error") -> bool:
+def job_fail(*, job_id: uuid.UUID | str, error: str, reason: str = JobFinish.ERROR) -> bool:
     """Fail a job that no worker holds (reconciler: too many attempts, deadline in the queue)."""
     now = timezone.now()
     updated = Job.objects.filter(id=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
@@ -890,7 +897,9 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
                     error="it could not be queued before its deadline",
                 )
             else:
-                counts["failed"] += job_fail(job_id=job_id, error="deadline exceeded", reason="deadline")
+                counts["failed"] += job_fail(
+                    job_id=job_id, error="deadline exceeded", reason=JobFinish.DEADLINE
+                )
     running = list(
         Job.objects.filter(status=JobStatus.RUNNING).values_list(
             "id", "model", "model_version_id", "attempts", "priority", "worker"

@@ -13,15 +13,14 @@ from gateway.prepare import PreparedRequest
 from gateway.sse import KEEPALIVE, Timing, cancel_on_disconnect, sse
 from inference.client import job_client
 from inference.jobstream import EntryKind, StreamEntry
-from inference.models import Job
+from inference.models import Job, JobFinish
 from inference.prompts import ModelInfo
-from inference.services import EOS, STOP_SEQUENCE
 from inference.tools.calls import Call, CallStart, Content, Event, ToolCallStream, ToolPlan
 from inference.versions.registry import ServedModel
 
 
 def finish_reason(reason: str) -> str | None:
-    if reason in (EOS, STOP_SEQUENCE):
+    if reason in (JobFinish.EOS, JobFinish.STOP_SEQUENCE):
         return "stop"
     return reason or None
 

@@ -235,10 +235,7 @@ class ResponseDetailApi(ResponsesView):
 
     @extend_schema(responses={200: OpenApiResponse(description="deleted")}, summary="Delete a response")
     def delete(self, request: Request, response_id: str) -> Response:
-        from inference.services import job_soft_delete
-
-        job = _get_or_404(request, response_id)
-        job_soft_delete(job=job_client.cancel(job))
+        job = job_client.delete(_get_or_404(request, response_id))
         return Response({"id": shaping.response_id(job), "object": "response", "deleted": True})
 
 

@@ -10,15 +10,19 @@ from gateway.errors import ApiError
 from gateway.sse import KEEPALIVE, Timing, cancel_on_disconnect, sse
 from inference.client import job_client
 from inference.jobstream import EntryKind, StreamEntry
-from inference.models import Job
+from inference.models import Job, JobFinish
 from inference.prompts import ModelInfo
-from inference.services import EOS, STOP_SEQUENCE
 
 
 def finish_reason(reason: str) -> str:
     # TGI knows three reasons (its clients parse them as an enum): an output guard's stop reads
     # as a stop sequence.
-    return {EOS: "eos_token", STOP_SEQUENCE: "stop_sequence", "length": "length"}.get(reason, "stop_sequence")
+    words: dict[str, str] = {
+        JobFinish.EOS: "eos_token",
+        JobFinish.STOP_SEQUENCE: "stop_sequence",
+        JobFinish.LENGTH: "length",
+    }
+    return words.get(reason, "stop_sequence")
 
 
 @dataclass(frozen=True)

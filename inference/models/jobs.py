@@ -19,6 +19,21 @@ class JobStatus(models.TextChoices):
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
+class JobFinish(models.TextChoices):
+    """Why a job ended, as its row and its stream's end record it; each protocol maps these
+    to its own words (OpenAI's ``stop``, TGI's ``eos_token``). The engine's reasons
+    (inference.batching.FinishReason) are turned into these when a job finishes."""
+
+    EOS = "eos"  # the model's end of sequence (or a stop token id, or a complete grammar)
+    STOP_SEQUENCE = "stop_sequence"  # a stop string matched
+    LENGTH = "length"  # max_tokens or the context window
+    CONTENT_FILTER = "content_filter"  # an output guard stopped it
+    CANCELLED = "cancelled"
+    DEADLINE = "deadline"
+    ERROR = "error"
+    LOAD_FAILED = "load_failed"  # its version could not be loaded
+
+
 class JobKind(models.TextChoices):
     CHAT = "chat"  # messages -> chat template
     COMPLETION = "completion"  # raw prompt

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from gateway.models import ApiKey
+from gateway.models import ApiKey, hash_key
 from gateway.selectors import apikey_get_active
-from gateway.services import hash_key
 
 pytestmark = pytest.mark.django_db
 
