@@ -144,7 +144,8 @@ class JobAdmin(ModelAdmin):
         pending = "not yet" if obj.finished_at is None else "-"
         rows = format_html_join(
             "",
-            '<tr><td class="pr-4 font-semibold">{}</td><td class="pr-4" style="white-space: nowrap">{}</td>'
+            '<tr><td class="pr-4 font-semibold" style="white-space: nowrap">{}</td>'
+            '<td class="pr-4" style="white-space: nowrap">{}</td>'
             '<td class="pr-4 text-right" style="white-space: nowrap">{}</td><td>{}</td></tr>',
             (
                 (
