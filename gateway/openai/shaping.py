@@ -496,37 +496,99 @@ class _Chunks:
         return sse(body)
 
 
-def chat_stream(jobs: Sequence[Job], *, shape: Shape, started: float) -> AsyncIterator[bytes]:
-    """One stream for a request's choices (one job each): a chunk's choice ``index`` names
-    its job; chunks of different choices interleave as they are generated."""
-    first = jobs[0]
-    timing = Timing(first, started)
-    response_id = f"chatcmpl-{first.id.hex}"
-    created = created_ts(first)
-    system_fingerprint = fingerprint(shape.model)
-    usage = _Usage(jobs)
-    readers = [
-        ToolCallStream(shape.tools, call_id=_call_id(job)) if shape.tools is not None else None
-        for job in jobs
-    ]
+class _Hooks:
+    """What one protocol's stream says at each step of its jobs' streams; ``_stream`` walks
+    the entries (keepalives, usage, timing, errors, the usage chunk, ``[DONE]``) for both."""
 
-    chunks = _Chunks(response_id, "chat.completion.chunk", first, created, system_fingerprint, shape, usage)
+    def opening(self) -> list[bytes]:
+        return []
+
+    def start(self, index: int, entry: StreamEntry) -> list[bytes]:
+        return []
+
+    def citations(self, index: int, entry: StreamEntry) -> list[bytes]:
+        return []
+
+    def token(self, index: int, entry: StreamEntry) -> list[bytes]:
+        return []
+
+    def tail(self, index: int, entry: StreamEntry) -> list[bytes]:
+        """What is left to say when a job ends, before its finish (or error) chunk."""
+        return []
+
+    def finish(self, index: int, entry: StreamEntry) -> bytes:
+        raise NotImplementedError
+
+
+def _stream(jobs: Sequence[Job], *, chunks: _Chunks, hooks: _Hooks, started: float) -> AsyncIterator[bytes]:
+    """One stream for a request's jobs (one per choice): a chunk's choice ``index`` names its
+    job; chunks of different jobs interleave as they are generated."""
+    timing = Timing(chunks.first, started)
+    usage = chunks.usage
+
+    async def events() -> AsyncIterator[bytes]:
+        for part in hooks.opening():
+            yield part
+        async for index, entry in follow_all(jobs):
+            parts: list[bytes] = []
+            if entry is None:
+                parts = [KEEPALIVE]
+            elif entry.kind == EntryKind.START:
+                usage.start(index, entry)
+                parts = hooks.start(index, entry)
+            elif entry.kind == EntryKind.CITATIONS:
+                parts = hooks.citations(index, entry)
+            elif entry.kind == EntryKind.TOKEN and (entry.text or entry.token_ids):
+                usage.token(index, entry)
+                timing.token()
+                parts = hooks.token(index, entry)
+            elif entry.kind == EntryKind.END:
+                usage.end(index, entry)
+                parts = hooks.tail(index, entry)
+                parts.append(sse(_error_chunk(entry)) if entry.failed else hooks.finish(index, entry))
+            for part in parts:
+                yield part
+        if chunks.shape.include_usage:
+            yield usage_event(
+                chunks.response_id,
+                chunks.kind,
+                created=chunks.created,
+                model=chunks.first.model,
+                fingerprint=chunks.fingerprint,
+                usage=usage.final,
+            )
+        timing.done()
+        yield sse("[DONE]")
+
+    return cancel_on_disconnect([str(job.id) for job in jobs], events())
+
+
+class _ChatHooks(_Hooks):
+    def __init__(self, jobs: Sequence[Job], shape: Shape, chunks: _Chunks) -> None:
+        self.jobs, self.shape, self.chunks = jobs, shape, chunks
+        self.readers = [
+            ToolCallStream(shape.tools, call_id=_call_id(job)) if shape.tools is not None else None
+            for job in jobs
+        ]
 
     def chunk(
-        index: int, delta: dict[str, Any], reason: str | None = None, lp: Any = None, **extra: Any
+        self, index: int, delta: dict[str, Any], reason: str | None = None, lp: Any = None, **extra: Any
     ) -> bytes:
-        return chunks.sse({"index": index, "delta": delta, "finish_reason": reason, "logprobs": lp}, extra)
+        return self.chunks.sse(
+            {"index": index, "delta": delta, "finish_reason": reason, "logprobs": lp}, extra
+        )
 
+    @staticmethod
     def delta(text: str | None, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         # Every delta names the role and has tool_calls (null when none): TGI's chat client
         # requires both on every chunk; the openai SDK takes them as they are.
         return {"role": "assistant", "content": text, "tool_calls": calls}
 
-    def shaped(index: int, events: Sequence[Event], **extra: Any) -> list[bytes]:
+    def shaped(self, index: int, events: Sequence[Event], **extra: Any) -> list[bytes]:
         out = []
         for event in events:
             if isinstance(event, Content):
-                out.append(chunk(index, delta(event.text), **extra))
+                out.append(self.chunk(index, self.delta(event.text), **extra))
             elif isinstance(event, CallStart):
                 call = {
                     "index": event.index,
@@ -534,160 +596,121 @@ def chat_stream(jobs: Sequence[Job], *, shape: Shape, started: float) -> AsyncIt
                     "type": "function",
                     "function": {"name": event.name, "arguments": ""},
                 }
-                out.append(chunk(index, delta(None, [call]), **extra))
+                out.append(self.chunk(index, self.delta(None, [call]), **extra))
             else:
-                out.append(
-                    chunk(
-                        index,
-                        delta(None, [{"index": event.index, "function": {"arguments": event.text}}]),
-                        **extra,
-                    )
-                )
+                arguments = [{"index": event.index, "function": {"arguments": event.text}}]
+                out.append(self.chunk(index, self.delta(None, arguments), **extra))
             extra = {key: value for key, value in extra.items() if key != "token_ids"}
         return out
 
-    async def events() -> AsyncIterator[bytes]:
-        for index in range(len(jobs)):
-            yield chunk(index, delta(""))
-        async for index, entry in follow_all(jobs):
-            reader = readers[index]
-            if entry is None:
-                yield KEEPALIVE
-            elif entry.kind == EntryKind.START:
-                usage.start(index, entry)
-                if shape.token_ids and entry.prompt_ids is not None and index == 0:
-                    yield chunk(index, delta(""), prompt_token_ids=entry.prompt_ids)
-            elif entry.kind == EntryKind.CITATIONS:
-                # Sources before the tokens, as an extra field (as Perplexity's API does).
-                yield chunk(index, delta(""), citations=entry.citations)
-            elif entry.kind == EntryKind.TOKEN and (entry.text or entry.token_ids):
-                usage.token(index, entry)
-                timing.token()
-                lp = shape.logprobs.chat([entry]) if shape.logprobs is not None else None
-                extra: dict[str, Any] = {"token_ids": entry.token_ids} if shape.token_ids else {}
-                if shape.prompt_logprobs is not None and entry.prompt_logprobs is not None:
-                    extra["prompt_logprobs"] = _prompt_logprobs(shape, [entry])
-                parts = (
-                    reader.feed(entry.text)
-                    if reader is not None
-                    else ([Content(entry.text)] if entry.text else [])
-                )
-                if parts and lp is None:
-                    for part in shaped(index, parts, **extra):
-                        yield part
-                elif lp is not None or extra:
-                    # Log-probabilities (or ids) ride with the step's text, whatever it is.
-                    text = "".join(p.text for p in parts if isinstance(p, Content))
-                    others = [p for p in parts if not isinstance(p, Content)]
-                    yield chunk(index, delta(text), lp=lp, **extra)
-                    for part in shaped(index, others):
-                        yield part
-            elif entry.kind == EntryKind.END:
-                usage.end(index, entry)
-                tail: list[Event] = []
-                if entry.full_text:
-                    tail += reader.feed(entry.full_text) if reader is not None else [Content(entry.full_text)]
-                if reader is not None:
-                    tail += reader.finish()
-                for part in shaped(index, tail):
-                    yield part
-                if entry.failed:
-                    yield sse(_error_chunk(entry))
-                else:
-                    calls = bool(reader is not None and reader.calls)
-                    yield chunk(
-                        index, delta(""), _finish(entry.finish_reason, calls), cache_hit=entry.cache_hit
-                    )
-        if shape.include_usage:
-            yield usage_event(
-                response_id,
-                "chat.completion.chunk",
-                created=created,
-                model=first.model,
-                fingerprint=system_fingerprint,
-                usage=usage.final,
-            )
-        timing.done()
-        yield sse("[DONE]")
+    def opening(self) -> list[bytes]:
+        return [self.chunk(index, self.delta("")) for index in range(len(self.jobs))]
 
-    return cancel_on_disconnect([str(job.id) for job in jobs], events())
+    def start(self, index: int, entry: StreamEntry) -> list[bytes]:
+        if self.shape.token_ids and entry.prompt_ids is not None and index == 0:
+            return [self.chunk(index, self.delta(""), prompt_token_ids=entry.prompt_ids)]
+        return []
+
+    def citations(self, index: int, entry: StreamEntry) -> list[bytes]:
+        # Sources before the tokens, as an extra field (as Perplexity's API does).
+        return [self.chunk(index, self.delta(""), citations=entry.citations)]
+
+    def token(self, index: int, entry: StreamEntry) -> list[bytes]:
+        shape, reader = self.shape, self.readers[index]
+        lp = shape.logprobs.chat([entry]) if shape.logprobs is not None else None
+        extra: dict[str, Any] = {"token_ids": entry.token_ids} if shape.token_ids else {}
+        if shape.prompt_logprobs is not None and entry.prompt_logprobs is not None:
+            extra["prompt_logprobs"] = _prompt_logprobs(shape, [entry])
+        parts = (
+            reader.feed(entry.text) if reader is not None else ([Content(entry.text)] if entry.text else [])
+        )
+        if parts and lp is None:
+            return self.shaped(index, parts, **extra)
+        if lp is not None or extra:
+            # Log-probabilities (or ids) ride with the step's text, whatever it is.
+            text = "".join(p.text for p in parts if isinstance(p, Content))
+            others = [p for p in parts if not isinstance(p, Content)]
+            return [self.chunk(index, self.delta(text), lp=lp, **extra), *self.shaped(index, others)]
+        return []
+
+    def tail(self, index: int, entry: StreamEntry) -> list[bytes]:
+        reader = self.readers[index]
+        tail: list[Event] = []
+        if entry.full_text:
+            tail += reader.feed(entry.full_text) if reader is not None else [Content(entry.full_text)]
+        if reader is not None:
+            tail += reader.finish()
+        return self.shaped(index, tail)
+
+    def finish(self, index: int, entry: StreamEntry) -> bytes:
+        reader = self.readers[index]
+        calls = bool(reader is not None and reader.calls)
+        return self.chunk(
+            index, self.delta(""), _finish(entry.finish_reason, calls), cache_hit=entry.cache_hit
+        )
+
+
+def chat_stream(jobs: Sequence[Job], *, shape: Shape, started: float) -> AsyncIterator[bytes]:
+    """A chat request's stream: one job per choice."""
+    first = jobs[0]
+    chunks = _Chunks(
+        f"chatcmpl-{first.id.hex}", "chat.completion.chunk", first, created_ts(first),
+        fingerprint(shape.model), shape, _Usage(jobs),
+    )  # fmt: skip
+    return _stream(jobs, chunks=chunks, hooks=_ChatHooks(jobs, shape, chunks), started=started)
+
+
+class _CompletionHooks(_Hooks):
+    def __init__(self, jobs: Sequence[Job], shape: Shape, chunks: _Chunks) -> None:
+        self.shape, self.chunks = shape, chunks
+        self.prefixes = [_echoed(job, shape) for job in jobs]
+        self.lengths = [len(prefix) for prefix in self.prefixes]  # the choice's text so far
+        self.echoed = [not shape.echo for _ in jobs]
+
+    def chunk(self, index: int, text: str, reason: str | None = None, lp: Any = None, **extra: Any) -> bytes:
+        return self.chunks.sse({"index": index, "text": text, "finish_reason": reason, "logprobs": lp}, extra)
+
+    def start(self, index: int, entry: StreamEntry) -> list[bytes]:
+        if self.shape.token_ids and entry.prompt_ids is not None:
+            return [self.chunk(index, "", prompt_token_ids=entry.prompt_ids)]
+        return []
+
+    def token(self, index: int, entry: StreamEntry) -> list[bytes]:
+        shape, logprobs = self.shape, self.shape.logprobs
+        text = entry.text
+        lp = None
+        if not self.echoed[index]:
+            self.echoed[index] = True
+            text = self.prefixes[index] + text
+        if logprobs is not None:
+            start = self.lengths[index]
+            lp = logprobs.completion([entry], offset=start, limit=start + len(entry.text))
+            if shape.echo and text is not entry.text:
+                lp = _join(logprobs.prompt(_prompt_tokens([entry]), limit=len(self.prefixes[index])), lp)
+        self.lengths[index] += len(entry.text)
+        extra: dict[str, Any] = {"token_ids": entry.token_ids} if shape.token_ids else {}
+        if shape.prompt_logprobs is not None and entry.prompt_logprobs is not None:
+            extra["prompt_logprobs"] = _prompt_logprobs(shape, [entry])
+        return [self.chunk(index, text, lp=lp, **extra)]
+
+    def tail(self, index: int, entry: StreamEntry) -> list[bytes]:
+        out = []
+        if not self.echoed[index] and self.prefixes[index]:
+            self.echoed[index] = True
+            out.append(self.chunk(index, self.prefixes[index]))
+        if entry.full_text:
+            out.append(self.chunk(index, entry.full_text))
+        return out
+
+    def finish(self, index: int, entry: StreamEntry) -> bytes:
+        return self.chunk(index, "", finish_reason(entry.finish_reason), cache_hit=entry.cache_hit)
 
 
 def completion_stream(jobs: Sequence[Job], *, shape: Shape, started: float) -> AsyncIterator[bytes]:
-    """One stream for a batch of prompts (each with its ``n`` choices): a chunk's choice
-    ``index`` names its job; chunks of different jobs interleave as they are generated."""
+    """A completions request's stream: a batch of prompts, each with its ``n`` choices."""
     first = jobs[0]
-    timing = Timing(first, started)
-    response_id = f"cmpl-{first.id.hex}"
-    created = created_ts(first)
-    system_fingerprint = fingerprint(shape.model)
-    usage = _Usage(jobs)
-    logprobs = shape.logprobs
-
     chunks = _Chunks(
-        response_id,
-        "text_completion",
-        first,
-        created,
-        system_fingerprint,
-        shape,
-        usage,
-        choice_fields=("token_ids", "prompt_token_ids", "prompt_logprobs"),
-    )
-
-    def chunk(index: int, text: str, reason: str | None = None, lp: Any = None, **extra: Any) -> bytes:
-        return chunks.sse({"index": index, "text": text, "finish_reason": reason, "logprobs": lp}, extra)
-
-    async def events() -> AsyncIterator[bytes]:
-        prefixes = [_echoed(job, shape) for job in jobs]
-        lengths = [len(prefix) for prefix in prefixes]  # the choice's text so far
-        echoed = [not shape.echo for _ in jobs]
-        async for index, entry in follow_all(jobs):
-            if entry is None:
-                yield KEEPALIVE
-            elif entry.kind == EntryKind.START:
-                usage.start(index, entry)
-                if shape.token_ids and entry.prompt_ids is not None:
-                    yield chunk(index, "", prompt_token_ids=entry.prompt_ids)
-            elif entry.kind == EntryKind.TOKEN and (entry.text or entry.token_ids):
-                usage.token(index, entry)
-                timing.token()
-                text = entry.text
-                lp = None
-                if not echoed[index]:
-                    echoed[index] = True
-                    text = prefixes[index] + text
-                if logprobs is not None:
-                    start = lengths[index]
-                    lp = logprobs.completion([entry], offset=start, limit=start + len(entry.text))
-                    if shape.echo and text is not entry.text:
-                        lp = _join(logprobs.prompt(_prompt_tokens([entry]), limit=len(prefixes[index])), lp)
-                lengths[index] += len(entry.text)
-                extra: dict[str, Any] = {"token_ids": entry.token_ids} if shape.token_ids else {}
-                if shape.prompt_logprobs is not None and entry.prompt_logprobs is not None:
-                    extra["prompt_logprobs"] = _prompt_logprobs(shape, [entry])
-                yield chunk(index, text, lp=lp, **extra)
-            elif entry.kind == EntryKind.END:
-                usage.end(index, entry)
-                if not echoed[index] and prefixes[index]:
-                    echoed[index] = True
-                    yield chunk(index, prefixes[index])
-                if entry.full_text:
-                    yield chunk(index, entry.full_text)
-                if entry.failed:
-                    yield sse(_error_chunk(entry))
-                else:
-                    yield chunk(index, "", finish_reason(entry.finish_reason), cache_hit=entry.cache_hit)
-        if shape.include_usage:
-            yield usage_event(
-                response_id,
-                "text_completion",
-                created=created,
-                model=first.model,
-                fingerprint=system_fingerprint,
-                usage=usage.final,
-            )
-        timing.done()
-        yield sse("[DONE]")
-
-    return cancel_on_disconnect([str(job.id) for job in jobs], events())
+        f"cmpl-{first.id.hex}", "text_completion", first, created_ts(first), fingerprint(shape.model), shape,
+        _Usage(jobs), choice_fields=("token_ids", "prompt_token_ids", "prompt_logprobs"),
+    )  # fmt: skip
+    return _stream(jobs, chunks=chunks, hooks=_CompletionHooks(jobs, shape, chunks), started=started)
