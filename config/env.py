@@ -110,6 +110,11 @@ def _embedded_urls() -> dict[str, str]:
     return urls
 
 
+def debug() -> bool:
+    """Django's DEBUG for `make run` (SLUICE_DEBUG; DJANGO_DEBUG as before): off by default."""
+    return get_bool("SLUICE_DEBUG", get_bool("DJANGO_DEBUG", False))
+
+
 def local_secret_key() -> str:
     """The secret key of a `make run` without DJANGO_SECRET_KEY: random, made on first use and
     kept in the var dir (mode 0600), so sessions survive a restart and no two installs share

@@ -180,7 +180,7 @@ class Supervisor:
         self.redis_url = urls["REDIS_URL"]
         child_env = self.child_env(urls)
         self.manage(child_env, "migrate", "--noinput", "-v", "0")
-        debug = env.get_bool("SLUICE_DEBUG", env.get_bool("DJANGO_DEBUG", False))
+        debug = env.debug()
         if not debug:
             # Hashed, compressed copies in the var dir; only what changed since the last start.
             self.manage(child_env, "collectstatic", "--noinput", "-v", "0")

@@ -387,16 +387,20 @@ def _loaded_on(matches: Callable[[dict[str, Any]], bool]) -> str:
     return ", ".join(names) or "-"
 
 
+def _health_summary(version_key: str) -> str:
+    """A version's health over the window, in one line of the version list."""
+    stats = version_stats(version_key)
+    if not stats.samples:
+        return "-"
+    ttft = f", TTFT p99 {stats.ttft_p99_ms:.0f} ms" if stats.ttft_p99_ms is not None else ""
+    return f"{stats.samples} jobs, {stats.error_rate:.0%} errors{ttft}"
+
+
 def _settings_version() -> dict[str, Any]:
     """The version SLUICE_MODEL_NAME/SLUICE_MODEL_PATH serve, as the version list shows it: a
     fresh `make run` serves it and has no row, so without this the list reads "0 versions"."""
     version = settings_version()
     serving = any(v.version_id is None for v in all_versions())
-    stats = version_stats(version.key)
-    health = "-"
-    if stats.samples:
-        ttft = f", TTFT p99 {stats.ttft_p99_ms:.0f} ms" if stats.ttft_p99_ms is not None else ""
-        health = f"{stats.samples} jobs, {stats.error_rate:.0%} errors{ttft}"
     adopt = {
         "served_name": version.name, "label": "v1", "backend": version.backend, "path": str(version.path),
         "dtype": version.dtype, "tool_parser": version.tool_parser, "status": "draft",
@@ -409,7 +413,7 @@ def _settings_version() -> dict[str, Any]:
         "path": version.path,
         "dtype": version.dtype,
         "tool_parser": version.tool_parser,
-        "health": health,
+        "health": _health_summary(version.key),
         "breaker": "OPEN" if open_breakers([version.key]) else "closed",
         "loaded_on": _loaded_on(lambda v: v.get("id") is None and v.get("key") == version.key),
         "adopt_url": f"{reverse('admin:inference_modelversion_add')}?{urlencode(adopt)}",
@@ -498,11 +502,7 @@ class ModelVersionAdmin(AuditedAdmin, ModelAdmin):
 
     @admin.display(description="health (window)")
     def health(self, obj: ModelVersion) -> str:
-        stats = version_stats(self._key(obj))
-        if not stats.samples:
-            return "-"
-        ttft = f", TTFT p99 {stats.ttft_p99_ms:.0f} ms" if stats.ttft_p99_ms is not None else ""
-        return f"{stats.samples} jobs, {stats.error_rate:.0%} errors{ttft}"
+        return _health_summary(self._key(obj))
 
     @admin.display(description="health")
     def health_detail(self, obj: ModelVersion) -> str:

@@ -84,7 +84,7 @@ def version_loads(model: ServedModel, client: Any = None) -> dict[str, int]:
     """Sequences each live worker of the version carries: running and waiting in its engine
     (its last heartbeat) plus what waits in its own queue (now)."""
     client = client or get_redis()
-    beats = _beats(client)
+    beats = live_beats(client)
     loads: dict[str, int] = {}
     for name, beat in beats.items():
         for version in beat.get("versions", []):
@@ -178,12 +178,8 @@ def live_versions(client: Any = None) -> dict[str, set[str]]:
     """Each live worker's loaded versions (keys), from the heartbeats."""
     return {
         name: {str(v.get("key")) for v in beat.get("versions", []) if not v.get("error")}
-        for name, beat in _beats(client or get_redis()).items()
+        for name, beat in live_beats(client or get_redis()).items()
     }
-
-
-def _beats(client: Any) -> dict[str, dict[str, Any]]:
-    return live_beats(client)
 
 
 def affinity_reconcile(pinned: Iterable[tuple[Any, str, int | None, int, str]]) -> int:

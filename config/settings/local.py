@@ -13,7 +13,7 @@ from __future__ import annotations
 from config import env
 from config.settings.base import *  # noqa: F403
 
-DEBUG = env.get_bool("SLUICE_DEBUG", env.get_bool("DJANGO_DEBUG", False))
+DEBUG = env.debug()
 if not env.get_opt("DJANGO_SECRET_KEY"):
     SECRET_KEY = env.local_secret_key()
 

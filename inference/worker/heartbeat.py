@@ -43,7 +43,10 @@ def _seen_names(client: Any) -> list[str]:
 def live_beats(client: Any) -> dict[str, dict[str, Any]]:
     """The live workers' heartbeats by name (seen lately, beat not expired): one HKEYS and one
     pipelined GET per worker, whatever the size of the keyspace."""
-    names = _seen_names(client)
+    return _beats_of(client, _seen_names(client))
+
+
+def _beats_of(client: Any, names: list[str]) -> dict[str, dict[str, Any]]:
     if not names:
         return {}
     pipe = client.pipeline(transaction=False)
@@ -56,7 +59,7 @@ def workers_seen(client: Any) -> list[tuple[str, dict[str, Any] | None]]:
     """Every worker that beat in the last day, with its last heartbeat (``None``: expired, the
     worker is down), by name."""
     names = _seen_names(client)
-    beats = live_beats(client)
+    beats = _beats_of(client, names)
     return sorted((name, beats.get(name)) for name in names)
 
 
