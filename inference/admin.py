@@ -22,6 +22,8 @@ from unfold.admin import ModelAdmin, TabularInline
 
 from dashboard.audit_admin import AuditedAdmin
 from inference.cache import result_cache_clear
+from inference.jobs.cancel import job_cancel
+from inference.jobs.retry import deadletter_discard, deadletter_requeue
 from inference.models import (
     CachedResult,
     ChatSession,
@@ -37,7 +39,6 @@ from inference.models import (
 )
 from inference.rag.services import document_upload
 from inference.selectors import job_timings, version_replicas
-from inference.services import deadletter_discard, deadletter_requeue, job_cancel
 from inference.usage import usage_csv, usage_daily_chart
 from inference.versions.health import open_breakers, version_stats
 from inference.versions.lifecycle import (

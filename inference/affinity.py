@@ -186,8 +186,8 @@ def affinity_reconcile(pinned: Iterable[tuple[Any, str, int | None, int, str]]) 
     """Move jobs waiting in the own queue of a worker that left (or unloaded their version) to
     their shared queue. ``pinned``: (job id, served name, version id, priority, worker) of
     queued jobs published to a worker's queue. Returns how many moved."""
+    from inference.jobs.publish import job_publish, job_queue
     from inference.models import Job
-    from inference.services import job_publish
     from inference.versions.registry import version_by_id
 
     rows = list(pinned)
@@ -208,7 +208,7 @@ def affinity_reconcile(pinned: Iterable[tuple[Any, str, int | None, int, str]]) 
             routed_worker="", affinity=Affinity.GONE.value
         ):
             continue
-        queue = model.queue if model is not None else _shared_queue(name, version_id)
+        queue = model.queue if model is not None else job_queue(name, version_id)
         job_publish(job_id=job_id, queue=queue, priority=priority)
         if worker not in live:
             # Its copy in the dead worker's queue would wait there for nobody.
@@ -216,9 +216,3 @@ def affinity_reconcile(pinned: Iterable[tuple[Any, str, int | None, int, str]]) 
         logger.warning("job %s: its worker %s is gone; moved to the shared queue", job_id, worker)
         moved += 1
     return moved
-
-
-def _shared_queue(name: str, version_id: int | None) -> str:
-    from inference.versions.registry import queue_for, version_queue
-
-    return queue_for(name) if version_id is None else version_queue(version_id)

@@ -1,13 +1,17 @@
+"""The inference app. Its models and tasks load only once Django's app registry is ready, so
+everything this module wires up is imported inside ``ready``."""
+
 from typing import Any
 
 from django.apps import AppConfig
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
 
 
 def _version_table_changed(**kwargs: Any) -> None:
     """Any save or delete of a ModelVersion (admin, services, a shell): every process's
     registry reloads once the change is committed (inference/versions/registry.py)."""
-    from django.db import transaction
-
+    # Imported here: this module is loaded while the app registry is still being populated.
     from inference.versions.registry import registry_changed
 
     transaction.on_commit(registry_changed)
@@ -19,8 +23,11 @@ class InferenceConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_delete, post_save
+        # Registers the Celery tasks in every process, the web's included: the job steps
+        # publish them by name (inference.jobs.publish), so nothing else imports them.
+        import inference.tasks  # noqa: F401
 
+        # Models can be imported only now that the registry is ready.
         from inference.models import ModelVersion
 
         post_save.connect(_version_table_changed, sender=ModelVersion, dispatch_uid="registry-save")

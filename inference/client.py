@@ -1,7 +1,7 @@
 """The job client: the gateway's only door into jobs (the role vLLM's ``EngineClient`` plays
 between its OpenAI server and its engine).
 
-- `submit`: persist a job and queue it (`inference.services.job_create`).
+- `submit`: persist a job and queue it (`inference.jobs.create.job_create`).
 - `follow`: a job's stream entries after a cursor, as an async iterator, ending with its end
   entry (resumable: the cursor is an entry id). A job whose stream has expired yields one end
   entry built from its row.
@@ -30,6 +30,8 @@ from django.contrib.auth.models import User
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from inference.jobs.cancel import job_cancel, job_soft_delete
+from inference.jobs.create import job_create
 from inference.jobstream import EntryKind, StreamEntry
 from inference.models import Job
 from inference.sampling_params import SamplingParams
@@ -142,8 +144,6 @@ class JobClient:
         timeline: dict[str, Any] | None = None,
     ) -> Job:
         """Create the job and queue it once its row is committed (``job_create`` says how)."""
-        from inference.services import job_create
-
         return job_create(
             user=user, api_key_id=api_key_id, model=model, kind=kind, input=input, params=params,
             source=source, prompt_tokens=prompt_tokens, priority=priority, admission=admission,
@@ -152,8 +152,6 @@ class JobClient:
 
     def cancel(self, job: Job) -> Job:
         """Cancel: at once if it has not started, else at the engine's next step."""
-        from inference.services import job_cancel
-
         if job.is_terminal:
             return job
         return job_cancel(job=job)
@@ -161,8 +159,6 @@ class JobClient:
     def delete(self, job: Job) -> Job:
         """Cancel it if it still runs, then hide it from its owner (the Responses API's DELETE);
         the row stays for usage and audit."""
-        from inference.services import job_soft_delete
-
         job = self.cancel(job)
         job_soft_delete(job=job)
         return job

@@ -1,4 +1,5 @@
-"""Celery tasks: thin wrappers that take ids and call services."""
+"""Celery tasks: thin wrappers that take ids and call the job steps and services. Nothing
+imports this module (the steps that queue a task look it up by name): Celery loads it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
-from inference import services
+from inference.jobs.execute import job_execute
+from inference.rag.services import document_ingest, embed_batch_answer
+from inference.worker.runtime import get_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ def run_job(self: Any, job_id: str) -> None:
     delay = 0.5
     while True:
         try:
-            services.job_execute(job_id=job_id, worker=self.request.hostname or "")
+            job_execute(job_id=job_id, worker=self.request.hostname or "", runtime=get_runtime())
             return
         except (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
@@ -48,13 +51,9 @@ def run_job(self: Any, job_id: str) -> None:
     ignore_result=True,
 )
 def ingest_document(document_id: str, revision: int) -> None:
-    from inference.rag.services import document_ingest
-
     document_ingest(document_id=document_id, revision=revision)
 
 
 @shared_task(name="inference.embed_batch", ignore_result=True)
 def embed_batch(rpc_id: str, inputs: list[Any]) -> None:
-    from inference.rag.services import embed_batch_answer
-
     embed_batch_answer(rpc_id=rpc_id, inputs=inputs)

@@ -212,7 +212,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": SLUICE_VISIBILITY_TIMEOUT_S,
     "global_keyprefix": "sluice:celery:",
     # One list per priority (0 = highest on Redis): higher rate-limit tiers are consumed
-    # first. Every job is published with an explicit priority (inference.services).
+    # first. Every job is published with an explicit priority (inference.jobs.publish).
     "priority_steps": list(range(10)),
     "sep": ":",
 }

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.db import transaction
@@ -33,6 +34,9 @@ from inference.store import get_redis
 logger = logging.getLogger(__name__)
 
 EMBED_BATCH = 32
+#: The embeddings worker's tasks (inference/tasks.py), looked up by name: the tasks import this module.
+INGEST_DOCUMENT_TASK = "inference.ingest_document"
+EMBED_BATCH_TASK = "inference.embed_batch"
 
 
 class EmbeddingUnavailable(Exception):
@@ -124,9 +128,7 @@ def document_upload(*, kb: KnowledgeBase, name: str, raw: bytes, content_type: s
 
 
 def _queue_ingestion(document_id: str, revision: int) -> None:
-    from inference.tasks import ingest_document
-
-    ingest_document.apply_async(
+    current_app.tasks[INGEST_DOCUMENT_TASK].apply_async(
         args=[document_id, revision], queue=settings.SLUICE_EMBEDDING_QUEUE, priority=5
     )
 
@@ -306,12 +308,10 @@ def embed_remote(
 ) -> list[list[float]]:
     """Embed texts (or token ids of the embedding model) on an embeddings worker: one task on
     the embeddings queue for the batch, the answer pushed to a Redis list this call blocks on."""
-    from inference.tasks import embed_batch
-
     timeout = timeout_s if timeout_s is not None else settings.SLUICE_EMBEDDING_RPC_TIMEOUT_S
     rpc_id = uuid.uuid4().hex
     payload = [item if isinstance(item, str) else [int(i) for i in item] for item in inputs]
-    embed_batch.apply_async(
+    current_app.tasks[EMBED_BATCH_TASK].apply_async(
         args=[rpc_id, payload], queue=settings.SLUICE_EMBEDDING_QUEUE, priority=0, expires=timeout
     )
     reply: Any = get_redis().blpop([rpc_key(rpc_id)], timeout=timeout)

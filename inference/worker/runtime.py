@@ -407,7 +407,7 @@ class WorkerRuntime:
                 close_old_connections()
 
     def _reconcile_loop(self) -> None:
-        from inference.services import jobs_reconcile
+        from inference.jobs.reconcile import jobs_reconcile
         from inference.versions.health import versions_health_check
 
         client = get_redis()

@@ -14,10 +14,11 @@ import pytest
 from config.processes import ServerProcess, wait_until, worker_process
 from inference.affinity import Affinity, affinity_queue, decide, preferred_worker, version_loads
 from inference.chat.services import session_create
+from inference.jobs.cancel import job_cancel
+from inference.jobs.create import job_create
 from inference.metrics import celery_queue_keys
 from inference.models import Job, JobKind, JobStatus, ModelVersion
 from inference.sampling_params import SamplingParams
-from inference.services import job_cancel, job_create
 from inference.store import get_redis
 from inference.versions.registry import ServedModel
 from inference.worker.heartbeat import WORKERS_SEEN_KEY

@@ -11,9 +11,10 @@ import pytest
 
 from config.processes import wait_until, worker_process
 from inference.backends.torch_local import TorchCausalLMBackend
+from inference.jobs.create import job_create
+from inference.jobs.publish import job_publish
 from inference.models import Job, JobStatus
 from inference.sampling_params import SamplingParams
-from inference.services import job_create, job_publish
 from inference.store import get_redis, get_streams
 from inference.versions.registry import ServedModel
 from tests.conftest import ApiUser, child_env

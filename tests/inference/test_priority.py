@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from config.processes import wait_until, worker_process
+from inference.jobs.create import job_create
 from inference.models import Job, JobStatus
 from inference.sampling_params import SamplingParams
-from inference.services import job_create
 from inference.versions.registry import ServedModel
 from tests.conftest import ApiUser, child_env
 

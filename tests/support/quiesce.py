@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import time
 
+from inference.jobs.cancel import job_cancel
+from inference.jobs.finish import job_fail
 from inference.models import Document, DocumentStatus, Job
 from inference.models.jobs import TERMINAL_STATUSES
-from inference.services import job_cancel, job_fail
 from inference.store import get_redis
 
 

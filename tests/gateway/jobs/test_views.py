@@ -104,8 +104,9 @@ def test_cancel_a_running_job(live: Live, api_user: ApiUser) -> None:
 def test_cancel_a_queued_job_never_runs_it(live: Live, api_user: ApiUser) -> None:
     """A job cancelled before any worker starts it is final at once; the worker that later
     receives its message drops it."""
+    from inference.jobs.cancel import job_cancel
+    from inference.jobs.create import job_create
     from inference.sampling_params import SamplingParams
-    from inference.services import job_cancel, job_create
     from inference.versions.registry import ServedModel
 
     ghost = ServedModel(name="nobody-serves-this", path=Path("/nonexistent"))

@@ -9,8 +9,8 @@ import pytest
 from django.contrib.auth.models import User
 
 from inference.chat.services import profile_update, session_create, session_record_turn
+from inference.jobs.prompt import job_prompt
 from inference.models import Job, JobKind, Message
-from inference.services import job_prompt
 from inference.versions.registry import ServedModel
 from tests.conftest import TEST_MODEL_NAME
 

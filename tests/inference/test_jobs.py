@@ -15,10 +15,12 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from inference.jobs.cancel import job_cancel
+from inference.jobs.create import job_create
+from inference.jobs.reconcile import jobs_reconcile
 from inference.metrics import celery_queue_keys
 from inference.models import DeadLetter, Job, JobStatus
 from inference.sampling_params import SamplingParams
-from inference.services import job_cancel, job_create, jobs_reconcile
 from inference.store import get_redis, get_streams
 from inference.versions.registry import ServedModel, queue_for
 from tests.support.redis_entries import stream_entries
@@ -141,7 +143,7 @@ def test_generated_nul_bytes_are_stored_safely(model: ServedModel) -> None:
     U+FFFD in its place (the stream, which clients read, keeps the exact text)."""
     from inference.batching import FinishReason
     from inference.engine import SequenceResult
-    from inference.services import job_finish
+    from inference.jobs.finish import job_finish
     from inference.streams import Progress
 
     user = User.objects.create(username="nul")
