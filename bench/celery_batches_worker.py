@@ -31,13 +31,14 @@ from django.utils import timezone  # noqa: E402
 
 from inference.backends.torch_local import TorchCausalLMBackend  # noqa: E402
 from inference.batching import FinishReason, IncrementalDecoder  # noqa: E402
+from inference.core.redis import get_redis  # noqa: E402
 from inference.engine import SequenceResult  # noqa: E402
 from inference.jobs.finish import job_finish  # noqa: E402
 from inference.jobs.prompt import job_prompt  # noqa: E402
 from inference.jobstream import StreamEntry  # noqa: E402
 from inference.models import Job, JobStatus  # noqa: E402
 from inference.sampling_params import SamplingParams  # noqa: E402
-from inference.store import get_redis, get_streams  # noqa: E402
+from inference.store import get_streams  # noqa: E402
 from inference.streams import Progress  # noqa: E402
 from inference.versions.registry import default_model  # noqa: E402
 

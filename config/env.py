@@ -12,6 +12,7 @@ When ``DATABASE_URL``/``REDIS_URL`` are unset, the URLs of the embedded servers 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from functools import cache
 from pathlib import Path
@@ -119,8 +120,6 @@ def local_secret_key() -> str:
     """The secret key of a `make run` without DJANGO_SECRET_KEY: random, made on first use and
     kept in the var dir (mode 0600), so sessions survive a restart and no two installs share
     one. O_EXCL: the web and worker processes may start at once; one writes, all read."""
-    import secrets
-
     path = var_dir() / "secret_key"
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from gateway.middleware import current_request_id
+
 
 class SkipReadinessProbes(logging.Filter):
     """A 503 from /readyz is the answer, not an error worth a log line (it is polled)."""
@@ -18,8 +20,6 @@ class RequestIdFilter(logging.Filter):
     ``X-Request-Id``), or ``-`` outside of one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from gateway.middleware import current_request_id
-
         if not hasattr(record, "request_id"):
             record.request_id = current_request_id() or "-"
         return True

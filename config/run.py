@@ -32,9 +32,12 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import redis
+
 from config import env
 from config.embedded import EmbeddedPostgres, EmbeddedValkey
 from config.processes import default_concurrency, embeddings_worker_argv, worker_argv
+from inference.core.keys import SUPERVISOR_KEY
 
 logger = logging.getLogger("sluice.run")
 PY = sys.executable
@@ -43,7 +46,6 @@ PY = sys.executable
 CRASH_WINDOW_S = 60.0  # crashes counted over this window
 CRASH_LOOP = 3  # this many in the window: a crash loop (reported, backoff at its cap soon)
 MAX_BACKOFF_S = 60.0
-SUPERVISOR_KEY = "sluice:supervisor"
 
 
 def backoff_s(crashes: int) -> float:
@@ -355,8 +357,6 @@ Ctrl-C stops everything.""",
                     "restarting": restarts.next_start is not None,
                 }
         try:
-            import redis
-
             if self._redis is None:
                 self._redis = redis.Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
             if state:

@@ -10,8 +10,8 @@ from django.urls import reverse
 from django.utils.html import format_html
 from unfold.admin import ModelAdmin
 
-from dashboard.audit import auth_failures_sync
-from dashboard.models import AuditEntry, AuthFailure
+from inference.core.audit import auth_failures_sync
+from inference.core.models import AuditEntry, AuthFailure
 
 
 class ReadOnlyAdmin(ModelAdmin):

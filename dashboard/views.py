@@ -19,10 +19,11 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 
-from dashboard.selectors import Scope, dashboard_snapshot, scopes
-from inference.client import db, release_connection
+from dashboard.scope import Scope
+from dashboard.selectors import dashboard_snapshot, scopes
+from inference.core.db import db, release_connection
 from inference.models import Job
-from inference.timeseries import WINDOWS
+from inference.observability.timeseries import WINDOWS
 
 CHARTS: tuple[tuple[str, str, str], ...] = (
     ("requests", "Requests / s by outcome", "req/s"),

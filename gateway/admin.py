@@ -14,11 +14,11 @@ from django.http import HttpRequest
 from unfold.admin import ModelAdmin, StackedInline
 from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
 
-from dashboard.audit import audit_record
-from dashboard.audit_admin import AuditedAdmin
-from dashboard.models import AuditAction
 from gateway.models import ApiKey, RateLimitPolicy, UserRateLimit
 from gateway.services import apikey_create, apikey_revoke
+from inference.core.audit import audit_record
+from inference.core.audited_admin import AuditedAdmin
+from inference.core.models import AuditAction
 
 admin.site.unregister(User)
 admin.site.unregister(Group)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+from django.conf import settings
 from django.contrib.auth.models import User
+from django.http.response import HttpResponseBase
 from rest_framework import status
 
 from gateway.errors import ApiError
@@ -24,10 +26,11 @@ from gateway.services import (
     admission_wait,
 )
 from inference.admission.ratelimit import Capacity, Decision, Limits, Outcome, Quota, Ticket
-from inference.metrics import record_request_end
+from inference.observability.recording import record_request_end
 from inference.versions.registry import ServedModel
 
-HEADERS_ATTR = "_sluice_ratelimit_headers"
+RATELIMIT_HEADER_PREFIX = "x-ratelimit-"
+POLICY_HEADER = "x-sluice-policy"
 
 
 def duration(seconds: float) -> str:
@@ -55,8 +58,27 @@ def ratelimit_headers(state: Decision | Quota) -> dict[str, str]:
         headers["x-ratelimit-remaining-tokens"] = str(max(0, state.remaining_tokens))
         headers["x-ratelimit-reset-tokens"] = duration(state.reset_tokens_s)
     if limits.policy_id is not None:
-        headers["x-sluice-policy"] = limits.policy
+        headers[POLICY_HEADER] = limits.policy
     return headers
+
+
+R = TypeVar("R", bound=HttpResponseBase)
+
+
+def with_ratelimit(response: R, admission: Admission | None) -> R:
+    """``response`` with the ``x-ratelimit-*`` headers its request's admission result carries
+    (none for a replay, which was not admitted again: the view's base then reads the quota)."""
+    if admission is not None:
+        for name, value in admission.headers.items():
+            if name not in response:
+                response[name] = value
+    return response
+
+
+def has_ratelimit_headers(response: HttpResponseBase) -> bool:
+    return any(name.startswith(RATELIMIT_HEADER_PREFIX) for name in response.headers) or (
+        POLICY_HEADER in response
+    )
 
 
 def retry_after(seconds: float) -> str:
@@ -121,8 +143,6 @@ def refusal(decision: Decision, *, cost: int) -> ApiError:
 
 
 def _overload_retry_s() -> float:
-    from django.conf import settings
-
     return float(settings.SLUICE_OVERLOAD_RETRY_AFTER_S)
 
 
@@ -148,6 +168,7 @@ class Admission:
     wait_s: float = 0.0
 
     def __post_init__(self) -> None:
+        self.headers = ratelimit_headers(self.decision)
         if self.decision.outcome is Outcome.WAITING:
             self.waited_for = self.decision.waiting_for
         self._note_admitted()
@@ -169,9 +190,9 @@ class Admission:
     def tier(self) -> int:
         return self.ticket.tier
 
-    @property
-    def headers(self) -> dict[str, str]:
-        return ratelimit_headers(self.decision)
+    #: The ``x-ratelimit-*`` headers of the first attempt's decision: what the caller had
+    #: left when the request came in (``with_ratelimit`` puts them on the response).
+    headers: dict[str, str] = field(default_factory=dict)
 
     def wait(self) -> None:
         """Block until admitted; raise the 429/503 if refused (sync views)."""

@@ -8,10 +8,10 @@ from django.contrib.auth.models import User
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from dashboard.audit import auth_failure_record
 from gateway.models import ApiKey
 from gateway.selectors import apikey_get_active
 from gateway.services import VISIBLE_CHARS, apikey_touch
+from inference.core.audit import auth_failure_record
 
 
 def raw_key_from_headers(authorization: str | None, x_api_key: str | None) -> str | None:

@@ -19,10 +19,14 @@ console's and the static files' prefixes.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
+import redis
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -201,9 +205,6 @@ OUTAGE_RETRY_AFTER_S = 5
 
 def store_outage(exc: BaseException) -> ApiError | None:
     """An unreachable Postgres or Redis is an outage (503, retry later), not a bug (500)."""
-    import redis
-    from django.db import InterfaceError, OperationalError
-
     store = None
     if isinstance(exc, OperationalError | InterfaceError):
         store = "database"
@@ -274,14 +275,10 @@ def unknown_url(request: HttpRequest, exception: Exception | None = None, **kwar
 def not_found(request: HttpRequest, exception: Exception | None = None) -> Any:
     if api_owned(request.path):
         return unknown_url(request)
-    from django.views.defaults import page_not_found
-
-    return page_not_found(request, exception or Exception("not found"))
+    return defaults.page_not_found(request, exception or Exception("not found"))
 
 
 def server_error(request: HttpRequest) -> Any:
-    import sys
-
     outage = store_outage(sys.exc_info()[1] or Exception())
     if outage is not None and api_owned(request.path):
         return json_error(request, outage)
@@ -294,6 +291,4 @@ def server_error(request: HttpRequest) -> Any:
                 code="internal_error",
             ),
         )
-    from django.views.defaults import server_error as html_server_error
-
-    return html_server_error(request)
+    return defaults.server_error(request)

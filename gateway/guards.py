@@ -12,6 +12,7 @@ from prometheus_client import Counter
 from rest_framework import status
 
 from gateway.errors import ApiError
+from gateway.selectors import policy_guards
 from inference.guards import Guard, GuardConfigError, build
 
 logger = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ NO_GUARDS = RequestGuards()
 
 def guards_for(*, user: Any, api_key: Any) -> RequestGuards:
     """The caller's policy's guards (cached with the policy, SLUICE_POLICY_CACHE_S)."""
-    from gateway.selectors import policy_guards
-
     policy, config = policy_guards(user=user, api_key=api_key)
     if not config:
         return NO_GUARDS

@@ -23,7 +23,8 @@ from rest_framework import status
 from rest_framework.request import Request
 
 from gateway.errors import ApiError
-from inference.store import get_redis
+from inference.core.keys import idempotency_key
+from inference.core.redis import get_redis
 
 HEADER = "Idempotency-Key"
 TTL_S = 24 * 3600
@@ -61,7 +62,7 @@ class IdempotencyClaim:
                 code="invalid_value",
                 param=HEADER,
             )
-        key = f"sluice:idem:u{user_id}:{hashlib.sha256(raw.encode()).hexdigest()}"
+        key = idempotency_key(user_id, hashlib.sha256(raw.encode()).hexdigest())
         claim = cls(key=key, digest=body_hash(request))
         claim._acquire()
         return claim

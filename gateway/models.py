@@ -13,8 +13,10 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.utils import timezone
 
 from inference.admission.ratelimit import MAX_TIER
+from inference.guards import GuardConfigError, validate
 
 
 def hash_key(raw_key: str) -> str:
@@ -87,8 +89,6 @@ class RateLimitPolicy(models.Model):
     def clean(self) -> None:
         if self.is_default and RateLimitPolicy.objects.filter(is_default=True).exclude(pk=self.pk).exists():
             raise ValidationError({"is_default": "Another policy is the default; untick it there first."})
-        from inference.guards import GuardConfigError, validate
-
         try:
             validate(self.guards, extra=settings.SLUICE_GUARD_KINDS)
         except GuardConfigError as exc:
@@ -125,8 +125,6 @@ class ApiKey(models.Model):
 
     @property
     def is_active(self) -> bool:
-        from django.utils import timezone
-
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or self.expires_at > timezone.now()

@@ -13,6 +13,7 @@ cannot drift from what the code does (tests/gateway/test_parameters.py compares 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,4 @@ def parameter_table(
 
 
 def _json(value: Any) -> str:
-    import json
-
     return f"`{json.dumps(value)}`"

@@ -1,3 +1,5 @@
+# structure: the input rules every protocol shares, in one place on purpose (a rule split
+# across modules is the rule a protocol forgets); chat and completion differ only in the prompt.
 """The one prepare step every protocol shares: from a request already parsed by its protocol
 package to a `PreparedRequest` (model version, job input, sampling parameters, prompt tokens).
 
@@ -24,8 +26,10 @@ from rest_framework import status
 from gateway.errors import ApiError
 from gateway.guards import RequestGuards
 from inference.backends.support import unsupported_by
+from inference.chat.selectors import session_get_for_user
 from inference.models import JobKind
 from inference.prompts import ChatTemplateError, ModelFilesError
+from inference.rag.selectors import knowledge_bases_resolve
 from inference.sampling_params import SamplingParams
 from inference.tools.calls import ToolPlan, arguments_object
 from inference.versions.registry import ServedModel, resolve_model
@@ -106,9 +110,6 @@ def check_stop(stop: Sequence[str], *, param: str = "stop", error_status: int = 
 def resolve_chat_context(*, user: User, data: dict[str, Any]) -> ChatContext:
     """404 for a session or knowledge base that does not exist or is not the caller's to use
     (the same answer either way: existence is not disclosed)."""
-    from inference.chat.selectors import session_get_for_user
-    from inference.rag.selectors import knowledge_bases_resolve
-
     session_id = data.get("session_id")
     if session_id is not None and session_get_for_user(user=user, session_id=session_id) is None:
         raise ApiError(

@@ -19,8 +19,8 @@ from gateway.models import ApiKey, RateLimitPolicy, hash_key
 from gateway.selectors import admission_subject
 from inference.admission.ratelimit import Capacity, Decision, Outcome, Quota, Ticket, poll_interval
 from inference.admission.services import get_limiter
-from inference.metrics import record_admission
-from inference.store import async_redis
+from inference.core.redis import async_redis
+from inference.observability.recording import record_admission
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,10 @@ from typing import Any
 from django.http import StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
 
-from inference.client import job_client, release_connection
-from inference.metrics import record_latency
+from inference.client import job_client
+from inference.core.db import release_connection
 from inference.models import Job
+from inference.observability.recording import record_latency
 from inference.versions.registry import version_label
 
 KEEPALIVE = b": keepalive\n\n"

@@ -24,16 +24,20 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.http import StreamingHttpResponse
 from rest_framework import status
 from rest_framework.request import Request
 
-from gateway.admission import HEADERS_ATTR, Admission, admit, queue_event
+from gateway.admission import Admission, admit, queue_event
+from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError
 from gateway.idempotency import IdempotencyClaim
 from gateway.models import ApiKey
 from gateway.prepare import PreparedRequest
 from gateway.sse import sse_comment, sse_response
-from inference.client import db, job_client, release_connection
+from inference.admission.services import admission_release
+from inference.client import job_client
+from inference.core.db import db, release_connection
 from inference.models import Job, JobStatus
 from inference.versions.registry import VersionGone
 
@@ -53,8 +57,6 @@ class Caller:
 
     @classmethod
     def of(cls, request: Request) -> Caller:
-        from gateway.auth import request_api_key, request_user
-
         return cls(
             user=request_user(request),
             api_key=request_api_key(request),
@@ -86,10 +88,10 @@ class Submission:
 
     # -- admission -------------------------------------------------------------------------
 
-    def admit(self, request: Request | None = None) -> Admission | None:
-        """The first attempt: admitted or waiting; raises the 429/503 refusal. Its
-        ``x-ratelimit-*`` headers go on ``request``'s response. A replay is not admitted
-        again (its job was)."""
+    def admit(self) -> Admission | None:
+        """The first attempt: admitted or waiting; raises the 429/503 refusal. The admission
+        carries the ``x-ratelimit-*`` headers of the response (``with_ratelimit``). A replay
+        is not admitted again (its job was)."""
         if self.replay:
             return None
         try:
@@ -102,8 +104,6 @@ class Submission:
         except BaseException:
             self._failed()
             raise
-        if request is not None:
-            setattr(request, HEADERS_ATTR, self.admission.headers)
         return self.admission
 
     async def admit_async(self) -> Admission | None:
@@ -135,8 +135,6 @@ class Submission:
     def abandon(self) -> None:
         """Give the place (and the reservation) back: the job will not be created."""
         if self.admission is not None and self.admission.admitted:
-            from inference.admission.services import admission_release
-
             admission_release(grant=self.admission.grant, used_tokens=0)
         elif self.admission is not None:
             self.admission.abandon()
@@ -209,7 +207,7 @@ class Submission:
         raise_for_failed(job)
         return job
 
-    def stream(self, stream_for: StreamFor, *, refused: Refused) -> object:
+    def stream(self, stream_for: StreamFor, *, refused: Refused) -> StreamingHttpResponse:
         """The streaming answer: the job's stream at once if admitted, else queue comments
         while it waits, then the stream (or the refusal, as the protocol's error event)."""
         if self.replay or self._admission().admitted:
@@ -236,7 +234,7 @@ class Submission:
                 await asyncio.shield(db(self._failed))
 
 
-def submit_all(submissions: list[Submission], *, request: Request | None = None) -> list[Job]:
+def submit_all(submissions: list[Submission]) -> list[Job]:
     """The jobs of one request that asks for several (a batch of prompts): every one admitted
     (waiting if it must), then every one created. A refusal gives back the admissions granted
     before it, so a batch is all or nothing."""
@@ -245,7 +243,7 @@ def submit_all(submissions: list[Submission], *, request: Request | None = None)
     admitted: list[Submission] = []
     try:
         for submission in submissions:
-            submission.admit(request)
+            submission.admit()
             submission.wait_admitted()
             admitted.append(submission)
     except BaseException:

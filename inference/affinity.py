@@ -25,9 +25,13 @@ from typing import Any
 
 from django.conf import settings
 
-from inference.metrics import celery_queue_keys, fleet
-from inference.store import get_redis
-from inference.versions.registry import SETTINGS_LABEL, ServedModel
+from inference.core.broker import celery_queue_keys
+from inference.core.keys import group_key
+from inference.core.redis import get_redis
+from inference.jobs.publish import job_publish, job_queue
+from inference.models import Job
+from inference.observability.recording import fleet
+from inference.versions.registry import SETTINGS_LABEL, ServedModel, version_by_id
 from inference.worker.heartbeat import live_beats
 
 logger = logging.getLogger(__name__)
@@ -61,8 +65,6 @@ def preferred_worker(
     *, model: ServedModel, session_id: uuid.UUID | str | None, previous_id: uuid.UUID | str | None
 ) -> str | None:
     """The worker that ran the turn this job continues, on the same version (None: none)."""
-    from inference.models import Job
-
     if previous_id is not None:
         row = Job.objects.filter(id=previous_id).values_list("worker", "model_version_id").first()
         if row is not None and row[0] and row[1] == model.version_id:
@@ -113,10 +115,6 @@ def decide(preferred: str | None, loads: dict[str, int], gap: int) -> Affinity:
 
 
 GROUP_TTL_S = 300
-
-
-def group_key(group: str) -> str:
-    return f"sluice:affinity:group:{group}"
 
 
 def place(
@@ -186,10 +184,6 @@ def affinity_reconcile(pinned: Iterable[tuple[Any, str, int | None, int, str]]) 
     """Move jobs waiting in the own queue of a worker that left (or unloaded their version) to
     their shared queue. ``pinned``: (job id, served name, version id, priority, worker) of
     queued jobs published to a worker's queue. Returns how many moved."""
-    from inference.jobs.publish import job_publish, job_queue
-    from inference.models import Job
-    from inference.versions.registry import version_by_id
-
     rows = list(pinned)
     if not rows:
         return 0

@@ -20,22 +20,23 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import redis
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from inference.core.db import closing, db, release_connection
+from inference.core.redis import async_redis, get_redis
 from inference.jobs.cancel import job_cancel, job_soft_delete
 from inference.jobs.create import job_create
 from inference.jobstream import EntryKind, StreamEntry
 from inference.models import Job
 from inference.sampling_params import SamplingParams
-from inference.store import async_redis, get_redis, get_streams
+from inference.selectors import job_timings
+from inference.store import get_streams
 from inference.streams import cancel_key, stream_key
 from inference.versions.registry import ServedModel
 
@@ -47,28 +48,6 @@ T = TypeVar("T")
 END_GRACE_S = 3.0
 #: How many quiet keepalive intervals a follower waits between looks at the job's row.
 ROW_CHECK_EVERY = 5
-
-
-def release_connection() -> None:
-    """Give this thread's database connection back to the pool (before any wait)."""
-    connection.close()
-
-
-def _closing(fn: Callable[..., T]) -> Callable[..., T]:
-    def run(*args: Any, **kwargs: Any) -> T:
-        close_old_connections()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            connection.close()
-
-    return run
-
-
-async def db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run an ORM call from async code on a worker thread and return its connection to the
-    pool at once: async code must never keep one across an await."""
-    return await sync_to_async(_closing(fn), thread_sensitive=False)(*args, **kwargs)
 
 
 def _valid_cursor(value: str) -> bool:
@@ -174,8 +153,6 @@ class JobClient:
 
     def timings(self, job: Job) -> dict[str, Any]:
         """The job's timeline in milliseconds (``GET /api/v1/jobs/{id}``'s ``timings``)."""
-        from inference.selectors import job_timings
-
         return job_timings(job)
 
     def entries(self, job_id: str) -> list[StreamEntry]:
@@ -301,7 +278,7 @@ class JobClient:
                 time.sleep(0.5)  # Redis is restarting; the job goes on meanwhile
                 continue
             if not response:
-                job = _closing(Job.objects.get)(id=job_id)
+                job = closing(Job.objects.get)(id=job_id)
                 if job.is_terminal:  # stream expired or was never written (cancelled early)
                     return job
                 continue
@@ -309,8 +286,8 @@ class JobClient:
                 entry = StreamEntry.decode(entry_id, raw)
                 last = entry.id
                 if entry.kind == EntryKind.END:
-                    return _closing(Job.objects.get)(id=job_id)
-        return _closing(Job.objects.get)(id=job_id)
+                    return closing(Job.objects.get)(id=job_id)
+        return closing(Job.objects.get)(id=job_id)
 
 
 job_client = JobClient()

@@ -1,3 +1,5 @@
+# structure: one engine thread's loop (intake, admission, step, publish, finish) over state
+# it alone owns; split, its invariants would span modules.
 """Continuous-batching engine: one per worker process, one thread, many sequences.
 
 Every Celery task the worker holds hands its sequence to `Engine.submit` and waits on the

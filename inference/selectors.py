@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
+from inference.core.redis import get_redis
 from inference.models import Job, ModelVersion
-from inference.store import get_redis
+from inference.versions.registry import version_by_id
+from inference.versions.replicas import ReplicaState, read_replicas
 from inference.worker.heartbeat import live_beats
-
-if TYPE_CHECKING:
-    from inference.versions.replicas import ReplicaState
 
 
 def job_get_for_user(*, user: User, job_id: str | uuid.UUID) -> Job | None:
@@ -44,8 +43,6 @@ def job_timings(job: Job) -> dict[str, Any]:
     """A job's timeline in milliseconds: received -> admitted (wait, and what for) -> queued
     -> started (worker, version, attempt) -> first token -> finished. A step that has not
     happened (or a job from before timelines were kept) is ``null``."""
-    from inference.versions.registry import version_by_id
-
     received = job.received_at or job.queued_at
     version = version_by_id(job.model_version_id, job.model)
 
@@ -91,8 +88,6 @@ def worker_heartbeats() -> list[dict[str, Any]]:
 def version_replicas(version: ModelVersion) -> list[ReplicaState]:
     """An openai version's replicas with their health and fleet-wide load (empty for others,
     or when Redis is unreachable)."""
-    from inference.versions.replicas import read_replicas
-
     if version.backend != "openai" or not version.pk:
         return []
     urls = list(dict.fromkeys([u for u in [version.url, *version.replica_list] if u]))

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from inference.core.keys import cancel_key, lease_key, requeue_key, stream_key
 from inference.engine import StepEvent
 from inference.jobstream import EntryKind, StreamEntry
 
@@ -65,22 +66,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-def stream_key(job_id: str) -> str:
-    return f"sluice:job:{{{job_id}}}:events"
-
-
-def lease_key(job_id: str) -> str:
-    return f"sluice:job:{{{job_id}}}:lease"
-
-
-def cancel_key(job_id: str) -> str:
-    return f"sluice:job:{{{job_id}}}:cancel"
-
-
-def requeue_key(job_id: str) -> str:
-    return f"sluice:job:{{{job_id}}}:requeued"
 
 
 @dataclass

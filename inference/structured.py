@@ -26,6 +26,7 @@ MAX_CONSTRAINT_CHARS = 65_536
 
 def grammar_of(structured: StructuredOutput) -> str:
     """The constraint as an llguidance grammar (what `LLMatcher` compiles)."""
+    # lazy: llguidance loads with the first structured request, not in every process
     import llguidance
 
     kind = structured.kind
@@ -48,7 +49,7 @@ def grammar_of(structured: StructuredOutput) -> str:
 
 def validation_error(structured: StructuredOutput) -> str | None:
     """Why this constraint cannot be compiled (a message for a 400), or None if it can."""
-    import llguidance
+    import llguidance  # lazy: see grammar_of
 
     if len(structured.value) > MAX_CONSTRAINT_CHARS:
         return f"it is too large ({len(structured.value)} characters; the limit is {MAX_CONSTRAINT_CHARS})"

@@ -1,3 +1,4 @@
+# structure: Django settings are one module by convention; grouped by subject below.
 """Settings shared by every environment. Values that vary come from ``config.env`` only."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The base of every authenticated API view.
 
-- ``x-ratelimit-*`` headers on every response (OpenAI's names).
+- ``x-ratelimit-*`` headers on every response (OpenAI's names): an admitted request's from its
+  admission result (``gateway.admission.with_ratelimit``), any other's from the caller's quota.
 - Errors as JSON even when the client asked for ``text/event-stream`` (negotiation picked
   the event-stream renderer, which only exists so that EventSource gets past DRF's 406).
 - A streaming response leaves no database connection behind: Django's ASGI handler returns
@@ -22,9 +23,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from gateway.admission import HEADERS_ATTR, ratelimit_headers
+from gateway.admission import has_ratelimit_headers, ratelimit_headers
+from gateway.auth import request_api_key
+from gateway.services import quota_get
 from gateway.sse import EventStreamRenderer
-from inference.client import release_connection
+from inference.core.db import release_connection
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +41,12 @@ class GatewayApiView(APIView):
             request.accepted_renderer = JSONRenderer()
             request.accepted_media_type = JSONRenderer.media_type
         response = super().finalize_response(request, response, *args, **kwargs)
-        headers: dict[str, str] | None = getattr(request, HEADERS_ATTR, None)
+        headers: dict[str, str] | None = None
         # `_user`, not `user`: reading `user` would re-run authentication after it failed.
         user = getattr(request, "_user", None)
-        if headers is None and isinstance(user, User):
-            from gateway.auth import request_api_key
-            from gateway.services import quota_get
-
+        # A request that was admitted carries its admission's headers already (with_ratelimit);
+        # any other authenticated response (a read, an error) shows the caller's quota now.
+        if not has_ratelimit_headers(response) and isinstance(user, User):
             try:
                 headers = ratelimit_headers(quota_get(user=user, api_key=request_api_key(request)))
             except (redis.RedisError, DatabaseError):

@@ -23,11 +23,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from inference.core.keys import SUPERVISOR_KEY
 from inference.versions.registry import served_models
 from inference.worker.heartbeat import live_beats
 
 PROBE_TIMEOUT_S = 2
-SUPERVISOR_KEY = "sluice:supervisor"  # = config.run.SUPERVISOR_KEY
 HEARTBEAT_STALE_S = 15
 
 

@@ -18,8 +18,6 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from dashboard.audit import audit_created, audit_record
-from dashboard.models import AuditAction
 from gateway.apis.base import GatewayApiView
 from gateway.auth import request_user
 from gateway.errors import ApiError
@@ -27,6 +25,8 @@ from gateway.fields import StrictCharField
 from gateway.models import ApiKey, RateLimitPolicy
 from gateway.selectors import apikeys_of, policy_of_user, policy_within
 from gateway.services import apikey_create, apikey_revoke
+from inference.core.audit import audit_created, audit_record
+from inference.core.models import AuditAction
 
 MAX_KEYS_PER_USER = 100
 

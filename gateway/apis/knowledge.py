@@ -18,7 +18,6 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from dashboard.audit import audit_changed, audit_created, audit_deleted, object_state
 from gateway.apis.base import GatewayApiView
 from gateway.apis.sessions import PAGE, page_params
 from gateway.auth import request_user
@@ -26,6 +25,7 @@ from gateway.bodies import validated_body
 from gateway.errors import ApiError
 from gateway.fields import StrictCharField, StrictFloatField, StrictIntegerField
 from gateway.parsers import BoundedJSONParser
+from inference.core.audit import audit_changed, audit_created, audit_deleted, object_state
 from inference.models import Document, KnowledgeBase, Visibility
 from inference.rag.extract import ExtractionError
 from inference.rag.selectors import (
@@ -357,8 +357,6 @@ class KnowledgeSearchApi(GatewayApiView):
         summary="Search knowledge bases (no generation)",
     )
     def post(self, request: Request) -> Response:
-        from django.conf import settings
-
         data = _validated(SearchSerializer, request)
         found, missing = knowledge_bases_resolve(
             user=request_user(request), kb_ids=data["knowledge_base_ids"]

@@ -6,7 +6,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from gateway.admission import HEADERS_ATTR, ratelimit_headers
+from gateway.admission import ratelimit_headers
 from gateway.apis.base import GatewayApiView
 from gateway.auth import request_api_key, request_user
 from gateway.services import quota_get
@@ -25,7 +25,6 @@ class QuotaGetApi(GatewayApiView):
     def get(self, request: Request) -> Response:
         api_key = request_api_key(request)
         quota = quota_get(user=request_user(request), api_key=api_key)
-        setattr(request, HEADERS_ATTR, ratelimit_headers(quota))
         limits = quota.limits
         budget = limits.daily_token_budget
         return Response(
@@ -56,5 +55,6 @@ class QuotaGetApi(GatewayApiView):
                     "daily_tokens": round(seconds_to_midnight(), 1),
                 },
                 "usage": {"concurrent": quota.concurrent, "tokens_today": quota.tokens_today},
-            }
+            },
+            headers=ratelimit_headers(quota),
         )

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from gateway.apis.base import GatewayApiView
 from gateway.auth import request_user
 from gateway.errors import ApiError
-from inference.usage import usage_summary
+from inference.observability.usage import usage_summary
 
 USER_GROUPS = ("day", "model", "key")
 MAX_DAYS = 366

@@ -21,16 +21,16 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from gateway.admission import HEADERS_ATTR, admit
+from gateway.admission import admit, with_ratelimit
 from gateway.apis.base import GatewayApiView
 from gateway.bodies import validated_body
 from gateway.errors import ApiError, openai_exception_handler
 from gateway.fields import StrictCharField, StrictIntegerField
-from gateway.openai.serializers import PromptField
+from gateway.openai.fields import PromptField
 from gateway.prepare import check_storable
 from gateway.submission import Caller
 from inference.admission.services import admission_release
-from inference.client import release_connection
+from inference.core.db import release_connection
 from inference.rag.services import EmbeddingUnavailable, embed_remote, embedding_model_facts
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
@@ -92,7 +92,6 @@ class EmbeddingCreateApi(GatewayApiView):
         admission = admit(
             user=caller.user, api_key=caller.api_key, model_name=f"embeddings:{name}", cost=tokens
         )
-        setattr(request, HEADERS_ATTR, admission.headers)
         release_connection()  # nothing below needs the database
         admission.wait()
         try:
@@ -111,7 +110,7 @@ class EmbeddingCreateApi(GatewayApiView):
         finally:
             admission_release(grant=admission.grant, used_tokens=tokens)
         base64_out = data["encoding_format"] == "base64"
-        return Response(
+        response = Response(
             {
                 "object": "list",
                 "data": [
@@ -130,3 +129,4 @@ class EmbeddingCreateApi(GatewayApiView):
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
+        return with_ratelimit(response, admission)

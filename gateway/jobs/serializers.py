@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from rest_framework import serializers
 
 from gateway.errors import ApiError
@@ -16,7 +17,9 @@ from gateway.fields import (
     StrictFloatField,
     StrictIntegerField,
 )
-from gateway.openai.serializers import ChatMessageSerializer, LogitBiasField, SamplingSerializer, token_list
+from gateway.guards import guards_for
+from gateway.openai.fields import ChatMessageSerializer, LogitBiasField, token_list
+from gateway.openai.serializers import SamplingSerializer
 from gateway.parameters import check_parameters
 from gateway.prepare import (
     PreparedRequest,
@@ -77,8 +80,6 @@ class JobCreateSerializer(ContextFieldsMixin, serializers.Serializer):
 
 def job_prepare(data: dict[str, Any], *, user: Any, api_key: Any = None) -> PreparedRequest:
     """Validated native/WebSocket request -> a prepared job (shared by REST and WebSocket)."""
-    from gateway.guards import guards_for
-
     model = route_or_404(data.get("model"), user=user)
     guards = guards_for(user=user, api_key=api_key)
     sampling = SamplingSerializer.common_sampling(
@@ -95,8 +96,6 @@ def job_prepare(data: dict[str, Any], *, user: Any, api_key: Any = None) -> Prep
             sampling=sampling,
             guards=guards,
         )
-    from django.conf import settings
-
     return prepare_completion(
         model=model,
         prompt=data["prompt"],

@@ -10,6 +10,7 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from gateway.admission import with_ratelimit
 from gateway.apis.base import GatewayApiView, StreamingApiView
 from gateway.auth import request_api_key, request_user
 from gateway.bodies import validated_body
@@ -58,13 +59,13 @@ class JobCreateApi(GatewayApiView):
         caller = Caller.of(request)
         claim = IdempotencyClaim.begin(request, user_id=caller.user.pk)
         submission = Submission(caller, prepared, source="jobs", idempotency=claim)
-        submission.admit(request)
+        submission.admit()
         # An asynchronous API still waits here, within the policy's max queue wait: the job
         # row only exists once admitted.
         job = submission.accept()
         response = Response(job_representation(job), status=status.HTTP_202_ACCEPTED)
         response["Location"] = f"/api/v1/jobs/{job.id}"
-        return response
+        return with_ratelimit(response, submission.admission)
 
     @extend_schema(
         parameters=[

@@ -12,13 +12,14 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from gateway.admission import with_ratelimit
 from gateway.apis.base import GatewayApiView, StreamingApiView
 from gateway.auth import request_api_key, request_user
 from gateway.bodies import validated_body
 from gateway.errors import ApiError, openai_exception_handler
 from gateway.guards import guards_for
 from gateway.idempotency import IdempotencyClaim
-from gateway.openai import shaping
+from gateway.openai import shaping, streaming
 from gateway.openai.serializers import ChatCompletionSerializer, CompletionSerializer
 from gateway.parameters import check_parameters, declared
 from gateway.prepare import (
@@ -42,7 +43,7 @@ class OpenAIView(StreamingApiView):
         return openai_exception_handler
 
 
-def _unsupported(message: str, param: str) -> ApiError:
+def unsupported(message: str, param: str) -> ApiError:
     return ApiError(message, code="unsupported_parameter", param=param)
 
 
@@ -53,7 +54,7 @@ def validated(serializer_class: type[serializers.Serializer], request: Request) 
         request,
         serializer_class,
         check=lambda data: check_parameters(
-            data, known=declared(serializer_class, refused), refused=refused, error=_unsupported
+            data, known=declared(serializer_class, refused), refused=refused, error=unsupported
         ),
     )
 
@@ -145,7 +146,7 @@ class ChatCompletionCreateApi(OpenAIView):
         )
         shape = shaping.Shape(model=model, logprobs=logprobs, tools=tools, n=n, **_options(data))
         return _respond(
-            request, submissions, data, shape=shape, stream=shaping.chat_stream, body=shaping.chat_body
+            request, submissions, data, shape=shape, stream=streaming.chat_stream, body=shaping.chat_body
         )
 
 
@@ -201,7 +202,7 @@ class CompletionCreateApi(OpenAIView):
             submissions,
             data,
             shape=shape,
-            stream=shaping.completion_stream,
+            stream=streaming.completion_stream,
             body=shaping.completion_body,
         )
 
@@ -235,14 +236,16 @@ def _respond(
         return stream(jobs, shape=shape, started=started)
 
     if data["stream"] and len(submissions) == 1:
-        submissions[0].admit(request)
-        return submissions[0].stream(stream_for, refused=shaping.refused)
-    jobs = submit_all(submissions, request=request)
+        submissions[0].admit()
+        return with_ratelimit(
+            submissions[0].stream(stream_for, refused=streaming.refused), submissions[0].admission
+        )
+    jobs = submit_all(submissions)
     if data["stream"]:
-        return sse_response(stream_for(*jobs))
+        return with_ratelimit(sse_response(stream_for(*jobs)), submissions[0].admission)
     finished = [submission.finish(job) for submission, job in zip(submissions, jobs, strict=True)]
     observe_completed(finished[0], started=started)
-    return Response(body(finished, shape=shape))
+    return with_ratelimit(Response(body(finished, shape=shape)), submissions[0].admission)
 
 
 def _model_object(name: str, owned_by: str = "sluice") -> dict[str, Any]:

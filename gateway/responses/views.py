@@ -18,12 +18,14 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from gateway import structured
+from gateway.admission import with_ratelimit
 from gateway.apis.base import GatewayApiView, StreamingApiView
 from gateway.auth import request_api_key, request_user
 from gateway.bodies import validated_body
@@ -32,7 +34,7 @@ from gateway.guards import guards_for
 from gateway.idempotency import IdempotencyClaim
 from gateway.parameters import check_parameters, declared
 from gateway.prepare import prepare_chat, route_or_404
-from gateway.responses import shaping
+from gateway.responses import shaping, streaming
 from gateway.responses.serializers import (
     REFUSED,
     ResponseCreateSerializer,
@@ -185,26 +187,29 @@ class ResponseCreateApi(ResponsesView):
         )
         claim = IdempotencyClaim.begin(request, user_id=user.pk)
         submission = Submission(Caller.of(request), prepared, source="responses", idempotency=claim)
-        submission.admit(request)
+        submission.admit()
         if data["stream"]:
-            return submission.stream(
-                lambda job: shaping.event_stream(
-                    job, cancel_if_gone=not data["background"], started=submission.started
+            return with_ratelimit(
+                submission.stream(
+                    lambda job: streaming.event_stream(
+                        job, cancel_if_gone=not data["background"], started=submission.started
+                    ),
+                    refused=refused,
                 ),
-                refused=refused,
+                submission.admission,
             )
         if data["background"]:
-            return Response(shaping.response_object(submission.accept()))
+            return with_ratelimit(
+                Response(shaping.response_object(submission.accept())), submission.admission
+            )
         job = job_client.wait_end(submission.accept().id, timeout_s=_timeout())
         if job.status != JobStatus.CANCELLED:
             raise_for_failed(job)
             observe_completed(job, started=submission.started)
-        return Response(shaping.response_object(job))
+        return with_ratelimit(Response(shaping.response_object(job)), submission.admission)
 
 
 def _timeout() -> float:
-    from django.conf import settings
-
     return float(settings.SLUICE_JOB_TIMEOUT_S + 5)
 
 
@@ -231,7 +236,7 @@ class ResponseDetailApi(ResponsesView):
         if not -1 <= starting_after < 2**62:
             raise ApiError("'starting_after' is out of range.", code="invalid_value", param="starting_after")
         # A replay never cancels: the response belongs to whoever created it.
-        return sse_response(shaping.event_stream(job, starting_after=starting_after, cancel_if_gone=False))
+        return sse_response(streaming.event_stream(job, starting_after=starting_after, cancel_if_gone=False))
 
     @extend_schema(responses={200: OpenApiResponse(description="deleted")}, summary="Delete a response")
     def delete(self, request: Request, response_id: str) -> Response:

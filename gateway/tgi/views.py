@@ -24,6 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from gateway.admission import with_ratelimit
 from gateway.apis.base import StreamingApiView
 from gateway.auth import request_api_key, request_user
 from gateway.errors import ApiError, tgi_exception_handler
@@ -157,22 +158,25 @@ def _run(request: Request, data: dict[str, Any], *, stream: bool, as_list: bool 
             Submission(caller, choice, source="tgi", idempotency=claim, index=index)
             for index, choice in enumerate(with_choices(prepared, best_of))
         ]
-        jobs = submit_all(submissions, request=request)
+        jobs = submit_all(submissions)
         finished = [submission.finish(job) for submission, job in zip(submissions, jobs, strict=True)]
         observe_completed(finished[0], started=submissions[0].started)
         body = shaping.best_of_body(finished, options=options, details=bool(parameters.get("details")))
-        return Response([body] if as_list else body)
+        return with_ratelimit(Response([body] if as_list else body), submissions[0].admission)
     submission = Submission(caller, prepared, source="tgi", idempotency=claim)
-    submission.admit(request)
+    submission.admit()
     if stream:
-        return submission.stream(
-            lambda job: shaping.generate_stream(job, options=options, started=submission.started),
-            refused=shaping.refused,
+        return with_ratelimit(
+            submission.stream(
+                lambda job: shaping.generate_stream(job, options=options, started=submission.started),
+                refused=shaping.refused,
+            ),
+            submission.admission,
         )
     job = submission.run()
     observe_completed(job, started=submission.started)
     body = shaping.generate_body(job, options=options, details=bool(parameters.get("details")))
-    return Response([body] if as_list else body)
+    return with_ratelimit(Response([body] if as_list else body), submission.admission)
 
 
 _RESPONSES = {200: OpenApiResponse(description="TGI response")}

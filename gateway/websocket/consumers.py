@@ -31,7 +31,6 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from rest_framework import serializers
 
-from dashboard.audit import auth_failure_record
 from gateway.auth import raw_key_from_headers
 from gateway.errors import ApiError, envelope, first_error
 from gateway.jobs.serializers import JobCreateSerializer, job_prepare
@@ -39,7 +38,9 @@ from gateway.jobs.shaping import event_of
 from gateway.selectors import apikey_get_active, apikey_still_active
 from gateway.services import VISIBLE_CHARS
 from gateway.submission import Caller, Submission
-from inference.client import db, job_client, valid_cursor
+from inference.client import job_client, valid_cursor
+from inference.core.audit import auth_failure_record
+from inference.core.db import db
 from inference.jobstream import EntryKind
 from inference.models import Job
 from inference.selectors import job_get_for_user

@@ -28,8 +28,10 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from inference.core.keys import RATELIMIT_PREFIX
+
 _LUA = Path(__file__).with_name("lua")
-PREFIX = "sluice:{rl}"
+PREFIX = RATELIMIT_PREFIX
 MAX_TIER = 9
 DAY_S = 86400
 

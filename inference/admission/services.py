@@ -11,7 +11,7 @@ import redis
 from django.conf import settings
 
 from inference.admission.ratelimit import RateLimiter
-from inference.store import get_redis
+from inference.core.redis import get_redis
 
 logger = logging.getLogger(__name__)
 

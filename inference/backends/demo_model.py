@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+from tokenizers import models as tokenizer_models
 
 from inference.backends.torch_setup import configure_threads
 
@@ -138,9 +140,7 @@ def read_corpus(corpus_dir: Path = CORPUS_DIR) -> tuple[list[str], list[list[dic
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
+    tokenizer = Tokenizer(tokenizer_models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -168,6 +168,7 @@ def build_demo_model(
     log: Callable[[str], None] = logger.info,
 ) -> BuildReport:
     """Train and save the demo model into ``out_dir`` (atomically); reuse it if up to date."""
+    # lazy: transformers' model classes take seconds to import; reading the corpus needs none
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     spec = spec or DemoModelSpec()

@@ -19,8 +19,9 @@ _models: dict[str, Embedder] = {}
 
 class Embedder:
     def __init__(self, path: str | Path, *, threads: int = 0) -> None:
+        # lazy: torch loads with the first model, not with this module
         import torch
-        from sentence_transformers import SentenceTransformer
+        from sentence_transformers import SentenceTransformer  # lazy: it imports torch
 
         if threads > 0:
             torch.set_num_threads(threads)
@@ -47,7 +48,7 @@ class Embedder:
     def embed_ids(self, id_lists: Sequence[Sequence[int]], *, max_tokens: int) -> np.ndarray:
         """Embeddings of token ids of this model's tokenizer, as given (cut at ``max_tokens``):
         the model's own modules (transformer, pooling, normalization) on a padded batch."""
-        import torch
+        import torch  # lazy: see __init__
 
         if not id_lists:
             return np.zeros((0, self.dimensions), dtype=np.float32)

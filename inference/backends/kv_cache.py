@@ -302,6 +302,7 @@ def planned(plan: StepPlan) -> Iterator[StepPlan]:
 
 
 def register_attention() -> str:
+    # lazy, as sdpa_attention above: transformers takes seconds to import, the cache needs none
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION_NAME, packed_attention)

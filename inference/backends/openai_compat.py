@@ -1,3 +1,5 @@
+# structure: one backend class: its request mapping, streaming, retries across replicas and
+# the breaker share one attempt's state; the replica table and load are in versions/replicas.py.
 """An OpenAI-compatible server (vLLM, SGLang, llama.cpp's server, Ollama's /v1, TGI's /v1,
 another Sluice) as a `ModelBackend`, streaming through the `openai` SDK's async client.
 
@@ -79,6 +81,7 @@ def _status(exc: BaseException) -> int:
 
 
 def _retryable(exc: BaseException) -> bool:
+    # lazy: openai only in a worker that serves an openai version
     import openai
 
     if isinstance(exc, openai.APIConnectionError | openai.APITimeoutError | asyncio.TimeoutError | OSError):
@@ -163,7 +166,7 @@ class OpenAICompatBackend(RemoteStreamsBackend):
     def _client(self, url: str) -> Any:
         client = self._clients.get(url)
         if client is None:
-            from openai import AsyncOpenAI, Timeout
+            from openai import AsyncOpenAI, Timeout  # lazy: see _retryable
 
             client = AsyncOpenAI(
                 base_url=base_url(url),

@@ -31,6 +31,7 @@ __all__ = ["RemoteError", "TgiBackend"]
 
 
 def _retryable(exc: BaseException) -> bool:
+    # lazy: huggingface_hub only in a worker that serves a TGI version
     from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 
     if isinstance(exc, InferenceTimeoutError | asyncio.TimeoutError | OSError):
@@ -89,7 +90,7 @@ class TgiBackend(RemoteStreamsBackend):
     def warmup(self) -> None:
         """Ask the server for its /info, so that a wrong URL shows in the log at load time. Not
         fatal: a server that is down now may be up for the next request (each one retries)."""
-        import httpx
+        import httpx  # lazy: only a worker that serves a TGI version needs it
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         try:
@@ -101,7 +102,7 @@ class TgiBackend(RemoteStreamsBackend):
     # -- the remote stream ----------------------------------------------------------------------
 
     async def _stream(self, sequence: RemoteSequence, ids: list[int], params: SamplingParams) -> None:
-        from huggingface_hub import AsyncInferenceClient
+        from huggingface_hub import AsyncInferenceClient  # lazy: see _retryable
 
         sampling: dict[str, Any] = {
             "max_new_tokens": params.max_new_tokens,

@@ -1,3 +1,6 @@
+# structure: one backend class whose prefill, decode step, slots and prefix-cache use share
+# per-sequence state; storage, kernels and sampling are in kv_cache.py, prefix_cache.py,
+# llama_step.py, logits.py and sampling.py.
 """A local Hugging Face causal LM, continuously batched, with fused prefill and a prefix cache.
 
 Why not `model.generate()`: it cannot take a new sequence into a running batch, and it costs
@@ -64,6 +67,7 @@ class TorchCausalLMBackend(ModelBackend):
         fused_step: bool = True,
         preallocate_rows: bool = True,
     ) -> None:
+        # transformers is loaded by the worker that serves a local version, when it loads one.
         from transformers import AutoConfig, AutoModelForCausalLM
 
         self.model_dir = Path(model_dir)

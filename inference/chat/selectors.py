@@ -10,7 +10,8 @@ from django.db.models import Count, QuerySet
 
 from inference.models import ChatSession, Job, Message, UserProfile
 from inference.rag.selectors import is_uuid
-from inference.tools.calls import ToolCallStream, ToolPlan, arguments_object
+from inference.tools.calls import ToolPlan, arguments_object
+from inference.tools.stream import ToolCallStream
 
 
 def sessions_for_user(*, user: User) -> QuerySet[ChatSession]:

@@ -27,8 +27,8 @@ from inference.jobs.prompt import RENDERED_MAX_CHARS, job_prompt
 from inference.jobs.retry import job_dead_letter
 from inference.jobs.settle import job_settle
 from inference.jobstream import StreamEntry
-from inference.metrics import record_cache
 from inference.models import CachedResult, DeadLetterReason, Job, JobFinish, JobStatus
+from inference.observability.recording import record_cache
 from inference.prompts import ChatTemplateError, ModelFilesError
 from inference.sampling_params import SamplingParams
 from inference.store import get_streams

@@ -12,8 +12,8 @@ from django.conf import settings
 from inference.cache import cache_key, is_deterministic
 from inference.chat.prompting import ContextPassage, assemble, profile_text
 from inference.chat.selectors import profile_attributes, response_history, session_history
-from inference.metrics import record_retrieval
 from inference.models import Job, JobKind
+from inference.observability.recording import record_retrieval
 from inference.rag.selectors import Hit, chunks_search
 from inference.rag.services import local_embedder
 from inference.tools.calls import ToolPlan

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from inference.admission.services import admission_release
 from inference.models import Job
-from inference.usage import job_ended
+from inference.observability.usage import job_ended
 
 
 def job_settle(*, job: Job | None, job_id: uuid.UUID | str, used_tokens: int, ran: bool) -> None:

@@ -183,7 +183,7 @@ class DeadLetter(models.Model):
 
 class UsageDaily(models.Model):
     """Usage per UTC day, user, API key, policy, model and version: one upsert per finished job
-    (``inference.usage.job_ended``), so totals are exact sums over the job rows."""
+    (``inference.observability.usage.job_ended``), so totals are exact sums over the job rows."""
 
     day = models.DateField(db_index=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage")

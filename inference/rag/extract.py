@@ -58,6 +58,7 @@ def _decode(raw: bytes) -> str:
 
 
 def _html_text(markup: str) -> str:
+    # lazy: bs4 loads with the first HTML upload, not in every process that imports this
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(markup, "html.parser")
@@ -67,8 +68,9 @@ def _html_text(markup: str) -> str:
 
 
 def _pdf_text(raw: bytes) -> str:
+    # lazy: pypdf loads with the first PDF upload, not in every process that imports this
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import PdfReadError  # lazy, as above
 
     try:
         reader = PdfReader(io.BytesIO(raw))

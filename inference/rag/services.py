@@ -26,10 +26,11 @@ from django.db.models import F
 from tokenizers import Tokenizer
 
 from inference.cache import result_cache_invalidate
+from inference.core.keys import rpc_key
+from inference.core.redis import get_redis
 from inference.models import Chunk, Document, DocumentStatus, KnowledgeBase
 from inference.rag.chunking import chunk_text
 from inference.rag.extract import ExtractionError, content_type_for, extract_text
-from inference.store import get_redis
 
 logger = logging.getLogger(__name__)
 
@@ -250,13 +251,10 @@ def embedding_offsets(text: str) -> list[tuple[int, int]]:
 
 def local_embedder() -> Any:
     """The embedding model in this process (workers only: it imports torch)."""
+    # torch only where the embedding model runs: the web never loads it
     from inference.backends.embeddings import get_embedder
 
     return get_embedder(settings.SLUICE_EMBEDDING_MODEL_PATH, threads=settings.SLUICE_EMBEDDING_THREADS)
-
-
-def rpc_key(rpc_id: str) -> str:
-    return f"sluice:rpc:{rpc_id}"
 
 
 @dataclass(frozen=True)

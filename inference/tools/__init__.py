@@ -9,7 +9,7 @@ engines alike (DESIGN.md: tool calls are rendered and parsed by Sluice):
   constraint (`calls.forced_constraint`), so even a small model answers with a valid call;
 - ``tool_choice: "auto"`` is parsed from the model's free text by the parser its version names
   (`parsers`: Hermes ``<tool_call>`` JSON, Llama 3 JSON), as vLLM's tool parsers do;
-- `calls.ToolCallStream` turns the text as it streams into content deltas and tool-call deltas
+- `stream.ToolCallStream` turns the text as it streams into content deltas and tool-call deltas
   (OpenAI's chunk shape, the Responses API's items), and the whole text into the same calls.
 
 Nothing here imports torch or Django.

@@ -15,24 +15,14 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from inference.core.keys import breaker_key, breaker_opened_key
+from inference.core.keys import version_stats_key as stats_key
+from inference.core.redis import get_redis
 from inference.models import EventKind, ModelVersion, VersionStatus
-from inference.store import get_redis
 from inference.versions.lifecycle import version_event
 from inference.versions.registry import ServedModel, all_versions, registry_changed
 
 logger = logging.getLogger(__name__)
-
-
-def stats_key(version_key: str) -> str:
-    return f"sluice:vstats:{version_key}"
-
-
-def breaker_key(version_key: str) -> str:
-    return f"sluice:breaker:{version_key}"
-
-
-def breaker_opened_key(version_key: str) -> str:
-    return f"sluice:breaker-opened:{version_key}"
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import redis
 from django.conf import settings
+from django.db import DatabaseError
 
+from inference.core.keys import REGISTRY_GENERATION_KEY
+from inference.core.redis import get_redis
+from inference.models import ModelVersion
 from inference.prompts import ModelInfo, model_info
 
 logger = logging.getLogger(__name__)
@@ -138,7 +143,7 @@ _cache: tuple[float, list[ServedModel]] | None = None
 #: cache was loaded under (at most every GENERATION_CHECK_S), so an admin edit reaches every
 #: web process and worker at once, not when their caches expire. Redis down: the cache's
 #: time limit still holds.
-GENERATION_KEY = "sluice:registry:generation"
+GENERATION_KEY = REGISTRY_GENERATION_KEY
 GENERATION_CHECK_S = 0.25
 _generation: bytes | None = None
 _generation_checked = 0.0
@@ -155,10 +160,6 @@ def registry_invalidate() -> None:
 def registry_changed() -> None:
     """The version table changed: this process reloads now, every other one within
     GENERATION_CHECK_S."""
-    import redis
-
-    from inference.store import get_redis  # the store module loads the job streams: only here
-
     registry_invalidate()
     try:
         get_redis().incr(GENERATION_KEY)
@@ -170,10 +171,6 @@ def registry_changed() -> None:
 
 
 def _read_generation() -> bytes | None:
-    import redis
-
-    from inference.store import get_redis
-
     try:
         value: Any = get_redis().get(GENERATION_KEY)
     except redis.RedisError:
@@ -182,10 +179,6 @@ def _read_generation() -> bytes | None:
 
 
 def _load() -> list[ServedModel]:
-    from django.db import DatabaseError
-
-    from inference.models import ModelVersion
-
     try:
         rows = list(ModelVersion.objects.all().order_by("id"))
     except DatabaseError:  # not migrated yet (a management command before `migrate`)

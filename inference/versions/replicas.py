@@ -30,9 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from inference.core.keys import UPSTREAM_PREFIX
+
 logger = logging.getLogger(__name__)
 
-PREFIX = "sluice:upstream"
+PREFIX = UPSTREAM_PREFIX
 VERSIONS_KEY = f"{PREFIX}:versions"  # version key -> JSON list of its replica URLs
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Sequence
 
+from inference.versions import health
 from inference.versions.registry import ServedModel, all_versions, canonical_name, served_versions
 
 
@@ -53,11 +54,9 @@ def route_among(
 def route(name: str | None, user_key: str) -> ServedModel | None:
     """The version for this user's request to ``name`` (None: no such name, or nothing that can
     take it)."""
-    from inference.versions.health import open_breakers
-
     canonical = canonical_name(name)
     if canonical is None:
         return None
     versions = served_versions(canonical)
-    broken = open_breakers([v.key for v in versions])
+    broken = health.open_breakers([v.key for v in versions])
     return route_among(versions, all_versions(), user_point(canonical, user_key), broken)

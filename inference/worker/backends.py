@@ -12,9 +12,10 @@ from collections.abc import Callable
 from django.conf import settings
 
 from inference.backends.base import ModelBackend
-from inference.store import get_redis
+from inference.core.redis import get_redis
+from inference.observability.recording import UpstreamMetrics
 from inference.versions.registry import ServedModel
-from inference.versions.replicas import resolve_api_key
+from inference.versions.replicas import ReplicaPool, resolve_api_key
 
 Builder = Callable[[ServedModel, str], ModelBackend]
 BUILDERS: dict[str, Builder] = {}
@@ -41,9 +42,8 @@ def build_backend(model: ServedModel, *, worker: str = "") -> ModelBackend:
 
 @register_backend("openai")
 def _openai(model: ServedModel, worker: str) -> ModelBackend:
+    # lazy: only a worker that serves this kind loads its backend (see the module docstring)
     from inference.backends.openai_compat import OpenAICompatBackend
-    from inference.metrics import UpstreamMetrics
-    from inference.versions.replicas import ReplicaPool
 
     pool = ReplicaPool(
         model.key,
@@ -72,6 +72,7 @@ def _openai(model: ServedModel, worker: str) -> ModelBackend:
 
 @register_backend("tgi")
 def _tgi(model: ServedModel, worker: str) -> ModelBackend:
+    # lazy: only a worker that serves this kind loads its backend (see the module docstring)
     from inference.backends.tgi import TgiBackend
 
     return TgiBackend(
@@ -87,6 +88,7 @@ def _tgi(model: ServedModel, worker: str) -> ModelBackend:
 
 @register_backend("local")
 def _local(model: ServedModel, worker: str) -> ModelBackend:
+    # lazy: torch only in a worker that serves a local version (see the module docstring)
     from inference.backends.torch_local import TorchCausalLMBackend
 
     info = model.info

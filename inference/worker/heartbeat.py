@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-PREFIX = "sluice:worker:"
-WORKERS_SEEN_KEY = "sluice:workers:seen"
+from inference.core.keys import WORKER_PREFIX, WORKERS_SEEN_KEY
+
+PREFIX = WORKER_PREFIX
 WORKERS_SEEN_TTL_S = 24 * 3600
 HEARTBEAT_INTERVAL_S = 2.0  # the console shows live load from the heartbeats
 

@@ -14,10 +14,16 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from inference.metrics import PrefixCacheFamilies
+from inference.observability.export import PrefixCacheFamilies
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +74,6 @@ class WorkerCollector:
 
 def serve_worker_metrics(*, port: int, addr: str, payload: Callable[[], dict[str, Any]]) -> CollectorRegistry:
     """Start the endpoint in a daemon thread (prometheus_client's own server)."""
-    from prometheus_client import start_http_server
-
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)

@@ -1,5 +1,5 @@
-"""The worker process's long-lived parts: loaded model versions (each a backend and an engine),
-their Celery queues, heartbeat, reconciler.
+"""The worker process's long-lived parts: loaded model versions (each a backend and an engine,
+``loading.py``), their Celery queues (``consumers.py``), heartbeat, reconciler.
 
 One `WorkerRuntime` per worker process (Celery threads pool: every task thread of the process
 shares it). A worker serves the active versions of its served names (``SLUICE_WORKER_MODELS``;
@@ -18,131 +18,26 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-# The worker's own app (`celery -A config` made it current): importing config.celery here would
-# close an import cycle (config.celery connects this package's signals).
-from celery import current_app
 from django.conf import settings
+from django.db import close_old_connections
 
 from inference.affinity import affinity_queue
-from inference.backends.base import ModelBackend
-from inference.engine import Engine
-from inference.metrics import EngineMetrics, celery_queue_keys, record_heartbeat
-from inference.store import get_redis, get_streams
-from inference.streams import RedisTokenSink
+from inference.core.keys import RECONCILER_KEY
+from inference.core.redis import get_redis
+from inference.jobs.reconcile import jobs_reconcile
+from inference.models import EventKind
+from inference.observability.recording import record_heartbeat
+from inference.versions.health import versions_health_check
+from inference.versions.lifecycle import version_event
 from inference.versions.registry import ServedModel, all_versions, queue_for
-from inference.worker import backends
+from inference.worker.consumers import QueueConsumers, serves
 from inference.worker.heartbeat import HEARTBEAT_INTERVAL_S, beat_remove, beat_write
+from inference.worker.loading import LoadedVersion, load_version
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class LoadedVersion:
-    model: ServedModel
-    engine: Engine | None
-    backend: ModelBackend | None
-    metrics: EngineMetrics | None
-    error: str = ""
-    loaded_at: float = field(default_factory=time.time)
-    undesired_since: float | None = None  # retired (or deleted) since: unloaded once idle
-
-    def load(self) -> dict[str, int]:
-        return self.engine.load if self.engine is not None else {"running": 0, "waiting": 0, "steps": 0}
-
-    def kv_usage(self) -> tuple[int, int]:
-        if self.backend is None:
-            return 0, 0
-        try:
-            return self.backend.kv_usage()
-        except Exception:  # the engine thread changed the cache under us: skip one reading
-            return 0, 0
-
-    def prefix_cache(self) -> dict[str, int]:
-        if self.backend is None:
-            return {}
-        try:
-            return self.backend.prefix_cache_stats() or {}
-        except Exception:  # read while the engine thread changes it: skip one reading
-            return {}
-
-    def stop(self) -> None:
-        if self.engine is not None:
-            self.engine.stop()
-        if self.metrics is not None:
-            try:
-                self.metrics.flush(get_redis())
-            except Exception:
-                logger.debug("final metrics flush failed", exc_info=True)
-        if self.backend is not None:
-            self.backend.close()
-
-
-T = TypeVar("T")
-
-
-def on_own_thread(fn: Callable[[], T], *, name: str) -> T:
-    """Run ``fn`` on a thread of its own and wait for it (its exception is raised here).
-
-    Why: torch's OpenMP (libgomp) keeps a pool of threads for every thread that ran a parallel
-    op, for as long as that thread lives, and once the pools hold more threads than there are
-    cores it stops spinning between ops (100 spins instead of about 3 ms). A model loaded and
-    warmed up on the worker's main thread (or its sync thread) left such a pool behind, so the
-    engine thread's forward ran as if ``OMP_WAIT_POLICY=PASSIVE``: about 2x slower at every
-    batch size (bench/README, "Two OpenMP pools"). A thread that ends frees its pool, leaving
-    the engine thread's the only one."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # re-raised on the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-def _load_and_warm_up(model: ServedModel, worker: str) -> ModelBackend:
-    backend = backends.build_backend(model, worker=worker)
-    try:
-        backend.warmup()
-    except BaseException:
-        backend.close()
-        raise
-    return backend
-
-
-def load_version(model: ServedModel, *, worker: str = "") -> LoadedVersion:
-    """Load, warm up and start a version; a failure is kept (its jobs fail fast with it)."""
-    started = time.monotonic()
-    try:
-        backend = on_own_thread(lambda: _load_and_warm_up(model, worker), name=f"load-{model.key}")
-    except Exception as exc:
-        logger.exception("could not load %s", model.key)
-        return LoadedVersion(
-            model=model, engine=None, backend=None, metrics=None, error=f"{type(exc).__name__}: {exc}"
-        )
-    metrics = EngineMetrics(model=model.key)
-    engine = Engine(
-        backend,
-        RedisTokenSink(get_streams()),
-        max_batch_size=model.batch_size,
-        max_batch_tokens=model.batch_tokens,
-        max_prefill_tokens=settings.SLUICE_MAX_PREFILL_TOKENS,
-        guard_kinds=settings.SLUICE_GUARD_KINDS,
-        observer=metrics,
-        name=f"engine-{model.key}",
-    ).start()
-    logger.info("loaded %s on %s in %.1fs", model.key, backend.description, time.monotonic() - started)
-    return LoadedVersion(model=model, engine=engine, backend=backend, metrics=metrics)
 
 
 @dataclass
@@ -150,8 +45,6 @@ class WorkerRuntime:
     name: str
     served_names: frozenset[str]
     versions: dict[str, LoadedVersion] = field(default_factory=dict)
-    consumed: set[str] = field(default_factory=set)  # queues this worker takes messages from
-    ready: bool = False  # the Celery consumer runs: queues can be added and cancelled
     started_at: float = field(default_factory=time.time)
     _inflight: Counter[str] = field(default_factory=Counter)
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -161,11 +54,16 @@ class WorkerRuntime:
     #: (the console, the admin's "loaded on" and whoever waits for a load or unload see it now).
     _beat_now: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+    #: Which queues this worker's Celery consumer takes messages from.
+    queues: QueueConsumers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queues = QueueConsumers(self.name)
 
     # -- versions ------------------------------------------------------------------------------
 
     def serves(self, name: str) -> bool:
-        return "*" in self.served_names or name in self.served_names
+        return serves(self.served_names, name)
 
     def desired(self) -> list[ServedModel]:
         return [v for v in all_versions() if v.active and self.serves(v.name)]
@@ -189,9 +87,6 @@ class WorkerRuntime:
             return loaded
 
     def _event_loaded(self, loaded: LoadedVersion) -> None:
-        from inference.models import EventKind
-        from inference.versions.lifecycle import version_event
-
         try:
             if loaded.error:
                 version_event(loaded.model.version_id, EventKind.LOAD_FAILED, loaded.error, actor=self.name)
@@ -222,7 +117,7 @@ class WorkerRuntime:
         # needs no grace; a retired one may still be routed to by a web's cached registry.
         still_listed = {v.key for v in known}
         for name in sorted(self.served_names - {"*"}):
-            self._consume(queue_for(name))  # its settings version's queue (jobs from before versions)
+            self.queues.consume(queue_for(name))  # its settings version's queue (jobs from before versions)
         for key, model in desired.items():
             if key not in self.versions:
                 self.ensure(model)
@@ -230,7 +125,7 @@ class WorkerRuntime:
                 # Weight or status changed: keep the engine, refresh what we report.
                 self.versions[key].model = model
                 self.versions[key].undesired_since = None
-            self._consume(model.queue)
+            self.queues.consume(model.queue)
         now = time.monotonic()
         # Web processes may route to a retired version until their registry cache expires.
         grace = settings.SLUICE_REGISTRY_CACHE_S + 3.0
@@ -242,9 +137,9 @@ class WorkerRuntime:
             waited = now - loaded.undesired_since
             if (key in still_listed and waited < grace) or self._busy(loaded):
                 continue  # jobs finish on the version they started on: keep consuming its queue
-            self._cancel(loaded.model.queue)
+            self.queues.cancel(loaded.model.queue)
             if self._busy(loaded):  # a message slipped in meanwhile: take it after all
-                self._consume(loaded.model.queue)
+                self.queues.consume(loaded.model.queue)
                 continue
             with self._lock:
                 if self._inflight[key] > 0:
@@ -254,9 +149,6 @@ class WorkerRuntime:
             self._beat_now.set()
             logger.info("unloaded %s", key)
             try:
-                from inference.models import EventKind
-                from inference.versions.lifecycle import version_event
-
                 version_event(
                     loaded.model.version_id, EventKind.UNLOADED, f"unloaded from {self.name}", actor=self.name
                 )
@@ -270,56 +162,15 @@ class WorkerRuntime:
             self._inflight[key] > 0
             or load["running"]
             or load["waiting"]
-            or self._queued(loaded.model.queue)
-            or self._queued(affinity_queue(loaded.model.queue, self.name))
+            or self.queues.queued(loaded.model.queue)
+            or self.queues.queued(affinity_queue(loaded.model.queue, self.name))
         )
 
-    def _queued(self, queue: str) -> int:
-        client = get_redis()
-        return sum(int(client.llen(key) or 0) for key in celery_queue_keys(queue))
-
-    def _consume(self, queue: str) -> None:
-        """Take a version's shared queue and this worker's own queue of it (session affinity)."""
-        if not self.ready:
-            return
-        for name in (queue, affinity_queue(queue, self.name)):
-            if name not in self.consumed:
-                current_app.control.add_consumer(name, destination=[self.name], reply=True, timeout=5)
-                self.consumed.add(name)
-
-    def _cancel(self, queue: str) -> None:
-        # The served name's settings queue stays: it is the worker's -Q (and where jobs from
-        # before versions wait). Jobs left in the own queue go to the shared one (reconciler).
-        if queue not in self.consumed or not self.ready or queue == queue_for(settings.SLUICE_MODEL_NAME):
-            return
-        for name in (queue, affinity_queue(queue, self.name)):
-            if name in self.consumed:
-                current_app.control.cancel_consumer(name, destination=[self.name], reply=True, timeout=5)
-                self.consumed.discard(name)
-
     def on_consumer_ready(self, consumer: Any) -> None:
-        """Celery's consumer is up (worker_ready): take the queues of the loaded versions, and
-        let go of any served name's queue this worker does not serve (a ``-Q`` naming the
-        default model on a worker started for another: its jobs would fail "not served here")."""
-        for queue in list(consumer.task_consumer.queues):
-            name = queue.name.removeprefix("sluice.model.")
-            if queue.name.startswith("sluice.model.") and not self.serves(name):
-                logger.warning(
-                    "not consuming %s: this worker serves %s", queue.name, sorted(self.served_names)
-                )
-                consumer.cancel_task_queue(queue.name)
-        self.consumed.update(q.name for q in consumer.task_consumer.queues)
+        """Celery's consumer is up (worker_ready): take the queues of the loaded versions."""
         with self._lock:
             queues = [loaded.model.queue for loaded in self.versions.values()]
-        own = affinity_queue("", self.name)
-        prefixes = ("sluice.model.", "sluice.version.")
-        shared = [q for q in self.consumed if q.startswith(prefixes) and not q.endswith(own)]
-        for queue in {*queues, *shared}:
-            for name in (queue, affinity_queue(queue, self.name)):
-                if name not in self.consumed:
-                    consumer.add_task_queue(name)
-                    self.consumed.add(name)
-        self.ready = True
+        self.queues.on_consumer_ready(consumer, served_names=self.served_names, version_queues=queues)
 
     # -- background ----------------------------------------------------------------------------
 
@@ -361,7 +212,7 @@ class WorkerRuntime:
                     "kv_used": kv_used,
                     "kv_capacity": kv_capacity,
                     "prefix_cache": version.prefix_cache(),
-                    "queued": self._queued(version.model.queue),
+                    "queued": self.queues.queued(version.model.queue),
                 }
             )
         return {
@@ -396,8 +247,6 @@ class WorkerRuntime:
             self._beat_now.clear()
 
     def _sync_loop(self) -> None:
-        from django.db import close_old_connections
-
         while not self._stop.wait(settings.SLUICE_WORKER_SYNC_S):
             try:
                 self.sync()
@@ -407,22 +256,17 @@ class WorkerRuntime:
                 close_old_connections()
 
     def _reconcile_loop(self) -> None:
-        from inference.jobs.reconcile import jobs_reconcile
-        from inference.versions.health import versions_health_check
-
         client = get_redis()
         interval = settings.SLUICE_RECONCILE_INTERVAL_S
         while not self._stop.wait(interval):
             try:
                 # One reconciler at a time across the fleet.
-                if client.set("sluice:reconciler", self.name, nx=True, px=int(interval * 1000 * 2)):
+                if client.set(RECONCILER_KEY, self.name, nx=True, px=int(interval * 1000 * 2)):
                     jobs_reconcile()
                     versions_health_check()
             except Exception:
                 logger.warning("reconciler pass failed", exc_info=True)
             finally:
-                from django.db import close_old_connections
-
                 close_old_connections()
 
     def stop(self) -> None:

@@ -8,9 +8,11 @@ signals. Nothing here imports models at import time (Django may not be set up ye
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
+import django
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from django.conf import settings
 
@@ -21,14 +23,10 @@ logger = logging.getLogger(__name__)
 def _load_model(sender: Any = None, **kwargs: Any) -> None:
     if not settings.SLUICE_WORKER_PRELOAD:
         return
-    import sys
-
-    import django
-
     django.setup()
     if settings.SLUICE_WORKER_ROLE == "embeddings":
         # Knowledge-base ingestion and query embeddings: the sentence model, no LLM engine.
-        from inference.rag.services import local_embedder
+        from inference.rag.services import local_embedder  # models: loads before django.setup()
 
         local_embedder().embed(["warm-up"])
         hostname = getattr(sender, "hostname", None) or "embeddings"
@@ -37,6 +35,7 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
     # The engine thread holds the GIL through the Python parts of every forward pass; task
     # threads (database, Redis) would wait up to the default 5 ms for each hand-over.
     sys.setswitchinterval(settings.SLUICE_WORKER_SWITCH_INTERVAL_S)
+    # models: this module loads before django.setup() (see the module docstring)
     from inference.worker.runtime import start_runtime
 
     hostname = getattr(sender, "hostname", None)
@@ -48,6 +47,7 @@ def _serve_metrics(payload: Callable[[], dict[str, Any]]) -> None:
     """The worker's own /metrics, where SLUICE_WORKER_METRICS_PORT asks for it."""
     if not settings.SLUICE_WORKER_METRICS_PORT:
         return
+    # models (through the fleet collector): this module loads before django.setup()
     from inference.worker.metrics_server import serve_worker_metrics
 
     try:
@@ -66,7 +66,7 @@ def _serve_metrics(payload: Callable[[], dict[str, Any]]) -> None:
 def _consume_versions(sender: Any = None, **kwargs: Any) -> None:
     if settings.SLUICE_WORKER_ROLE == "embeddings" or not settings.SLUICE_WORKER_PRELOAD:
         return
-    from inference.worker.runtime import get_runtime
+    from inference.worker.runtime import get_runtime  # models: loads before django.setup()
 
     get_runtime().on_consumer_ready(sender)
 
@@ -75,6 +75,6 @@ def _consume_versions(sender: Any = None, **kwargs: Any) -> None:
 def _stop_engine(**kwargs: Any) -> None:
     if settings.SLUICE_WORKER_ROLE == "embeddings":
         return
-    from inference.worker.runtime import stop_runtime
+    from inference.worker.runtime import stop_runtime  # models: loads before django.setup()
 
     stop_runtime()

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from config.processes import wait_until
 from config.run import SUPERVISOR_KEY, Child, Supervisor, backoff_s
-from inference.store import get_redis
+from inference.core.redis import get_redis
 
 
 def test_backoff_doubles_up_to_a_minute(monkeypatch: Any) -> None:

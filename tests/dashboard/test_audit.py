@@ -12,10 +12,10 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from dashboard.audit import auth_failures_sync
-from dashboard.models import AuditEntry, AuthFailure
 from gateway.models import RateLimitPolicy
 from gateway.services import apikey_create
+from inference.core.audit import auth_failures_sync
+from inference.core.models import AuditEntry, AuthFailure
 from inference.models import ModelVersion, ModelVersionEvent
 from inference.versions.lifecycle import version_rollback
 from tests.conftest import ApiUser, Live

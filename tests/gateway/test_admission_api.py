@@ -23,10 +23,10 @@ from websockets.sync.client import connect
 from config.processes import free_port, wait_until, web_process
 from gateway.models import RateLimitPolicy, UserRateLimit
 from inference.admission.ratelimit import PREFIX
+from inference.core.redis import get_redis
 from inference.jobs.cancel import job_cancel
 from inference.models import Job
 from inference.prompts import ModelInfo
-from inference.store import get_redis
 from tests.conftest import TEST_MODEL_NAME, ApiUser, Live, child_env
 from tests.support.load import stream_many
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from config.processes import wait_until, worker_process
+from inference.core.redis import get_redis
 from inference.models import ModelVersion
-from inference.store import get_redis
 from tests.conftest import TEST_MODEL_NAME, ApiUser, Live, child_env
 
 pytestmark = pytest.mark.e2e

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from django.utils import timezone
 
-from dashboard.models import AuditEntry
 from gateway.models import ApiKey, RateLimitPolicy, UserRateLimit
+from inference.core.models import AuditEntry
 from tests.conftest import ApiUser, Live
 
 pytestmark = pytest.mark.e2e

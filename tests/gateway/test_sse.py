@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from gateway.sse import KEEPALIVE, cancel_on_disconnect, sse, sse_comment, sse_response
-from inference.store import get_redis
+from inference.core.redis import get_redis
 from inference.streams import cancel_key
 
 

@@ -14,12 +14,12 @@ import pytest
 from config.processes import ServerProcess, wait_until, worker_process
 from inference.affinity import Affinity, affinity_queue, decide, preferred_worker, version_loads
 from inference.chat.services import session_create
+from inference.core.broker import celery_queue_keys
+from inference.core.redis import get_redis
 from inference.jobs.cancel import job_cancel
 from inference.jobs.create import job_create
-from inference.metrics import celery_queue_keys
 from inference.models import Job, JobKind, JobStatus, ModelVersion
 from inference.sampling_params import SamplingParams
-from inference.store import get_redis
 from inference.versions.registry import ServedModel
 from inference.worker.heartbeat import WORKERS_SEEN_KEY
 from tests.conftest import ApiUser, child_env

@@ -15,8 +15,8 @@ import pytest
 from django.test import Client
 
 from config.processes import ServerProcess, free_port, wait_ready, wait_until, web_process, worker_process
+from inference.core.redis import get_redis
 from inference.models import DeadLetter, Job, JobStatus, ModelVersion
-from inference.store import get_redis
 from tests.conftest import ApiUser, Live, child_env
 from tests.support.redis_entries import stream_entries
 from tests.support.sse import iter_events

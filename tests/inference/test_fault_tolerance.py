@@ -11,11 +11,12 @@ import pytest
 
 from config.processes import wait_until, worker_process
 from inference.backends.torch_local import TorchCausalLMBackend
+from inference.core.redis import get_redis
 from inference.jobs.create import job_create
 from inference.jobs.publish import job_publish
 from inference.models import Job, JobStatus
 from inference.sampling_params import SamplingParams
-from inference.store import get_redis, get_streams
+from inference.store import get_streams
 from inference.versions.registry import ServedModel
 from tests.conftest import ApiUser, child_env
 from tests.support.redis_entries import stream_entries

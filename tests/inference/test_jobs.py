@@ -15,13 +15,14 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from inference.core.broker import celery_queue_keys
+from inference.core.redis import get_redis
 from inference.jobs.cancel import job_cancel
 from inference.jobs.create import job_create
 from inference.jobs.reconcile import jobs_reconcile
-from inference.metrics import celery_queue_keys
 from inference.models import DeadLetter, Job, JobStatus
 from inference.sampling_params import SamplingParams
-from inference.store import get_redis, get_streams
+from inference.store import get_streams
 from inference.versions.registry import ServedModel, queue_for
 from tests.support.redis_entries import stream_entries
 

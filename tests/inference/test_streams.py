@@ -7,9 +7,10 @@ import uuid
 
 import pytest
 
+from inference.core.redis import get_redis
 from inference.engine import StepEvent
 from inference.jobstream import StreamEntry
-from inference.store import get_redis, get_streams
+from inference.store import get_streams
 from inference.streams import RedisTokenSink, cancel_key, lease_key, stream_key
 from tests.support.redis_entries import stream_entries
 
@@ -114,7 +115,7 @@ def test_no_job_key_is_left_without_ttl(job_id: str) -> None:
 async def test_blocking_reads_longer_than_redis_py_default_timeout() -> None:
     """An SSE stream waits in XREAD BLOCK for up to the keepalive interval (15 s by default);
     redis-py's default socket timeout (5 s) must not cut it (it once broke queued streams)."""
-    from inference.store import async_redis
+    from inference.core.redis import async_redis
 
     client = async_redis()
     started = time.monotonic()

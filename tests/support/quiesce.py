@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import time
 
+from inference.core.redis import get_redis
 from inference.jobs.cancel import job_cancel
 from inference.jobs.finish import job_fail
 from inference.models import Document, DocumentStatus, Job
 from inference.models.jobs import TERMINAL_STATUSES
-from inference.store import get_redis
 
 
 def _engines_idle() -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference.store import get_redis
+from inference.core.redis import get_redis
 from inference.streams import stream_key
 
 

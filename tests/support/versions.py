@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from config.processes import ServerProcess, free_port, wait_until, worker_process
+from inference.core.redis import get_redis
 from inference.models import Job, ModelVersion
-from inference.store import get_redis
 
 if TYPE_CHECKING:  # tests.conftest imports this module's fixtures
     from tests.conftest import ApiUser, Live

@@ -6,11 +6,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from gateway.parameter_tables import markdown
+
 
 class Command(BaseCommand):
     help = "Print the README's request-parameter tables (gateway/parameter_tables.py)."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from gateway.parameter_tables import markdown
-
         self.stdout.write(markdown())

@@ -23,6 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--tiny", action="store_true", help="a much smaller model (tests, smoke checks)")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # torch (through demo_model) only when a model is built: not for `--help`
         from inference.backends.demo_model import DemoModelSpec, build_demo_model
 
         budget = options["budget_seconds"]

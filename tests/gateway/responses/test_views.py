@@ -13,9 +13,10 @@ import pytest
 
 from config.processes import ServerProcess, wait_until, worker_process
 from gateway.models import RateLimitPolicy, UserRateLimit
+from inference.core.redis import get_redis
 from inference.models import Job, JobStatus, ModelVersion
 from inference.prompts import model_info
-from inference.store import get_redis, get_streams
+from inference.store import get_streams
 from tests.conftest import TEST_MODEL_NAME, ApiUser, Live, child_env
 
 pytestmark = pytest.mark.e2e

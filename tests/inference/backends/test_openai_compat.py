@@ -30,8 +30,8 @@ from text_generation import Client as TgiClient
 from websockets.sync.client import connect
 
 from config.processes import ServerProcess, free_port, wait_until, web_process
+from inference.core.redis import get_redis
 from inference.models import Job, JobStatus, ModelVersion
-from inference.store import get_redis
 from inference.versions.replicas import read_replicas
 from tests.conftest import TEST_MODEL_NAME, ApiUser, Live, child_env
 from tests.support import versions as versions_support

@@ -8,17 +8,8 @@ import random
 import pytest
 
 from inference.sampling_params import StructuredKind
-from inference.tools.calls import (
-    Arguments,
-    CallStart,
-    Content,
-    Event,
-    ToolCallStream,
-    ToolError,
-    ToolPlan,
-    forced_constraint,
-    tool_plan,
-)
+from inference.tools.calls import ToolError, ToolPlan, forced_constraint, tool_plan
+from inference.tools.stream import Arguments, CallStart, Content, Event, ToolCallStream
 
 WEATHER = {
     "type": "function",

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from django.test import override_settings
 
+from inference.core.redis import get_redis
 from inference.models import EventKind, ModelVersion, ModelVersionEvent, VersionStatus
-from inference.store import get_redis
 from inference.versions.health import (
     breaker_key,
     open_breakers,

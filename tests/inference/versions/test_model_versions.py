@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from config.processes import ServerProcess, free_port, wait_until, web_process
+from inference.core.redis import get_redis
 from inference.models import EventKind, Job, JobStatus, ModelVersion, ModelVersionEvent, VersionStatus
-from inference.store import get_redis
 from inference.versions.lifecycle import version_activate, version_retire
 from tests.conftest import ApiUser, Live, child_env
 from tests.support.versions import (

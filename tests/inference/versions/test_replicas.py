@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from config.processes import wait_until
-from inference.store import get_redis
+from inference.core.redis import get_redis
 from inference.versions.replicas import (
     CLOSED,
     HALF_OPEN,

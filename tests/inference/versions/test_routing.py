@@ -95,8 +95,8 @@ def test_a_change_made_by_another_process_is_seen_at_once(settings: Any, demo_mo
     """Another process changed the table and bumped the generation: this process's cache
     (an hour here) is reloaded within GENERATION_CHECK_S; a save here bumps it too."""
     from config.processes import wait_until
+    from inference.core.redis import get_redis
     from inference.models import ModelVersion
-    from inference.store import get_redis
     from inference.versions import registry
 
     settings.SLUICE_REGISTRY_CACHE_S = 3600

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from inference.store import get_redis
+from inference.core.redis import get_redis
 from inference.worker.heartbeat import (
     WORKERS_SEEN_KEY,
     beat_remove,

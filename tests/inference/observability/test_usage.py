@@ -22,7 +22,7 @@ from django.test import Client
 
 from config.processes import wait_until
 from inference.models import Job, UsageDaily
-from inference.usage import job_cost
+from inference.observability.usage import job_cost
 from tests.conftest import ApiUser, Live
 from tests.support.versions import NAME, complete, create, job_of, loaded
 

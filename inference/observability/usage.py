@@ -15,9 +15,10 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.db import connection
+from django.db.models import Sum
 
-from inference.metrics import record_request_end, record_usage
 from inference.models import Job, JobStatus, UsageDaily
+from inference.observability.recording import record_request_end, record_usage
 from inference.versions.registry import version_by_id
 
 logger = logging.getLogger(__name__)
@@ -116,8 +117,6 @@ def usage_summary(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Usage between two days (both included) by ``group_by`` (day, model, key, version or
     policy), and the totals; ``user_id=None``: every user (staff views)."""
-    from django.db.models import Sum
-
     rows = UsageDaily.objects.filter(day__gte=start, day__lte=end)
     if user_id is not None:
         rows = rows.filter(user_id=user_id)
@@ -197,8 +196,6 @@ def usage_csv(rows: Iterable[UsageDaily], out: Any) -> None:
 
 def usage_daily_chart(rows: Any) -> str:
     """Daily totals of a (filtered) queryset as unfold chart data (JSON): tokens and cost."""
-    from django.db.models import Sum
-
     totals = list(
         rows.order_by().values("day").annotate(
             prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cost=Sum("cost")

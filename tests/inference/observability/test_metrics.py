@@ -1,6 +1,6 @@
 """Fleet metrics after a mix of outcomes: succeeded, failed (a version that cannot load),
 cancelled and rejected requests, each counted under its model, version, status and reason on
-/metrics and in the console's series (inference/timeseries.py), with version labels on every
+/metrics and in the console's series (inference/observability/timeseries.py), with version labels on every
 latency histogram, admission wait, rate-limit decisions by policy, cache hits and misses,
 prefill and decode tokens, and the workers' up, heartbeat and KV gauges."""
 
@@ -16,8 +16,8 @@ import pytest
 
 from config.processes import wait_until
 from gateway.models import RateLimitPolicy, UserRateLimit
-from inference.store import get_redis
-from inference.timeseries import read
+from inference.core.redis import get_redis
+from inference.observability.timeseries import read
 from tests.conftest import ApiUser, Live
 from tests.support.metrics import Samples, parse, value
 from tests.support.metrics import scrape as scrape_url

@@ -31,9 +31,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from inference.core.keys import TIMESERIES_PREFIX
+
 logger = logging.getLogger(__name__)
 
-PREFIX = "sluice:ts"
+PREFIX = TIMESERIES_PREFIX
 RESOLUTIONS: tuple[tuple[int, int], ...] = ((10, 2 * 3600), (60, 7 * 3600), (600, 25 * 3600))
 WINDOWS: dict[str, tuple[int, int]] = {"5m": (300, 10), "1h": (3600, 60), "24h": (86400, 600)}
 #: Upper bounds (seconds) of the latency histograms; one more bucket above the last.
@@ -101,7 +103,7 @@ class SeriesBuffer:
     # -- flushing --------------------------------------------------------------------------
 
     def connect(self, client_factory: Callable[[], Any]) -> None:
-        """Where to flush (the process's Redis client, e.g. ``inference.store.get_redis``)."""
+        """Where to flush (the process's Redis client, e.g. ``inference.core.redis.get_redis``)."""
         self._client = client_factory
 
     def _ensure_flusher(self) -> None:

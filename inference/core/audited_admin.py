@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from dashboard.audit import audit_changed, audit_created, audit_deleted, object_state
+from inference.core.audit import audit_changed, audit_created, audit_deleted, object_state
 
 _BEFORE = "_sluice_audit_before"
 

@@ -1,4 +1,4 @@
-"""The worker runtime loads each version on a thread of its own that ends with the load, so the
+"""A worker loads each version on a thread of its own that ends with the load, so the
 engine thread is the only thread of the process left holding torch's OpenMP pool (a second
 live pool makes libgomp stop spinning between ops: the forward ran about 2x slower)."""
 
@@ -13,7 +13,7 @@ from inference.backends.base import ModelBackend
 from inference.batching import SequenceRequest
 from inference.sampling_params import SamplingParams
 from inference.versions.registry import ServedModel
-from inference.worker import backends, runtime
+from inference.worker import backends, loading
 
 
 def test_on_own_thread_returns_what_the_function_returns_from_a_thread_that_has_ended() -> None:
@@ -23,7 +23,7 @@ def test_on_own_thread_returns_what_the_function_returns_from_a_thread_that_has_
         ran_on.append(threading.current_thread())
         return 42
 
-    assert runtime.on_own_thread(work, name="probe") == 42
+    assert loading.on_own_thread(work, name="probe") == 42
     assert ran_on[0] is not threading.current_thread()
     assert ran_on[0].name == "probe"
     assert not ran_on[0].is_alive()
@@ -34,7 +34,7 @@ def test_on_own_thread_raises_the_functions_exception_on_the_callers_thread() ->
         raise ValueError("no such model")
 
     with pytest.raises(ValueError, match="no such model"):
-        runtime.on_own_thread(fail, name="probe")
+        loading.on_own_thread(fail, name="probe")
 
 
 def test_a_version_is_loaded_and_warmed_up_off_the_callers_thread_and_then_serves(
@@ -48,7 +48,7 @@ def test_a_version_is_loaded_and_warmed_up_off_the_callers_thread_and_then_serve
         return real_load(model, worker=worker)
 
     monkeypatch.setattr(backends, "build_backend", load_recording_thread)
-    loaded = runtime.load_version(ServedModel(name="own-thread", path=demo_model_dir))
+    loaded = loading.load_version(ServedModel(name="own-thread", path=demo_model_dir))
     try:
         assert loaded.error == ""
         assert loaded.engine is not None
@@ -73,6 +73,6 @@ def test_a_version_is_loaded_and_warmed_up_off_the_callers_thread_and_then_serve
 
 
 def test_a_version_that_fails_to_load_keeps_its_error(tmp_path: Path) -> None:
-    loaded = runtime.load_version(ServedModel(name="missing", path=tmp_path / "nothing-here"))
+    loaded = loading.load_version(ServedModel(name="missing", path=tmp_path / "nothing-here"))
     assert loaded.engine is None
     assert loaded.error

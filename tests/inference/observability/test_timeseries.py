@@ -10,8 +10,8 @@ import uuid
 import pytest
 import redis
 
-from inference.store import get_redis
-from inference.timeseries import BOUNDS, SeriesBuffer, read
+from inference.core.redis import get_redis
+from inference.observability.timeseries import BOUNDS, SeriesBuffer, read
 
 pytestmark = pytest.mark.django_db
 

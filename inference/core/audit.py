@@ -18,7 +18,9 @@ from django.db import models
 from django.http import HttpRequest
 from django.utils import timezone
 
-from dashboard.models import AuditAction, AuditEntry, AuthFailure
+from inference.core.keys import auth_failure_sampled_key, auth_failures_key
+from inference.core.models import AuditAction, AuditEntry, AuthFailure
+from inference.core.redis import get_redis
 
 logger = logging.getLogger(__name__)
 
@@ -139,20 +141,18 @@ def auth_failure_record(*, key_prefix: str, request: HttpRequest | None = None, 
                         via: str = "api") -> None:  # fmt: skip
     """Count a failed authentication. Never raises: a broken counter must not turn a 401
     into a 500."""
-    from inference.store import get_redis
-
     ip = source_ip if source_ip is not None else request_ip(request)
     prefix = key_prefix[:16]
     now = timezone.now()
     hour = now.replace(minute=0, second=0, microsecond=0)
     field = f"{via}|{prefix}|{ip or ''}"
-    key = f"sluice:authfail:{hour:%Y%m%d%H}"
+    key = auth_failures_key(hour)
     try:
         client = get_redis()
         pipe = client.pipeline(transaction=False)
         pipe.hincrby(key, field, 1)
         pipe.expire(key, 3 * 3600)
-        pipe.set(f"sluice:authfail-sampled:{hour:%Y%m%d%H}:{field}", "1", nx=True, ex=AUTH_FAILURE_SAMPLE_S)
+        pipe.set(auth_failure_sampled_key(hour, field), "1", nx=True, ex=AUTH_FAILURE_SAMPLE_S)
         count, _, first_in_sample = pipe.execute()
         if not first_in_sample:
             return
@@ -170,14 +170,12 @@ def auth_failure_record(*, key_prefix: str, request: HttpRequest | None = None, 
 def auth_failures_sync() -> int:
     """Write the Redis counts of this hour and the last into ``AuthFailure`` (exact when the
     admin page is opened; sampled writes keep it close in between). Returns rows written."""
-    from inference.store import get_redis
-
     now = timezone.now()
     written = 0
     for hours_ago in (1, 0):
         hour = (now - dt.timedelta(hours=hours_ago)).replace(minute=0, second=0, microsecond=0)
         try:
-            raw: Any = get_redis().hgetall(f"sluice:authfail:{hour:%Y%m%d%H}")
+            raw: Any = get_redis().hgetall(auth_failures_key(hour))
         except Exception:
             logger.warning("could not read authentication failure counts", exc_info=True)
             return written
