@@ -23,14 +23,14 @@ from django.utils import timezone
 from dashboard.charts import OUTCOMES, both, charts, labelled, quantiles
 from dashboard.scope import Scope
 from gateway.models import ApiKey
-from inference.core.keys import SUPERVISOR_KEY, WORKERS_SEEN_KEY
+from inference.core.keys import SUPERVISOR_KEY
 from inference.core.redis import get_redis
 from inference.models import EventKind, ModelVersionEvent
 from inference.observability.timeseries import WINDOWS, Window, read
 from inference.versions.health import open_breakers
 from inference.versions.registry import all_versions
 from inference.versions.replicas import read_replicas, registered_versions
-from inference.worker.heartbeat import workers_seen
+from inference.worker.heartbeat import seen_at, workers_seen
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +169,8 @@ def _workers(client: Any, now: float) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for name, beat in workers_seen(client):
         if beat is None:
-            seen: Any = client.hget(WORKERS_SEEN_KEY, name)
-            age = now - float(seen) if seen else None
+            seen = seen_at(client, name)
+            age = now - seen if seen else None
             rows.append(
                 {"name": name, "state": "down", "age": round(age, 1) if age else None, "versions": []}
             )

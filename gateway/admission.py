@@ -18,14 +18,14 @@ from rest_framework import status
 
 from gateway.errors import ApiError
 from gateway.models import ApiKey
-from gateway.services import (
+from gateway.services import admission_ticket
+from inference.admission.ratelimit import Capacity, Decision, Limits, Outcome, Quota, Ticket
+from inference.admission.services import (
     admission_abandon,
     admission_attempt,
     admission_events,
-    admission_ticket,
     admission_wait,
 )
-from inference.admission.ratelimit import Capacity, Decision, Limits, Outcome, Quota, Ticket
 from inference.observability.recording import record_request_end
 from inference.versions.registry import ServedModel
 

@@ -25,7 +25,6 @@ from rest_framework import status
 
 from gateway.errors import ApiError
 from gateway.guards import RequestGuards
-from inference.backends.support import unsupported_by
 from inference.chat.selectors import session_get_for_user
 from inference.models import JobKind
 from inference.prompts import ChatTemplateError, ModelFilesError
@@ -274,7 +273,7 @@ def _params(
                 code="invalid_value",
                 param=param,
             )
-    unsupported = unsupported_by(model, sampling)
+    unsupported = model.unsupported(sampling)
     if unsupported is not None:
         field_name, why = unsupported
         raise ApiError(

@@ -26,8 +26,10 @@ from typing import Any, TypeVar
 import redis
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db.models import QuerySet
 from django.utils import timezone
 
+from inference.chat.selectors import response_history
 from inference.core.db import closing, db, release_connection
 from inference.core.redis import async_redis, get_redis
 from inference.jobs.cancel import job_cancel, job_soft_delete
@@ -35,7 +37,7 @@ from inference.jobs.create import job_create
 from inference.jobstream import EntryKind, StreamEntry
 from inference.models import Job
 from inference.sampling_params import SamplingParams
-from inference.selectors import job_timings
+from inference.selectors import job_get_for_user, job_list_for_user, job_timings, response_get_for_user
 from inference.store import get_streams
 from inference.streams import cancel_key, stream_key
 from inference.versions.registry import ServedModel
@@ -150,6 +152,22 @@ class JobClient:
             logger.warning("could not flag job %s as cancelled", job_id, exc_info=True)
 
     # -- read ------------------------------------------------------------------------------------
+
+    def get(self, *, user: User, job_id: str | uuid.UUID) -> Job | None:
+        """The caller's job (None when it does not exist or is another user's: answer 404)."""
+        return job_get_for_user(user=user, job_id=job_id)
+
+    def list_of(self, *, user: User) -> QuerySet[Job]:
+        """The caller's jobs, newest first."""
+        return job_list_for_user(user=user)
+
+    def get_response(self, *, user: User, job_id: str | uuid.UUID) -> Job | None:
+        """The caller's stored, undeleted Responses job."""
+        return response_get_for_user(user=user, job_id=job_id)
+
+    def conversation(self, job_id: str | uuid.UUID) -> list[dict[str, Any]]:
+        """The turns a Responses job and the ones it continued hold (``previous_response_id``)."""
+        return response_history(job_id=job_id)
 
     def timings(self, job: Job) -> dict[str, Any]:
         """The job's timeline in milliseconds (``GET /api/v1/jobs/{id}``'s ``timings``)."""

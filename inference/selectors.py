@@ -1,4 +1,4 @@
-"""Job reads."""
+"""Job reads (the gateway reaches them through the job client, ``inference.client``)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
-from inference.core.redis import get_redis
-from inference.models import Job, ModelVersion
+from inference.models import Job
 from inference.versions.registry import version_by_id
-from inference.versions.replicas import ReplicaState, read_replicas
-from inference.worker.heartbeat import live_beats
 
 
 def job_get_for_user(*, user: User, job_id: str | uuid.UUID) -> Job | None:
@@ -78,20 +75,3 @@ def job_timings(job: Job) -> dict[str, Any]:
 
 def job_list_for_user(*, user: User) -> QuerySet[Job]:
     return Job.objects.filter(user=user).order_by("-queued_at")
-
-
-def worker_heartbeats() -> list[dict[str, Any]]:
-    """The live workers' heartbeats (each expires SLUICE_HEARTBEAT_TTL_S after its last beat)."""
-    return list(live_beats(get_redis()).values())
-
-
-def version_replicas(version: ModelVersion) -> list[ReplicaState]:
-    """An openai version's replicas with their health and fleet-wide load (empty for others,
-    or when Redis is unreachable)."""
-    if version.backend != "openai" or not version.pk:
-        return []
-    urls = list(dict.fromkeys([u for u in [version.url, *version.replica_list] if u]))
-    try:
-        return read_replicas(get_redis(), f"{version.served_name}@{version.label}", urls)
-    except Exception:
-        return []

@@ -24,8 +24,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from inference.core.keys import SUPERVISOR_KEY
+from inference.versions.fleet import worker_heartbeats
 from inference.versions.registry import served_models
-from inference.worker.heartbeat import live_beats
 
 PROBE_TIMEOUT_S = 2
 HEARTBEAT_STALE_S = 15
@@ -59,10 +59,6 @@ def _redis() -> redis.Redis:
     )
 
 
-def _heartbeats(client: redis.Redis) -> list[dict[str, Any]]:
-    return list(live_beats(client).values())
-
-
 class ReadinessApi(APIView):
     permission_classes: list[Any] = []
     authentication_classes: list[Any] = []
@@ -80,7 +76,7 @@ class ReadinessApi(APIView):
             client.ping()
             checks["redis"] = "ok"
             now = time.time()
-            beats = [b for b in _heartbeats(client) if now - float(b.get("ts", 0)) < HEARTBEAT_STALE_S]
+            beats = [b for b in worker_heartbeats(client) if now - float(b.get("ts", 0)) < HEARTBEAT_STALE_S]
             served = {model for beat in beats for model in beat.get("models", [])}
             failing = {
                 v["name"]: v["error"] for beat in beats for v in beat.get("versions", []) if v.get("error")

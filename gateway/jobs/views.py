@@ -22,7 +22,6 @@ from gateway.sse import sse_response
 from gateway.submission import Caller, Submission
 from inference.client import job_client, valid_cursor
 from inference.models import Job, JobStatus
-from inference.selectors import job_get_for_user, job_list_for_user
 
 
 def _query_int(request: Request, name: str, *, default: int, low: int, high: int) -> int:
@@ -38,7 +37,7 @@ def _query_int(request: Request, name: str, *, default: int, low: int, high: int
 
 
 def _get_or_404(request: Request, job_id: str) -> Job:
-    job = job_get_for_user(user=request_user(request), job_id=job_id)
+    job = job_client.get(user=request_user(request), job_id=job_id)
     if job is None:
         raise ApiError(f"No job with id '{job_id}'.", status_code=status.HTTP_404_NOT_FOUND, code="not_found")
     return job
@@ -80,7 +79,7 @@ class JobCreateApi(GatewayApiView):
     def get(self, request: Request) -> Response:
         limit = _query_int(request, "limit", default=20, low=1, high=100)
         offset = _query_int(request, "offset", default=0, low=0, high=1_000_000)
-        jobs = job_list_for_user(user=request_user(request))
+        jobs = job_client.list_of(user=request_user(request))
         wanted = request.query_params.get("status")
         if wanted:
             if wanted not in JobStatus.values:

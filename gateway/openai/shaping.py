@@ -5,17 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.prepare import PreparedRequest
 from gateway.sse import sse
 from inference.client import job_client
 from inference.jobstream import EntryKind, StreamEntry
 from inference.models import Job, JobFinish
-from inference.prompts import ModelInfo
 from inference.tools.calls import ToolPlan
 from inference.tools.stream import Call, ToolCallStream
 from inference.versions.registry import ServedModel
+
+if TYPE_CHECKING:
+    from inference.prompts import ModelInfo  # a version's tokenizer and template (ServedModel.info)
 
 
 def finish_reason(reason: str) -> str | None:

@@ -92,7 +92,9 @@ def state_of(job: Job) -> State:
     reader = call_reader(job)
     if reader is not None:
         reader.read_all(text)
-        text, calls = reader.content.strip() if reader.calls else text, reader.calls
+        # The text the stream sent before the calls, as it sent it: a client that read the stream
+        # and one that fetches the response see the same message.
+        text, calls = reader.content if reader.calls else text, reader.calls
     state = State(status=status, text=text, usage=usage_object(job.usage, cached=job.cache_hit), calls=calls)
     state.started = job.status != JobStatus.QUEUED or bool(job.output_text)
     state.item_status = {"completed": "completed", "incomplete": "incomplete"}.get(status, "in_progress")

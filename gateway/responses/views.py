@@ -44,11 +44,9 @@ from gateway.responses.serializers import (
 )
 from gateway.sse import observe_completed, sse, sse_response
 from gateway.submission import Caller, Submission, raise_for_failed
-from inference.chat.selectors import response_history
 from inference.client import job_client
 from inference.models import Job, JobStatus
 from inference.sampling_params import SamplingParams
-from inference.selectors import response_get_for_user
 from inference.tools.calls import ToolError, forced_constraint, tool_plan
 
 CANCEL_WAIT_S = 5.0
@@ -70,7 +68,7 @@ def _not_found(value: str, param: str | None = None) -> ApiError:
 
 def _get_or_404(request: Request, value: str, *, param: str | None = None) -> Job:
     job_id = shaping.job_id_of(value)
-    job = response_get_for_user(user=request_user(request), job_id=job_id) if job_id else None
+    job = job_client.get_response(user=request_user(request), job_id=job_id) if job_id else None
     if job is None:
         raise _not_found(value, param)
     return job
@@ -130,7 +128,7 @@ class ResponseCreateApi(ResponsesView):
                     code="invalid_value",
                     param="previous_response_id",
                 )
-            history = response_history(job_id=previous.id)
+            history = job_client.conversation(previous.id)
         model = route_or_404(data["model"], user=user)
         instructions = data.get("instructions") or None
         temperature = data.get("temperature")

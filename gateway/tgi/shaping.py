@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ApiError
 from gateway.sse import KEEPALIVE, Timing, cancel_on_disconnect, sse
 from inference.client import job_client
 from inference.jobstream import EntryKind, StreamEntry
 from inference.models import Job, JobFinish
-from inference.prompts import ModelInfo
+
+if TYPE_CHECKING:
+    from inference.prompts import ModelInfo  # a version's tokenizer and template (ServedModel.info)
 
 
 def finish_reason(reason: str) -> str:

@@ -41,7 +41,7 @@ from gateway.tgi.serializers import (
     validated,
 )
 from inference.sampling_params import SamplingParams, StructuredOutput
-from inference.selectors import worker_heartbeats
+from inference.versions.fleet import worker_heartbeats
 from inference.versions.registry import default_model, served_models
 
 #: SamplingParams fields under TGI's names.

@@ -43,7 +43,6 @@ from inference.core.audit import auth_failure_record
 from inference.core.db import db
 from inference.jobstream import EntryKind
 from inference.models import Job
-from inference.selectors import job_get_for_user
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +256,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
 
     async def _on_subscribe(self, content: dict[str, Any]) -> None:
         job_id = str(content.get("job_id", ""))
-        job = await db(job_get_for_user, user=self.user, job_id=job_id)
+        job = await db(job_client.get, user=self.user, job_id=job_id)
         if job is None:
             await self._error(f"No job with id '{job_id}'.", code="not_found", status_code=404)
             return
@@ -281,7 +280,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         job_id = str(content.get("job_id", ""))
 
         def cancel() -> Job | None:
-            job = job_get_for_user(user=self.user, job_id=job_id)
+            job = job_client.get(user=self.user, job_id=job_id)
             return job_client.cancel(job) if job is not None else None
 
         job = await db(cancel)

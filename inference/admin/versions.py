@@ -22,7 +22,7 @@ from inference.models import (
     ModelVersion,
     ModelVersionEvent,
 )
-from inference.selectors import version_replicas, worker_heartbeats
+from inference.versions.fleet import version_replicas, worker_heartbeats
 from inference.versions.health import open_breakers, version_stats
 from inference.versions.lifecycle import (
     version_activate,

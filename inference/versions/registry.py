@@ -23,10 +23,12 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError
 
+from inference.backends.support import unsupported_by
 from inference.core.keys import REGISTRY_GENERATION_KEY
 from inference.core.redis import get_redis
 from inference.models import ModelVersion
 from inference.prompts import ModelInfo, model_info
+from inference.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +124,11 @@ class ServedModel:
     @property
     def active(self) -> bool:
         return self.status in ("stable", "canary")
+
+    def unsupported(self, params: SamplingParams) -> tuple[str, str] | None:
+        """(field, why) for the first parameter this version's backend cannot honour (the
+        gateway refuses it by name before the job is queued), or None."""
+        return unsupported_by(self, params)
 
 
 def settings_version(name: str | None = None) -> ServedModel:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gateway.responses.shaping import response_object
 from gateway.responses.streaming import Events, event_stream
 from inference.core.redis import get_redis
 from inference.jobstream import EntryKind, StreamEntry
@@ -185,3 +186,18 @@ async def test_a_reconnecting_client_gets_exactly_the_events_it_missed(streamed_
     ]
     every = [chunk async for chunk in event_stream(streamed_job, cancel_if_gone=True, started=0.0)]
     assert len(every) == 10 and every[-4:] == chunks  # the same events, byte for byte
+
+
+def test_text_before_a_tool_call_reads_the_same_streamed_and_fetched() -> None:
+    """The message a stream sent before a call (spaces included) is the message the response
+    object has when fetched later: both come from the same text."""
+    plan = ToolPlan(tools=(WEATHER,))
+    text = 'Sure. <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    job = make_job(input={"messages": [], "tool_plan": plan.as_dict()}, output_text=text)
+    events = events_of(job, StreamEntry.queued(), StreamEntry.start(1), token(text), end())
+    streamed = events[-1]["response"]["output"]
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    fetched = response_object(job)["output"]
+    assert streamed[0]["content"][0]["text"] == deltas == fetched[0]["content"][0]["text"]
+    assert [item["type"] for item in fetched] == ["message", "function_call"]
+    assert fetched[1]["arguments"] == streamed[1]["arguments"] == '{"city": "Paris"}'
