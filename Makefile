@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 # apt-get as root, or through sudo where there is one.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: install system-packages run dev test lint format bench clean-var
+.PHONY: install system-packages native run dev test lint format bench clean-var
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -40,17 +40,23 @@ system-packages:
 	if [ "$${CI:-}" = true ]; then echo "error: could not install $(SYSTEM_PACKAGES) (CI=true)" >&2; exit 1; fi; \
 	echo "warning: could not install $(SYSTEM_PACKAGES); the tests that need$$missing will skip (make tries again next time)" >&2
 
-install: $(STAMP) system-packages
+# The native attention kernel (inference/backends/native): compiled into the var dir for this
+# host's vector ISA, again only when its source, torch or Python changed (a few seconds to see
+# that it is there). A failed build warns and the workers use torch's batched GEMMs.
+native: $(STAMP)
+	$(BIN)/python -m config.native
+
+install: $(STAMP) system-packages native
 
 # Production-shaped: DEBUG off, collected static files (config/settings/local.py).
-run: $(STAMP)
+run: $(STAMP) native
 	$(BIN)/python -m config.run
 
 # The same, with Django's DEBUG on: debug pages in the admin and console, static files unhashed.
-dev: $(STAMP)
+dev: $(STAMP) native
 	SLUICE_DEBUG=1 $(BIN)/python -m config.run
 
-test: $(STAMP) system-packages
+test: $(STAMP) system-packages native
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -62,7 +68,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP)
+bench: $(STAMP) native
 	$(BIN)/python -m bench
 
 clean-var:

@@ -13,7 +13,8 @@ Then the admission limiter (bench/ratelimit.py): decisions per second and the la
     python -m bench                      # everything (about 18 minutes on 2 CPU cores)
     python -m bench --quick              # demo model, fewer levels (about 3 minutes)
     python -m bench --only vllm          # one part (or several, comma-separated): engine, vllm,
-                                         # prefix, structured, affinity, ratelimit, rag, dtypes, gateway
+                                         # prefix, structured, affinity, ratelimit, rag, dtypes,
+                                         # gateway, attention
     python -m bench --peer none          # no peers: the gateway part without LiteLLM, no vLLM part
 
 And retrieval (bench/rag.py): pgvector HNSW vs exact at 10k and 100k chunks, recall@10, ingestion;
@@ -25,6 +26,8 @@ unconstrained one at batch 1 and 16, the schema's compile count, served c1/c16 (
 and session affinity (bench/affinity.py): two workers, TTFT of each session turn with affinity
 on and off (about 3 minutes);
 and model-version dtypes (bench/dtypes.py): float32 vs bfloat16 vs int8 tokens/s;
+and attention (bench/attention.py): the native kernel against torch's batched GEMMs, decode
+tokens/s at batch 1/16/64, bfloat16 and float32 (about 6 minutes);
 and gateway overhead (bench/gateway_overhead.py): the same load directly against an upstream
 engine, through Sluice's openai backend and through LiteLLM proxy (about 2.5 minutes).
 """
@@ -221,7 +224,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated parts: engine,vllm,prefix,structured,affinity,ratelimit,rag,dtypes,gateway"
+        help="comma-separated parts: engine,vllm,prefix,structured,affinity,ratelimit,rag,dtypes,gateway,"
+        "attention"
         " (default: all)",
     )
     parser.add_argument(
@@ -232,7 +236,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     parts = set(
-        (args.only or "engine,vllm,prefix,structured,affinity,ratelimit,rag,dtypes,gateway").split(",")
+        (args.only or "engine,vllm,prefix,structured,affinity,ratelimit,rag,dtypes,gateway,attention").split(
+            ","
+        )
     )
     if args.peer == "none":
         parts.discard("vllm")
@@ -312,6 +318,22 @@ def main() -> None:
                     "Sluice over vLLM (tokens/s: > 1 is better; latencies: < 1)",
                 )
             )
+        if "attention" in parts:
+            from bench import attention
+
+            print("\n=== attention: the native kernel vs torch's batched GEMMs (~110M Llama)", flush=True)
+            kernels = attention.measure(llama_110m(), threads=args.threads)
+            result["attention"] = kernels
+            if kernels["fallback_reason"]:
+                print(f"native kernel unavailable ({kernels['fallback_reason']}): both rows ran the GEMMs")
+            print(
+                table(
+                    kernels["rows"],
+                    ["dtype", "prompt", "batch", "method", "step_ms", "decode_tokens_per_s", "prefill_ms"],
+                    f"decode, {kernels['new_tokens']} new tokens (method: the attention that ran)",
+                )
+            )
+            print(table(kernels["ratios"], list(kernels["ratios"][0]), "native over GEMMs"))
         if stack is not None and "affinity" in parts:
             from bench import affinity
 

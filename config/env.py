@@ -94,6 +94,11 @@ def var_dir() -> Path:
     return Path(get_str("SLUICE_VAR_DIR", str(BASE_DIR / "var"))).resolve()
 
 
+def native_dir() -> Path:
+    """Where ``make install`` builds the native attention kernel (inference/backends/native)."""
+    return var_dir() / "native"
+
+
 def services_file() -> Path:
     return var_dir() / "run" / "services.env"
 

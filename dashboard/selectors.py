@@ -189,6 +189,8 @@ def _workers(client: Any, now: float) -> list[dict[str, Any]]:
                     "waiting": int(version.get("waiting", 0)),
                     "slots": round(100 * int(version.get("running", 0)) / size, 1) if size else None,
                     "kv": round(100 * int(version.get("kv_used", 0)) / capacity, 1) if capacity else None,
+                    "attention": version.get("attention", ""),
+                    "attention_fallback": version.get("attention_fallback", ""),
                 }
             )
         rows.append(

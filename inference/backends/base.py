@@ -70,6 +70,10 @@ class ModelBackend(ABC):
     context_length: int = 2048
     #: Human-readable description of device and dtype, for logs and the worker heartbeat.
     description: str = ""
+    #: The attention a local backend runs: ``native`` (native/attention.cpp), ``gemm`` (torch's
+    #: batched GEMMs and SDPA; ``attention_fallback`` says why), "" for a remote backend.
+    attention: str = ""
+    attention_fallback: str = ""
 
     @abstractmethod
     def add(

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from inference.backends import native
 from inference.backends.base import ModelBackend, Sampled
 from inference.backends.grammar import GrammarBatch, GrammarCache, GrammarError
 from inference.backends.kv_cache import Chunk, SlotKVCache, StepPlan, planned, register_attention
@@ -66,6 +67,8 @@ class TorchCausalLMBackend(ModelBackend):
         packed_linear: bool = True,
         fused_step: bool = True,
         preallocate_rows: bool = True,
+        native_dir: str | Path | None = None,
+        native_attention: str = "auto",
     ) -> None:
         # transformers is loaded by the worker that serves a local version, when it loads one.
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -148,17 +151,44 @@ class TorchCausalLMBackend(ModelBackend):
         self._pending: list[_Seq] = []  # still prefilling, first come first served
         #: Prompt tokens computed by the last `step` (the rest of its tokens were decodes).
         self.last_step_prefill = 0
+        #: The native attention kernel's build under ``native_dir`` (None: torch's attention).
+        self._kernel = native.kernel(Path(native_dir)) if native_dir is not None else None
+        self.attention_fallback = self._native_unfit(native_attention)
+        self.attention = "gemm" if self.attention_fallback else "native"
         dtype_name = "int8-dynamic" if self.quantized else str(self.dtype).removeprefix("torch.")
         self.description = f"{self.device.type}/{dtype_name}"
         logger.info(
-            "loaded %s (%s, %d layers, context %d, threads %s, %d oneDNN-packed linears)",
+            "loaded %s (%s, %d layers, context %d, threads %s, %d oneDNN-packed linears, attention %s%s)",
             self.model_dir,
             self.description,
             self.n_layers,
             self.context_length,
             self.threads,
             self.packed_linears,
+            self.attention,
+            f": {self.attention_fallback}" if self.attention_fallback else "",
         )
+
+    def _native_unfit(self, mode: str) -> str:
+        """Why the native attention kernel does not serve this model ("" when it does).
+        ``mode``: ``auto`` (where it measured faster: half precision), ``on`` (wherever it
+        fits), ``off``."""
+        kernel = self._kernel
+        if kernel is None or mode == "off":
+            return "turned off (SLUICE_NATIVE_ATTENTION=off)"
+        if kernel.module is None:
+            return kernel.reason
+        if self.device.type != "cpu":
+            return f"the kernel is the CPU's ({self.device.type} uses torch's attention)"
+        if self.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return f"{self.dtype} is not a dtype of the kernel"
+        if self.head_dim % native.LANES:
+            return f"head_dim {self.head_dim} is not a multiple of {native.LANES}"
+        if mode == "auto" and self.dtype == torch.float32:
+            # Measured (bench/attention.py): float32 batched GEMMs (MKL) beat the kernel by
+            # 1.1-1.8x per layer; in bfloat16 the kernel wins (the GEMMs copy or over-read).
+            return "float32: torch's batched GEMMs measured faster (SLUICE_NATIVE_ATTENTION=on forces it)"
+        return ""
 
     def _config_eos(self, config: Any) -> frozenset[int]:
         ids: set[int] = set()
@@ -326,7 +356,10 @@ class TorchCausalLMBackend(ModelBackend):
         decoding = [seq for seq in self.rows if not seq.prefilling] if decode else []
         if decoding:
             self._ensure_capacity(len(self.rows), max(seq.computed for seq in decoding) + 1)
-        plan = StepPlan(cache=self.cache)
+        plan = StepPlan(
+            cache=self.cache,
+            kernel=self._kernel.module if self._kernel and not self.attention_fallback else None,
+        )
         input_ids: list[int] = []
         positions: list[int] = []
         for seq in decoding:

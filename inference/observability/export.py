@@ -137,6 +137,12 @@ class FleetCollector:
             labels=["worker", "model", "version"],
         )
         prefix = PrefixCacheFamilies(labels=["worker", "model", "version"])
+        attention = GaugeMetricFamily(
+            "sluice_attention_kernel",
+            "1 for the attention a local version runs on a worker: native (Sluice's C++ kernel) or "
+            "gemm (torch's batched GEMMs: the kernel was not built, failed to load or does not fit)",
+            labels=["worker", "model", "version", "kernel"],
+        )
         slots = GaugeMetricFamily(
             "sluice_batch_slots_usage_ratio",
             "Running sequences over the version's max batch size, per worker",
@@ -159,10 +165,13 @@ class FleetCollector:
                 if int(version.get("max_batch_size") or 0):
                     slots.add_metric(labels, int(version.get("running", 0)) / int(version["max_batch_size"]))
                 prefix.add(labels, version.get("prefix_cache") or {})
+                if version.get("attention"):
+                    attention.add_metric([*labels, str(version["attention"])], 1.0)
         yield up
         yield age
         yield kv
         yield slots
+        yield attention
         yield from prefix.families()
         queues: dict[str, set[str]] = defaultdict(set)
         for version in all_versions():

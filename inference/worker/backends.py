@@ -101,6 +101,8 @@ def _local(model: ServedModel, worker: str) -> ModelBackend:
         step_tokens=settings.SLUICE_STEP_TOKENS,
         packed_linear=settings.SLUICE_PACKED_LINEAR,
         fused_step=settings.SLUICE_FUSED_STEP,
+        native_dir=settings.SLUICE_NATIVE_DIR,
+        native_attention=settings.SLUICE_NATIVE_ATTENTION,
         prefix_cache_bytes=model.prefix_cache_bytes,
         prefix_block_size=settings.SLUICE_PREFIX_BLOCK_SIZE,
         eos_token_ids=sorted(info.eos_token_ids),

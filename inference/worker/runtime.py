@@ -205,6 +205,9 @@ class WorkerRuntime:
                     "label": version.model.label,
                     "status": version.model.status,
                     "backend": version.backend.description if version.backend else "",
+                    # native (the C++ kernel) or gemm (torch's batched GEMMs; the fallback says why)
+                    "attention": version.backend.attention if version.backend else "",
+                    "attention_fallback": version.backend.attention_fallback if version.backend else "",
                     "error": version.error,
                     "running": load["running"],
                     "waiting": load["waiting"],

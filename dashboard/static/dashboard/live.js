@@ -127,7 +127,9 @@
         const tone = w.state === "ok" ? "ok" : w.state === "stale" ? "warn" : "bad";
         const versions = (w.versions || [])
           .map((v) => `${v.key}${v.error ? " (load failed)" : ""}: ${v.running} / ${v.waiting}` +
-            `, slots ${fmt(v.slots)} %, KV ${fmt(v.kv)} %`)
+            `, slots ${fmt(v.slots)} %, KV ${fmt(v.kv)} %` +
+            (v.attention ? `, attention ${v.attention}` : "") +
+            (v.attention_fallback ? ` (${v.attention_fallback})` : ""))
           .join("; ");
         return row(
           [w.name, badge(w.state, tone), w.age, (w.models || []).join(", ") || "-", w.backend || "-",

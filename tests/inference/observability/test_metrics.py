@@ -14,8 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from config import env
 from config.processes import wait_until
 from gateway.models import RateLimitPolicy, UserRateLimit
+from inference.backends import native
 from inference.core.redis import get_redis
 from inference.observability.timeseries import read
 from tests.conftest import ApiUser, Live
@@ -175,6 +177,14 @@ def test_every_counter_and_label_after_a_mix_of_outcomes(
     assert any(
         n == "sluice_batch_slots_usage_ratio" and dict(ls)["version"] == good_label for (n, ls) in after
     )
+    # The attention the good version runs: the native kernel where this checkout built it (the
+    # suite's workers run with SLUICE_NATIVE_ATTENTION=on and load the build this process
+    # finds), else torch's GEMMs.
+    kernels = {
+        dict(ls)["kernel"] for (n, ls), v in after.items() if n == "sluice_attention_kernel" and v == 1
+        and dict(ls)["version"] == good_label
+    }  # fmt: skip
+    assert kernels == {native.kernel(env.native_dir()).name}
 
     # The console's series saw the same outcomes (the last 5 minutes).
     window = read(get_redis(), "5m")

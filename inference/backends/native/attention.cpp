@@ -1,0 +1,220 @@
+// Sluice's attention kernel for the local torch backend's slot KV cache (kv_cache.py).
+//
+// Every packed query token t reads the keys/values of one cache row, columns [0, lens[t]):
+// a decode token its sequence's whole history, a prefill token its prompt up to itself (so
+// decode and prefill chunks are one loop, causal by their lengths). One task per (token,
+// key/value head): the group of query heads that share that head (GQA) reads each key and
+// each value column once, in blocks, with an online softmax (the running max and sum are
+// rescaled per block, as flash-decoding does), in float32 whatever the cache's dtype.
+// Vectorised with ATen's at::vec (AVX-512 or AVX2, whichever this build was compiled for),
+// parallel over tasks with at::parallel_for. Columns past a row's length are never read.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+using at::vec::Vectorized;
+using fVec = Vectorized<float>;
+
+constexpr int64_t kBlock = 32;  // columns scored before their values are read
+
+template <typename T>
+inline fVec load_float(const T* p);
+
+template <>
+inline fVec load_float<float>(const float* p) {
+  return fVec::loadu(p);
+}
+
+template <>
+inline fVec load_float<c10::BFloat16>(const c10::BFloat16* p) {
+  fVec out;
+  at::vec::load_fp32_from_bf16(p, out);
+  return out;
+}
+
+template <>
+inline fVec load_float<c10::Half>(const c10::Half* p) {
+  fVec out;
+  at::vec::load_fp32_from_fp16(p, out);
+  return out;
+}
+
+template <typename T>
+void attend(
+    const at::Tensor& query,   // [T, H, D]
+    const at::Tensor& keys,    // [R, KV, C, D]
+    const at::Tensor& values,  // [R, KV, C, D]
+    const at::Tensor& rows,    // [T] int64
+    const at::Tensor& lens,    // [T] int64
+    double scale,
+    at::Tensor& out) {         // [T, H, D]
+  const int64_t tokens = query.size(0);
+  const int64_t heads = query.size(1);
+  const int64_t dim = query.size(2);
+  const int64_t kv_heads = keys.size(1);
+  const int64_t group = heads / kv_heads;
+  const int64_t lanes = fVec::size();
+  const int64_t chunks = dim / lanes;
+
+  const T* q_base = query.data_ptr<T>();
+  const T* k_base = keys.data_ptr<T>();
+  const T* v_base = values.data_ptr<T>();
+  T* o_base = out.data_ptr<T>();
+  const int64_t* row_of = rows.data_ptr<int64_t>();
+  const int64_t* len_of = lens.data_ptr<int64_t>();
+  const int64_t q_token = query.stride(0), q_head = query.stride(1);
+  const int64_t o_token = out.stride(0), o_head = out.stride(1);
+  const int64_t k_row = keys.stride(0), k_head = keys.stride(1), k_col = keys.stride(2);
+  const int64_t v_row = values.stride(0), v_head = values.stride(1), v_col = values.stride(2);
+  const float softmax_scale = static_cast<float>(scale);
+
+  at::parallel_for(0, tokens * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> q(group * dim), acc(group * dim), scores(group * kBlock);
+    std::vector<float> running_max(group), running_sum(group);
+    std::vector<fVec> column(chunks);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t t = task / kv_heads;
+      const int64_t g = task % kv_heads;
+      const int64_t length = len_of[t];
+      const T* k_rows = k_base + row_of[t] * k_row + g * k_head;
+      const T* v_rows = v_base + row_of[t] * v_row + g * v_head;
+      for (int64_t h = 0; h < group; ++h) {
+        const T* src = q_base + t * q_token + (g * group + h) * q_head;
+        for (int64_t c = 0; c < chunks; ++c) {
+          (load_float<T>(src + c * lanes) * fVec(softmax_scale)).store(q.data() + h * dim + c * lanes);
+        }
+        running_max[h] = -std::numeric_limits<float>::infinity();
+        running_sum[h] = 0.f;
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t start = 0; start < length; start += kBlock) {
+        const int64_t width = std::min(kBlock, length - start);
+        // Scores of the block: each key column loaded once, dotted with every head of the group.
+        for (int64_t j = 0; j < width; ++j) {
+          const T* key = k_rows + (start + j) * k_col;
+          for (int64_t c = 0; c < chunks; ++c) {
+            column[c] = load_float<T>(key + c * lanes);
+          }
+          for (int64_t h = 0; h < group; ++h) {
+            const float* qh = q.data() + h * dim;
+            fVec sum(0.f);
+            for (int64_t c = 0; c < chunks; ++c) {
+              sum = at::vec::fmadd(fVec::loadu(qh + c * lanes), column[c], sum);
+            }
+            scores[h * kBlock + j] = sum.reduce_add();
+          }
+        }
+        // Online softmax: rescale what was summed so far to the new running max.
+        for (int64_t h = 0; h < group; ++h) {
+          float* sh = scores.data() + h * kBlock;
+          for (int64_t j = width; j < kBlock; ++j) {
+            sh[j] = -std::numeric_limits<float>::infinity();  // past the row's length: weight 0
+          }
+          fVec block_max_v = fVec::loadu(sh);
+          for (int64_t j = lanes; j < kBlock; j += lanes) {
+            block_max_v = at::vec::maximum(block_max_v, fVec::loadu(sh + j));
+          }
+          const float new_max = std::max(running_max[h], block_max_v.reduce_max());
+          const float rescale = std::exp(running_max[h] - new_max);
+          fVec block_sum_v(0.f);
+          for (int64_t j = 0; j < kBlock; j += lanes) {
+            const fVec p = (fVec::loadu(sh + j) - fVec(new_max)).exp_u20();
+            p.store(sh + j);
+            block_sum_v = block_sum_v + p;
+          }
+          running_sum[h] = running_sum[h] * rescale + block_sum_v.reduce_add();
+          running_max[h] = new_max;
+          if (rescale != 1.f) {
+            float* ah = acc.data() + h * dim;
+            for (int64_t c = 0; c < chunks; ++c) {
+              (fVec::loadu(ah + c * lanes) * fVec(rescale)).store(ah + c * lanes);
+            }
+          }
+        }
+        // Values of the block: each column loaded once, added to every head's accumulator.
+        for (int64_t j = 0; j < width; ++j) {
+          const T* value = v_rows + (start + j) * v_col;
+          for (int64_t c = 0; c < chunks; ++c) {
+            column[c] = load_float<T>(value + c * lanes);
+          }
+          for (int64_t h = 0; h < group; ++h) {
+            const fVec p(scores[h * kBlock + j]);
+            float* ah = acc.data() + h * dim;
+            for (int64_t c = 0; c < chunks; ++c) {
+              at::vec::fmadd(p, column[c], fVec::loadu(ah + c * lanes)).store(ah + c * lanes);
+            }
+          }
+        }
+      }
+      for (int64_t h = 0; h < group; ++h) {
+        T* dst = o_base + t * o_token + (g * group + h) * o_head;
+        const float inverse = running_sum[h] > 0.f ? 1.f / running_sum[h] : 0.f;
+        const float* ah = acc.data() + h * dim;
+        for (int64_t d = 0; d < dim; ++d) {
+          dst[d] = static_cast<T>(ah[d] * inverse);
+        }
+      }
+    }
+  });
+}
+
+at::Tensor slot_attention(
+    const at::Tensor& query,
+    const at::Tensor& keys,
+    const at::Tensor& values,
+    const at::Tensor& rows,
+    const at::Tensor& lens,
+    double scale) {
+  TORCH_CHECK(query.dim() == 3 && keys.dim() == 4 && values.dim() == 4, "query [T,H,D], cache [R,KV,C,D]");
+  TORCH_CHECK(query.device().is_cpu() && keys.device().is_cpu(), "CPU tensors only");
+  TORCH_CHECK(query.scalar_type() == keys.scalar_type() && keys.scalar_type() == values.scalar_type(),
+              "query and cache must share a dtype");
+  TORCH_CHECK(query.stride(2) == 1 && keys.stride(3) == 1 && values.stride(3) == 1, "head_dim must be contiguous");
+  TORCH_CHECK(query.size(2) % fVec::size() == 0, "head_dim must be a multiple of ", fVec::size());
+  TORCH_CHECK(query.size(1) % keys.size(1) == 0, "query heads must be a multiple of key/value heads");
+  TORCH_CHECK(rows.scalar_type() == at::kLong && lens.scalar_type() == at::kLong, "rows and lens are int64");
+  TORCH_CHECK(rows.size(0) == query.size(0) && lens.size(0) == query.size(0), "one row and length per token");
+  auto rows_c = rows.contiguous();
+  auto lens_c = lens.contiguous();
+  auto out = at::empty_like(query, at::MemoryFormat::Contiguous);
+  switch (query.scalar_type()) {
+    case at::kFloat:
+      attend<float>(query, keys, values, rows_c, lens_c, scale, out);
+      break;
+    case at::kBFloat16:
+      attend<c10::BFloat16>(query, keys, values, rows_c, lens_c, scale, out);
+      break;
+    case at::kHalf:
+      attend<c10::Half>(query, keys, values, rows_c, lens_c, scale, out);
+      break;
+    default:
+      TORCH_CHECK(false, "float32, bfloat16 or float16 only, not ", query.scalar_type());
+  }
+  return out;
+}
+
+std::string capability() {
+#if defined(CPU_CAPABILITY_AVX512)
+  return "avx512";
+#elif defined(CPU_CAPABILITY_AVX2)
+  return "avx2";
+#else
+  return "default";
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("slot_attention", &slot_attention, "Attention of packed tokens over their slot-cache rows");
+  m.def("capability", &capability, "The vector ISA this build was compiled for");
+}
