@@ -3,8 +3,9 @@
 // Every packed query token t reads the keys/values of one cache row, columns [0, lens[t]):
 // a decode token its sequence's whole history, a prefill token its prompt up to itself (so
 // decode and prefill chunks are one loop, causal by their lengths). One task per (token,
-// key/value head): the group of query heads that share that head (GQA) reads each key and
-// each value column once, in blocks, with an online softmax (the running max and sum are
+// key/value head): the group of query heads that share that head (GQA) reads each block of
+// 32 key and value columns from memory once (the group's other heads find it in L1), with an
+// online softmax (the running max and sum are
 // rescaled per block, as flash-decoding does), in float32 whatever the cache's dtype.
 // Vectorised with ATen's at::vec (AVX-512 or AVX2, whichever this build was compiled for),
 // parallel over tasks with at::parallel_for. Columns past a row's length are never read.
@@ -48,6 +49,93 @@ inline fVec load_float<c10::Half>(const c10::Half* p) {
   return out;
 }
 
+// The two inner loops of a block, for one query head, with the head's query (scores) or its
+// accumulator (values) held in C vector registers: C = head_dim / lanes, fixed at compile
+// time for the common head sizes so the compiler keeps them out of memory.
+template <typename T, int C>
+void score_block(const float* qh, const T* keys, int64_t col_stride, int64_t width, float* out) {
+  constexpr int64_t lanes = fVec::size();
+  fVec q[C];
+  for (int c = 0; c < C; ++c) {
+    q[c] = fVec::loadu(qh + c * lanes);
+  }
+  for (int64_t j = 0; j < width; ++j) {
+    const T* key = keys + j * col_stride;
+    fVec sum = q[0] * load_float<T>(key);
+    for (int c = 1; c < C; ++c) {
+      sum = at::vec::fmadd(q[c], load_float<T>(key + c * lanes), sum);
+    }
+    out[j] = sum.reduce_add();
+  }
+}
+
+template <typename T, int C>
+void value_block(float* ah, const float* weights, const T* values, int64_t col_stride, int64_t width) {
+  constexpr int64_t lanes = fVec::size();
+  fVec acc[C];
+  for (int c = 0; c < C; ++c) {
+    acc[c] = fVec::loadu(ah + c * lanes);
+  }
+  for (int64_t j = 0; j < width; ++j) {
+    const fVec p(weights[j]);
+    const T* value = values + j * col_stride;
+    for (int c = 0; c < C; ++c) {
+      acc[c] = at::vec::fmadd(p, load_float<T>(value + c * lanes), acc[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c) {
+    acc[c].store(ah + c * lanes);
+  }
+}
+
+// Any other head size: the same loops with the registers in memory.
+template <typename T>
+void score_block_any(const float* qh, const T* keys, int64_t col_stride, int64_t width, float* out, int64_t chunks) {
+  constexpr int64_t lanes = fVec::size();
+  for (int64_t j = 0; j < width; ++j) {
+    const T* key = keys + j * col_stride;
+    fVec sum(0.f);
+    for (int64_t c = 0; c < chunks; ++c) {
+      sum = at::vec::fmadd(fVec::loadu(qh + c * lanes), load_float<T>(key + c * lanes), sum);
+    }
+    out[j] = sum.reduce_add();
+  }
+}
+
+template <typename T>
+void value_block_any(float* ah, const float* weights, const T* values, int64_t col_stride, int64_t width, int64_t chunks) {
+  constexpr int64_t lanes = fVec::size();
+  for (int64_t j = 0; j < width; ++j) {
+    const fVec p(weights[j]);
+    const T* value = values + j * col_stride;
+    for (int64_t c = 0; c < chunks; ++c) {
+      at::vec::fmadd(p, load_float<T>(value + c * lanes), fVec::loadu(ah + c * lanes)).store(ah + c * lanes);
+    }
+  }
+}
+
+template <typename T>
+void score_head(const float* qh, const T* keys, int64_t col_stride, int64_t width, float* out, int64_t chunks) {
+  switch (chunks) {
+    case 2: return score_block<T, 2>(qh, keys, col_stride, width, out);
+    case 4: return score_block<T, 4>(qh, keys, col_stride, width, out);
+    case 8: return score_block<T, 8>(qh, keys, col_stride, width, out);
+    case 16: return score_block<T, 16>(qh, keys, col_stride, width, out);
+    default: return score_block_any<T>(qh, keys, col_stride, width, out, chunks);
+  }
+}
+
+template <typename T>
+void value_head(float* ah, const float* weights, const T* values, int64_t col_stride, int64_t width, int64_t chunks) {
+  switch (chunks) {
+    case 2: return value_block<T, 2>(ah, weights, values, col_stride, width);
+    case 4: return value_block<T, 4>(ah, weights, values, col_stride, width);
+    case 8: return value_block<T, 8>(ah, weights, values, col_stride, width);
+    case 16: return value_block<T, 16>(ah, weights, values, col_stride, width);
+    default: return value_block_any<T>(ah, weights, values, col_stride, width, chunks);
+  }
+}
+
 template <typename T>
 void attend(
     const at::Tensor& query,   // [T, H, D]
@@ -80,7 +168,6 @@ void attend(
   at::parallel_for(0, tokens * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> q(group * dim), acc(group * dim), scores(group * kBlock);
     std::vector<float> running_max(group), running_sum(group);
-    std::vector<fVec> column(chunks);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task / kv_heads;
       const int64_t g = task % kv_heads;
@@ -98,20 +185,10 @@ void attend(
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t start = 0; start < length; start += kBlock) {
         const int64_t width = std::min(kBlock, length - start);
-        // Scores of the block: each key column loaded once, dotted with every head of the group.
-        for (int64_t j = 0; j < width; ++j) {
-          const T* key = k_rows + (start + j) * k_col;
-          for (int64_t c = 0; c < chunks; ++c) {
-            column[c] = load_float<T>(key + c * lanes);
-          }
-          for (int64_t h = 0; h < group; ++h) {
-            const float* qh = q.data() + h * dim;
-            fVec sum(0.f);
-            for (int64_t c = 0; c < chunks; ++c) {
-              sum = at::vec::fmadd(fVec::loadu(qh + c * lanes), column[c], sum);
-            }
-            scores[h * kBlock + j] = sum.reduce_add();
-          }
+        // Scores of the block, head by head: the block's keys (32 columns) stay in L1 for the
+        // other heads of the group.
+        for (int64_t h = 0; h < group; ++h) {
+          score_head<T>(q.data() + h * dim, k_rows + start * k_col, k_col, width, scores.data() + h * kBlock, chunks);
         }
         // Online softmax: rescale what was summed so far to the new running max.
         for (int64_t h = 0; h < group; ++h) {
@@ -140,19 +217,9 @@ void attend(
             }
           }
         }
-        // Values of the block: each column loaded once, added to every head's accumulator.
-        for (int64_t j = 0; j < width; ++j) {
-          const T* value = v_rows + (start + j) * v_col;
-          for (int64_t c = 0; c < chunks; ++c) {
-            column[c] = load_float<T>(value + c * lanes);
-          }
-          for (int64_t h = 0; h < group; ++h) {
-            const fVec p(scores[h * kBlock + j]);
-            float* ah = acc.data() + h * dim;
-            for (int64_t c = 0; c < chunks; ++c) {
-              at::vec::fmadd(p, column[c], fVec::loadu(ah + c * lanes)).store(ah + c * lanes);
-            }
-          }
+        // Values of the block, head by head, into the head's accumulator.
+        for (int64_t h = 0; h < group; ++h) {
+          value_head<T>(acc.data() + h * dim, scores.data() + h * kBlock, v_rows + start * v_col, v_col, width, chunks);
         }
       }
       for (int64_t h = 0; h < group; ++h) {
