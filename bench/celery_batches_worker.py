@@ -85,9 +85,13 @@ def _on_ready(**_: Any) -> None:
     threading.Thread(target=_heartbeat, daemon=True).start()
 
 
+# lazy=False: registered now, before the app finalizes. inference.tasks (imported by every
+# Django process, in InferenceConfig.ready) declares a shared task of the same name, which
+# every app registers when it finalizes unless the name is taken: this worker must run its own.
 @app.task(
     base=Batches,
     name="inference.run_job",
+    lazy=False,
     flush_every=int(os.environ.get("SLUICE_MAX_BATCH_SIZE", "64")),
     # How long to let a batch fill: celery-batches flushes on this timer even while the
     # previous batch still runs, so a short interval degenerates into batches of one.
@@ -182,3 +186,7 @@ def _finish(
         finished_at=time.monotonic(),
     )
     job_finish(job=job, attempt=1, token=token, result=result, progress=Progress())
+
+
+if not isinstance(app.tasks["inference.run_job"], Batches):
+    raise RuntimeError("the static-batch task must own inference.run_job in this worker")

@@ -33,7 +33,7 @@ def run_job(self: Any, job_id: str) -> None:
     delay = 0.5
     while True:
         try:
-            job_execute(job_id=job_id, worker=self.request.hostname or "", runtime=get_runtime())
+            job_execute(job_id=job_id, worker=self.request.hostname or "", runtime=get_runtime)
             return
         except (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError) as exc:
             if time.monotonic() + delay > deadline:

@@ -101,7 +101,7 @@ def child_env(database_url: str, model_dir: Path, **extra: str) -> dict[str, str
             "SLUICE_TORCH_THREADS": "1",
             "OMP_NUM_THREADS": "1",
             # Every generation of the suite's workers goes through the native attention kernel
-            # where `make test` built it (the demo model is float32, where `auto` picks GEMMs).
+            # where `make test` built it (`auto` does too; said here so that it stays so).
             "SLUICE_NATIVE_ATTENTION": "on",
             "SLUICE_MAX_BATCH_SIZE": "8",
             "SLUICE_JOB_LEASE_S": "3",

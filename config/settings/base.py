@@ -260,8 +260,8 @@ SLUICE_TOOL_PARSER = env.get_choice("SLUICE_TOOL_PARSER", ("hermes", "llama3_jso
 # (fused q/k/v and gate/up layers, inference/backends/llama_step.py). Off: transformers' forward.
 SLUICE_FUSED_STEP = env.get_bool("SLUICE_FUSED_STEP", True)
 # Local models on the CPU: decode attention in Sluice's native kernel (inference/backends/native/,
-# built by `make install`): auto (in bfloat16/float16, where it measured faster), on, off. Off,
-# or where it is not built: torch's batched GEMMs.
+# built by `make install`): auto or on (wherever it fits), off. Off, or where it is not built:
+# torch's batched GEMMs.
 SLUICE_NATIVE_ATTENTION = env.get_choice("SLUICE_NATIVE_ATTENTION", ("auto", "on", "off"), "auto")
 SLUICE_NATIVE_DIR = env.native_dir()
 # Local models: prefix cache (KV of prompt prefixes, in blocks of SLUICE_PREFIX_BLOCK_SIZE

@@ -152,7 +152,9 @@ class TorchCausalLMBackend(ModelBackend):
         #: Prompt tokens computed by the last `step` (the rest of its tokens were decodes).
         self.last_step_prefill = 0
         #: The native attention kernel's build under ``native_dir`` (None: torch's attention).
-        self._kernel = native.kernel(Path(native_dir)) if native_dir is not None else None
+        self._kernel = (
+            native.kernel(Path(native_dir)) if native_dir is not None and native_attention != "off" else None
+        )
         self.attention_fallback = self._native_unfit(native_attention)
         self.attention = "gemm" if self.attention_fallback else "native"
         dtype_name = "int8-dynamic" if self.quantized else str(self.dtype).removeprefix("torch.")
@@ -171,11 +173,13 @@ class TorchCausalLMBackend(ModelBackend):
 
     def _native_unfit(self, mode: str) -> str:
         """Why the native attention kernel does not serve this model ("" when it does).
-        ``mode``: ``auto`` (where it measured faster: half precision), ``on`` (wherever it
-        fits), ``off``."""
+        ``mode``: ``auto`` or ``on`` (wherever it fits: it measured faster than the GEMMs in
+        every dtype, bench/attention.py), ``off``."""
         kernel = self._kernel
-        if kernel is None or mode == "off":
+        if mode == "off":
             return "turned off (SLUICE_NATIVE_ATTENTION=off)"
+        if kernel is None:
+            return "no build directory was given for it"
         if kernel.module is None:
             return kernel.reason
         if self.device.type != "cpu":
@@ -184,10 +188,6 @@ class TorchCausalLMBackend(ModelBackend):
             return f"{self.dtype} is not a dtype of the kernel"
         if self.head_dim % native.LANES:
             return f"head_dim {self.head_dim} is not a multiple of {native.LANES}"
-        if mode == "auto" and self.dtype == torch.float32:
-            # Measured (bench/attention.py): float32 batched GEMMs (MKL) beat the kernel by
-            # 1.1-1.8x per layer; in bfloat16 the kernel wins (the GEMMs copy or over-read).
-            return "float32: torch's batched GEMMs measured faster (SLUICE_NATIVE_ATTENTION=on forces it)"
         return ""
 
     def _config_eos(self, config: Any) -> frozenset[int]:

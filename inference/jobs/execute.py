@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -43,8 +44,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def job_execute(*, job_id: str, worker: str, runtime: WorkerRuntime) -> None:
-    """Run one job on this worker's engine. Idempotent: a finished job, or one that another
+def job_execute(*, job_id: str, worker: str, runtime: Callable[[], WorkerRuntime]) -> None:
+    """Run one job on this worker's engine (``runtime``: the worker's, asked for only once the
+    job needs running). Idempotent: a finished job, or one that another
     live worker holds the lease on, is left alone; an abandoned one resumes from its stream."""
     job = Job.objects.filter(id=job_id).first()
     if job is None:
@@ -67,10 +69,12 @@ def job_execute(*, job_id: str, worker: str, runtime: WorkerRuntime) -> None:
         and job.next_attempt_at > timezone.now()
     ):
         return  # waiting out its backoff: the reconciler publishes it when it is due
+    # Only now: a message that needs nothing run must not start a runtime (it loads models).
+    loaded_runtime = runtime()
     # Load its version before taking the lease: loading can take longer than a lease lives.
     model = version_by_id(job.model_version_id, job.model)
-    if model is not None and runtime.serves(model.name):
-        runtime.ensure(model)
+    if model is not None and loaded_runtime.serves(model.name):
+        loaded_runtime.ensure(model)
     streams = get_streams()
     lease_ttl = settings.SLUICE_JOB_LEASE_S
     token = uuid.uuid4().hex
@@ -91,7 +95,7 @@ def job_execute(*, job_id: str, worker: str, runtime: WorkerRuntime) -> None:
         job.status, job.attempts, job.started_at = JobStatus.RUNNING, job.attempts + 1, job.started_at or now
         job.worker = worker[:200]
         streams.clear_requeued(job_id)
-        _run_claimed(job=job, token=token, runtime=runtime, model=model)
+        _run_claimed(job=job, token=token, runtime=loaded_runtime, model=model)
     finally:
         streams.lease_release(job_id, token)
 

@@ -9,7 +9,7 @@ the build is missing or fails to load, the local backend keeps its batched-GEMM 
 (``kv_cache.decode_attention``) and says so once, in its log, its heartbeat (``/metrics``'
 ``sluice_attention_kernel``) and the console's worker table.
 
-``SLUICE_NATIVE_ATTENTION=0`` turns the kernel off in the workers (the GEMM path, to compare).
+``SLUICE_NATIVE_ATTENTION=off`` turns the kernel off in the workers (the GEMM path, to compare).
 Where builds live is the caller's to say (``root``: the workers get ``SLUICE_NATIVE_DIR`` from
 the settings); this package reads no configuration.
 """
@@ -63,16 +63,33 @@ def host_isa() -> str:
     return "default"
 
 
+#: at::parallel_for runs its tasks on torch's OpenMP pool only in code compiled with OpenMP:
+#: without -fopenmp it runs them all on the calling thread.
+COMMON_FLAGS = ["-O3", "-fopenmp"]
+LINK_FLAGS = ["-fopenmp"]
+#: Written last by `build`: a directory without it holds no usable build (a killed compile or
+#: link can leave a library behind).
+DONE = "built"
+
+
+def compile_flags(isa: str) -> list[str]:
+    return [*COMMON_FLAGS, *ISA_FLAGS[isa]]
+
+
 def build_dir(root: Path, isa: str | None = None) -> Path:
-    """Where the build for this host (or ``isa``) lives under ``root``."""
+    """Where the build for this host (or ``isa``) lives under ``root``: named for a hash of
+    everything that makes the library (source, torch, Python, every compile and link flag)."""
     isa = isa or host_isa()
     key = hashlib.sha256(
-        SOURCE.read_bytes() + f"|{torch.__version__}|{sys.version_info[:2]}|{isa}|{ISA_FLAGS[isa]}".encode()
+        SOURCE.read_bytes()
+        + f"|{torch.__version__}|{sys.version_info[:2]}|{isa}|{compile_flags(isa)}|{LINK_FLAGS}".encode()
     ).hexdigest()[:16]
     return root / f"{NAME}-{isa}-{key}"
 
 
 def _built(directory: Path) -> Path | None:
+    if not (directory / DONE).exists():
+        return None
     for suffix in (importlib.machinery.EXTENSION_SUFFIXES[0], ".so"):
         path = directory / f"{NAME}{suffix}"
         if path.exists():
@@ -89,13 +106,18 @@ def build(root: Path, *, verbose: bool = False) -> Path:
     from torch.utils import cpp_extension  # the compiler driver: only the build needs it
 
     directory.mkdir(parents=True, exist_ok=True)
+    # A lock left by a killed build would make torch's builder wait for it forever: nothing
+    # usable is in this directory yet (no DONE marker), so start it over.
+    (directory / "lock").unlink(missing_ok=True)
     cpp_extension.load(
         name=NAME,
         sources=[str(SOURCE)],
         build_directory=str(directory),
-        extra_cflags=["-O3", *ISA_FLAGS[host_isa()]],
+        extra_cflags=compile_flags(host_isa()),
+        extra_ldflags=LINK_FLAGS,
         verbose=verbose,
     )
+    (directory / DONE).write_text(f"{torch.__version__}\n")
     found = _built(directory)
     if found is None:
         raise RuntimeError(f"the build left no library in {directory}")

@@ -249,9 +249,21 @@ at::Tensor slot_attention(
   TORCH_CHECK(query.size(2) % fVec::size() == 0, "head_dim must be a multiple of ", fVec::size());
   TORCH_CHECK(query.size(1) % keys.size(1) == 0, "query heads must be a multiple of key/value heads");
   TORCH_CHECK(rows.scalar_type() == at::kLong && lens.scalar_type() == at::kLong, "rows and lens are int64");
+  TORCH_CHECK(rows.dim() == 1 && lens.dim() == 1 && rows.device().is_cpu() && lens.device().is_cpu(),
+              "rows and lens are 1-D CPU tensors");
   TORCH_CHECK(rows.size(0) == query.size(0) && lens.size(0) == query.size(0), "one row and length per token");
+  TORCH_CHECK(keys.sizes() == values.sizes(), "keys and values must have one shape");
+  TORCH_CHECK(keys.size(3) == query.size(2), "the cache's head_dim must be the query's");
+  TORCH_CHECK(values.device().is_cpu(), "CPU tensors only");
   auto rows_c = rows.contiguous();
   auto lens_c = lens.contiguous();
+  // Every row and length in range: the loops below read the cache without further checks.
+  const int64_t* row_of = rows_c.data_ptr<int64_t>();
+  const int64_t* len_of = lens_c.data_ptr<int64_t>();
+  for (int64_t t = 0; t < rows_c.size(0); ++t) {
+    TORCH_CHECK(row_of[t] >= 0 && row_of[t] < keys.size(0), "row ", row_of[t], " is not in the cache");
+    TORCH_CHECK(len_of[t] >= 0 && len_of[t] <= keys.size(2), "length ", len_of[t], " is not in 0..", keys.size(2));
+  }
   auto out = at::empty_like(query, at::MemoryFormat::Contiguous);
   switch (query.scalar_type()) {
     case at::kFloat:
