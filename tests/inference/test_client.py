@@ -5,6 +5,7 @@ flag. The streams are written as a worker writes them (`JobStreams`); no worker 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -201,14 +202,22 @@ async def test_a_stream_that_lost_its_end_is_completed_from_the_row(lost_end: Jo
     assert end.usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 
 
-def test_waiting_for_the_end_returns_the_final_row(owner: User) -> None:
+def test_waiting_for_the_end_returns_on_the_end_entry_and_else_on_a_final_row(owner: User) -> None:
+    """``wait_end`` returns when the stream's end entry arrives (here the row still says
+    running: only the entry can end the wait), and with no stream at all as soon as the row is
+    final — both long before the timeout it was given (30 s)."""
     job = ended_job(owner, text="Hi")
+    Job.objects.filter(id=job.id).update(status=JobStatus.RUNNING)
     get_streams().open(str(job.id))
     write(str(job.id), token("Hi", [9]), succeeded())
+    started = time.monotonic()
     try:
         waited = job_client.wait_end(job.id, timeout_s=30)
     finally:
         get_redis().delete(stream_key(str(job.id)))
-    assert (waited.pk, waited.status, waited.output_text) == (job.pk, JobStatus.SUCCEEDED, "Hi")
+    assert (waited.pk, waited.status) == (job.pk, JobStatus.RUNNING)
+    assert time.monotonic() - started < 25  # the end entry ended it, not the timeout
     # No stream at all (it expired, or the job was cancelled before it ran): the row decides.
-    assert job_client.wait_end(ended_job(owner, text="").id, timeout_s=0.2).status == JobStatus.SUCCEEDED
+    started = time.monotonic()
+    assert job_client.wait_end(ended_job(owner, text="").id, timeout_s=30).status == JobStatus.SUCCEEDED
+    assert time.monotonic() - started < 25
