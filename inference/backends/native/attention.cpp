@@ -27,6 +27,24 @@ using fVec = Vectorized<float>;
 
 constexpr int64_t kBlock = 32;  // columns scored before their values are read
 
+// Horizontal sum and max. The AVX builds have single instructions for them; ATen's generic
+// Vectorized (the DEFAULT build, e.g. arm64) does not compile its own reduce_add here.
+inline float sum_of(const fVec& v) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  return v.reduce_add();
+#else
+  return at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, v);
+#endif
+}
+
+inline float max_of(const fVec& v) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  return v.reduce_max();
+#else
+  return at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return at::vec::maximum(a, b); }, v);
+#endif
+}
+
 template <typename T>
 inline fVec load_float(const T* p);
 
@@ -65,7 +83,7 @@ void score_block(const float* qh, const T* keys, int64_t col_stride, int64_t wid
     for (int c = 1; c < C; ++c) {
       sum = at::vec::fmadd(q[c], load_float<T>(key + c * lanes), sum);
     }
-    out[j] = sum.reduce_add();
+    out[j] = sum_of(sum);
   }
 }
 
@@ -98,7 +116,7 @@ void score_block_any(const float* qh, const T* keys, int64_t col_stride, int64_t
     for (int64_t c = 0; c < chunks; ++c) {
       sum = at::vec::fmadd(fVec::loadu(qh + c * lanes), load_float<T>(key + c * lanes), sum);
     }
-    out[j] = sum.reduce_add();
+    out[j] = sum_of(sum);
   }
 }
 
@@ -200,7 +218,7 @@ void attend(
           for (int64_t j = lanes; j < kBlock; j += lanes) {
             block_max_v = at::vec::maximum(block_max_v, fVec::loadu(sh + j));
           }
-          const float new_max = std::max(running_max[h], block_max_v.reduce_max());
+          const float new_max = std::max(running_max[h], max_of(block_max_v));
           const float rescale = std::exp(running_max[h] - new_max);
           fVec block_sum_v(0.f);
           for (int64_t j = 0; j < kBlock; j += lanes) {
@@ -208,7 +226,7 @@ void attend(
             p.store(sh + j);
             block_sum_v = block_sum_v + p;
           }
-          running_sum[h] = running_sum[h] * rescale + block_sum_v.reduce_add();
+          running_sum[h] = running_sum[h] * rescale + sum_of(block_sum_v);
           running_max[h] = new_max;
           if (rescale != 1.f) {
             float* ah = acc.data() + h * dim;
